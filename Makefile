@@ -1,0 +1,41 @@
+# batchdrop: two commands do everything from a fresh clone.
+#   make run    install, start the local stack, drop the samples, wait for every manifest, print, stop
+#   make test   install and run every check and test
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+FILES ?=
+
+.PHONY: install run test lint typecheck unit bench chaos clean
+
+install: $(VENV)/.installed node_modules/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: install lint
+	$(BIN)/python -m pytest
+
+run: install
+	$(BIN)/batchdrop demo
+
+bench: install
+	$(BIN)/python -m bench $(if $(FILES),--files $(FILES),)
+
+chaos: install
+	$(BIN)/python -m pytest -m chaos tests/chaos
+
+clean:
+	rm -rf .batchdrop .mypy_cache .ruff_cache .pytest_cache
