@@ -1,0 +1,316 @@
+"""Start and stop the local stack: Azurite, the Batch emulator and the dev host, as subprocesses.
+
+Every server binds 127.0.0.1, is started with its own log file and is stopped by process id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+AZURITE_ACCOUNT = "devstoreaccount1"
+# Azurite's published development key; it protects nothing and is the same for every Azurite user.
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+READY_TIMEOUT_SECONDS = 60.0
+
+
+class StackError(RuntimeError):
+    """A local server did not start."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Service:
+    """One started server: its process, its URL and its log."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    url: str
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM the process group, then SIGKILL if it lingers."""
+        stop_pid(self.pid, timeout)
+        try:
+            self.process.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group at once (for crash tests)."""
+        _signal_group(self.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+@dataclass
+class Azurite(Service):
+    blob_port: int = 0
+    queue_port: int = 0
+    table_port: int = 0
+
+    @property
+    def blob_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.blob_port}/{AZURITE_ACCOUNT}"
+
+    @property
+    def queue_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.queue_port}/{AZURITE_ACCOUNT}"
+
+    @property
+    def table_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.table_port}/{AZURITE_ACCOUNT}"
+
+    @property
+    def connection_string(self) -> str:
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+            f"BlobEndpoint={self.blob_endpoint};QueueEndpoint={self.queue_endpoint};"
+            f"TableEndpoint={self.table_endpoint};"
+        )
+
+
+@dataclass
+class Emulator(Service):
+    account_name: str = ""
+    account_key: str = ""
+
+    def stats(self) -> dict[str, object]:
+        """The emulator's per-operation request counts."""
+        with urllib.request.urlopen(f"{self.url}/_emulator/stats", timeout=10) as response:  # noqa: S310
+            stats: dict[str, object] = json.load(response)
+            return stats
+
+    def reset_stats(self) -> None:
+        request = urllib.request.Request(f"{self.url}/_emulator/stats/reset", method="POST")
+        with urllib.request.urlopen(request, timeout=10):  # noqa: S310
+            pass
+
+
+@dataclass
+class Stack:
+    """Azurite + emulator (+ dev host): what `batchdrop up` and the e2e tests run."""
+
+    azurite: Azurite
+    emulator: Emulator
+    host: Service | None = None
+    extra: list[Service] = field(default_factory=list)
+
+    def services(self) -> list[Service]:
+        found: list[Service] = [self.azurite, self.emulator]
+        if self.host is not None:
+            found.append(self.host)
+        return found + self.extra
+
+    def stop(self) -> None:
+        for service in reversed(self.services()):
+            service.stop()
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        # A zombie child counts as gone.
+        finished, _ = os.waitpid(pid, os.WNOHANG)
+        return finished == 0
+    except ChildProcessError:
+        return True
+
+
+def stop_pid(pid: int, timeout: float = 10.0) -> None:
+    """Stop a server started by this module (its own process group) by process id."""
+    _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _pid_alive(pid):
+            return
+        time.sleep(0.05)
+    _signal_group(pid, signal.SIGKILL)
+
+
+def _spawn(argv: Sequence[str], log_path: Path, env: Mapping[str, str] | None, cwd: Path) -> subprocess.Popen[bytes]:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_file = log_path.open("ab")
+    try:
+        return subprocess.Popen(
+            list(argv),
+            cwd=cwd,
+            env=dict(env) if env is not None else None,
+            stdout=subprocess.PIPE,
+            stderr=log_file,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    finally:
+        log_file.close()
+
+
+def _await_ready_line(name: str, process: subprocess.Popen[bytes], log_path: Path) -> str:
+    """Read stdout until the server's `READY <url>` line; the rest of stdout goes to the log."""
+    assert process.stdout is not None
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        raw = process.stdout.readline()
+        if not raw:
+            break
+        line = raw.decode(errors="replace").strip()
+        if line.startswith("READY "):
+            _drain_to_log(process, log_path)
+            return line.split(" ", 1)[1]
+    stop_pid(process.pid)
+    tail = log_path.read_text(errors="replace")[-3000:] if log_path.exists() else ""
+    raise StackError(f"{name} did not print READY (exit code {process.poll()}); log {log_path}:\n{tail}")
+
+
+def _drain_to_log(process: subprocess.Popen[bytes], log_path: Path) -> None:
+    import threading
+
+    def pump() -> None:
+        assert process.stdout is not None
+        with log_path.open("ab") as log_file:
+            for chunk in iter(process.stdout.readline, b""):
+                log_file.write(chunk)
+                log_file.flush()
+
+    threading.Thread(target=pump, name=f"log-{process.pid}", daemon=True).start()
+
+
+def _await_ports(name: str, process: subprocess.Popen[bytes], ports: Sequence[int], log_path: Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    pending = list(ports)
+    while pending and time.monotonic() < deadline:
+        if process.poll() is not None:
+            break
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.settimeout(0.5)
+            if sock.connect_ex(("127.0.0.1", pending[0])) == 0:
+                pending.pop(0)
+                continue
+        time.sleep(0.1)
+    if pending:
+        stop_pid(process.pid)
+        tail = log_path.read_text(errors="replace")[-3000:] if log_path.exists() else ""
+        raise StackError(f"{name} did not open ports {pending} (exit code {process.poll()}); log:\n{tail}")
+
+
+def azurite_binary() -> Path:
+    binary = PROJECT_ROOT / "node_modules" / ".bin" / "azurite"
+    if not binary.exists():
+        raise StackError(f"{binary} is missing: run `make install` (npm ci installs Azurite)")
+    return binary
+
+
+def start_azurite(workdir: Path, ports: tuple[int, int, int] | None = None) -> Azurite:
+    """Azurite for blobs, queues and tables, data kept under workdir/azurite."""
+    blob_port, queue_port, table_port = ports or (free_port(), free_port(), free_port())
+    data_dir = workdir / "azurite"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / "logs" / "azurite.log"
+    argv = [
+        str(azurite_binary()), "--skipApiVersionCheck", "--silent", "--location", str(data_dir),
+        "--blobHost", "127.0.0.1", "--blobPort", str(blob_port),
+        "--queueHost", "127.0.0.1", "--queuePort", str(queue_port),
+        "--tableHost", "127.0.0.1", "--tablePort", str(table_port),
+    ]  # fmt: skip
+    process = _spawn(argv, log_path, None, PROJECT_ROOT)
+    _drain_to_log(process, log_path)
+    _await_ports("azurite", process, (blob_port, queue_port, table_port), log_path)
+    return Azurite(
+        name="azurite", process=process, url=f"http://127.0.0.1:{blob_port}", log_path=log_path,
+        blob_port=blob_port, queue_port=queue_port, table_port=table_port,
+    )  # fmt: skip
+
+
+def start_emulator(workdir: Path, extra_args: Sequence[str] = (), port: int = 0) -> Emulator:
+    """The Batch emulator with its state under workdir/batch."""
+    from local.batch.account import DEV_ACCOUNT_KEY, DEV_ACCOUNT_NAME
+
+    log_path = workdir / "logs" / "batch-emulator.log"
+    argv = [
+        sys.executable, "-m", "local.batch", "--host", "127.0.0.1", "--port", str(port),
+        "--state-dir", str(workdir / "batch"), *extra_args,
+    ]  # fmt: skip
+    process = _spawn(argv, log_path, None, PROJECT_ROOT)
+    url = _await_ready_line("batch emulator", process, log_path)
+    return Emulator(
+        name="batch-emulator", process=process, url=url, log_path=log_path,
+        account_name=DEV_ACCOUNT_NAME, account_key=DEV_ACCOUNT_KEY,
+    )  # fmt: skip
+
+
+def app_settings(azurite: Azurite, emulator: Emulator, overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The app settings that point batchdrop at the local stack."""
+    settings = {
+        "BatchdropStorage": azurite.connection_string,
+        "AzureWebJobsStorage": azurite.connection_string,
+        "BATCHDROP_BATCH_URL": emulator.url,
+        "BATCHDROP_BATCH_ACCOUNT_NAME": emulator.account_name,
+        "BATCHDROP_BATCH_ACCOUNT_KEY": emulator.account_key,
+        "BATCHDROP_PIPELINES_FILE": str(PROJECT_ROOT / "samples" / "pipelines.json"),
+        "BATCHDROP_SWEEP_SCHEDULE": "*/30 * * * * *",
+        "BATCHDROP_POLL_SCHEDULE": "*/2 * * * * *",
+    }
+    settings.update(overrides or {})
+    return settings
+
+
+def start_host(
+    workdir: Path,
+    app: str,
+    env: Mapping[str, str],
+    extra_args: Sequence[str] = (),
+    port: int = 0,
+) -> Service:
+    """The dev host running `app` (module:attribute) with the given app settings."""
+    log_path = workdir / "logs" / "host.log"
+    argv = [
+        sys.executable, "-m", "local.host", "--app", app, "--host", "127.0.0.1", "--port", str(port),
+        "--state-dir", str(workdir / "host"), *extra_args,
+    ]  # fmt: skip
+    full_env = {**os.environ, **env}
+    process = _spawn(argv, log_path, full_env, PROJECT_ROOT)
+    url = _await_ready_line("dev host", process, log_path)
+    return Service(name="dev-host", process=process, url=url, log_path=log_path)
