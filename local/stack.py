@@ -5,6 +5,7 @@ Every server binds 127.0.0.1, is started with its own log file and is stopped by
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -54,10 +55,8 @@ class Service:
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the process group, then SIGKILL if it lingers."""
         stop_pid(self.pid, timeout)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=1)
-        except subprocess.TimeoutExpired:
-            pass
 
     def kill(self) -> None:
         """SIGKILL the whole process group at once (for crash tests)."""
@@ -110,7 +109,7 @@ class Emulator(Service):
             return stats
 
     def reset_stats(self) -> None:
-        request = urllib.request.Request(f"{self.url}/_emulator/stats/reset", method="POST")
+        request = urllib.request.Request(f"{self.url}/_emulator/stats/reset", method="POST")  # noqa: S310
         with urllib.request.urlopen(request, timeout=10):  # noqa: S310
             pass
 
@@ -139,10 +138,8 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
     try:
         os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
 
 
 def _pid_alive(pid: int) -> bool:
