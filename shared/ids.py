@@ -1,0 +1,81 @@
+"""Deterministic identities: task and job ids, local file paths, result paths."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import UTC, datetime, timedelta
+
+MAX_BLOB_NAME = 1024
+MAX_BATCH_ID = 64
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+_UNSAFE_FILE = re.compile(r"[^A-Za-z0-9._-]+")
+PIPELINE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+
+
+def normalise_etag(etag: str) -> str:
+    """ETags arrive quoted from some APIs and bare from others."""
+    return etag.strip().strip('"')
+
+
+def input_digest(container: str, name: str, etag: str) -> str:
+    key = f"{container}\n{name}\n{normalise_etag(etag)}".encode()
+    return hashlib.sha256(key).hexdigest()
+
+
+def task_id(container: str, name: str, etag: str) -> str:
+    """A Batch task id for one upload: readable stem + digest of (container, name, etag)."""
+    stem = _UNSAFE.sub("-", name.rsplit("/", 1)[-1])[:24].strip("-_")
+    digest = input_digest(container, name, etag)[:32]
+    return f"{stem}-{digest}" if stem else f"input-{digest}"
+
+
+def window_start(created_on: datetime, window_minutes: int) -> datetime:
+    created = created_on.astimezone(UTC)
+    minutes = int(created.timestamp() // 60)
+    return datetime.fromtimestamp((minutes - minutes % window_minutes) * 60, UTC)
+
+
+def job_id(pipeline: str, created_on: datetime, window_minutes: int) -> str:
+    """A Batch job id for a pipeline and the time window of the blob's creation."""
+    start = window_start(created_on, window_minutes)
+    return f"{pipeline}-{start:%Y%m%dT%H%MZ}-w{window_minutes}"
+
+
+def window_end(created_on: datetime, window_minutes: int) -> datetime:
+    return window_start(created_on, window_minutes) + timedelta(minutes=window_minutes)
+
+
+def local_input_path(name: str) -> str:
+    """Where a task finds its input, relative to its working directory: safe characters only."""
+    base = _UNSAFE_FILE.sub("_", name.rsplit("/", 1)[-1])[-100:].lstrip(".-") or "input"
+    return f"input/{base}"
+
+
+def result_prefix(name: str) -> str:
+    """The folder in `results` for one input; dot segments are escaped so no path resolves upward."""
+    segments = [_escape_segment(segment) for segment in name.split("/")]
+    return "/".join(segments) + "/"
+
+
+def _escape_segment(segment: str) -> str:
+    if segment in ("", ".", ".."):
+        return f"%{segment}"
+    return segment
+
+
+def staging_prefix(job: str, task: str) -> str:
+    return f"{job}/{task}/"
+
+
+def check_blob_name(name: str) -> str | None:
+    """Why a blob name cannot be processed, or None when it can."""
+    if not name:
+        return "the blob name is empty"
+    if len(name) > MAX_BLOB_NAME:
+        return f"the blob name is {len(name)} characters long; Azure allows {MAX_BLOB_NAME}"
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in name):
+        return "the blob name contains control characters"
+    if name.endswith(("/", ".")):
+        return "the blob name ends with '/' or '.', which Azure Storage cannot address reliably"
+    return None

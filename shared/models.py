@@ -1,0 +1,140 @@
+"""Plain data that flows between the use cases and the gateways."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+
+class InputState(StrEnum):
+    """Where one input is in its life; serialised as the plain string."""
+
+    CLAIMED = "claimed"  # ledger row written, task not yet confirmed in Batch
+    SUBMITTED = "submitted"  # task exists in Batch
+    COLLECTED = "collected"  # manifest published
+    SKIPPED = "skipped"  # no pipeline matches
+    REJECTED = "rejected"  # refused, with a reason
+
+
+class JobState(StrEnum):
+    ACTIVE = "active"
+    TERMINATED = "terminated"
+    DELETED = "deleted"
+
+
+class TaskOutcome(StrEnum):
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    """A blob as a trigger or a listing sees it."""
+
+    container: str
+    name: str
+    etag: str
+    created_on: datetime
+    size: int = 0
+
+
+@dataclass
+class InputRecord:
+    """The ledger row of one input: its idempotency key is the task id."""
+
+    task_id: str
+    container: str
+    name: str
+    etag: str
+    pipeline: str
+    job_id: str
+    state: InputState
+    reason: str = ""
+    outcome: str = ""
+    updated_at: datetime | None = None
+
+
+@dataclass
+class JobRecord:
+    """The ledger row of one Batch job: its poll watermark and lifecycle."""
+
+    job_id: str
+    pipeline: str
+    window_end: datetime
+    state: JobState = JobState.ACTIVE
+    watermark: datetime | None = None
+    recent_task_ids: list[str] = field(default_factory=list)
+    terminated_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class ResourceFile:
+    url: str
+    file_path: str
+
+
+@dataclass(frozen=True)
+class OutputFile:
+    pattern: str
+    container_url: str
+    path: str
+    condition: str = "taskCompletion"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Everything Batch needs to create one task."""
+
+    task_id: str
+    command_line: str
+    resource_files: tuple[ResourceFile, ...]
+    output_files: tuple[OutputFile, ...]
+    max_retries: int
+    max_wall_clock_seconds: int
+    environment: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class CompletedTask:
+    task_id: str
+    completed_at: datetime
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """What Batch says about a finished (or unfinished) task."""
+
+    task_id: str
+    state: str
+    exit_code: int | None
+    result: str | None
+    failure: dict[str, object] | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    retries: int
+
+    @property
+    def completed(self) -> bool:
+        return self.state == "completed"
+
+    @property
+    def outcome(self) -> TaskOutcome:
+        return TaskOutcome.SUCCEEDED if self.result == "success" else TaskOutcome.FAILED
+
+
+@dataclass(frozen=True)
+class TaskCounts:
+    active: int = 0
+    running: int = 0
+    completed: int = 0
+    succeeded: int = 0
+    failed: int = 0
+
+
+@dataclass(frozen=True)
+class CompletionEvent:
+    """One task finished: what the poll timer puts on the completions queue."""
+
+    job_id: str
+    task_id: str

@@ -1,0 +1,86 @@
+"""App settings as one typed object, validated at first use and cached."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.errors import ConfigError
+
+STORAGE_CONNECTION = "BatchdropStorage"
+
+
+class Settings(BaseSettings):
+    """Every setting batchdrop reads; the alias is the app setting's name."""
+
+    model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, case_sensitive=False)
+
+    storage_connection_string: str | None = Field(None, alias="BatchdropStorage")
+    blob_service_uri: str | None = Field(None, alias="BatchdropStorage__blobServiceUri")
+    queue_service_uri: str | None = Field(None, alias="BatchdropStorage__queueServiceUri")
+    table_service_uri: str | None = Field(None, alias="BatchdropStorage__tableServiceUri")
+
+    batch_url: str = Field(alias="BATCHDROP_BATCH_URL", pattern=r"^https?://\S+$")
+    batch_account_name: str | None = Field(None, alias="BATCHDROP_BATCH_ACCOUNT_NAME")
+    batch_account_key: str | None = Field(None, alias="BATCHDROP_BATCH_ACCOUNT_KEY", repr=False)
+
+    pipelines_file: Path = Field(alias="BATCHDROP_PIPELINES_FILE")
+    job_window_minutes: int = Field(60, alias="BATCHDROP_JOB_WINDOW_MINUTES", ge=1, le=24 * 60)
+    job_close_grace_minutes: int = Field(5, alias="BATCHDROP_JOB_CLOSE_GRACE_MINUTES", ge=0)
+    job_retention_hours: float = Field(24.0, alias="BATCHDROP_JOB_RETENTION_HOURS", ge=0)
+    poll_overlap_seconds: int = Field(60, alias="BATCHDROP_POLL_OVERLAP_SECONDS", ge=0, le=3600)
+    sas_margin_minutes: int = Field(30, alias="BATCHDROP_SAS_MARGIN_MINUTES", ge=1)
+    sas_max_hours: int = Field(48, alias="BATCHDROP_SAS_MAX_HOURS", ge=1, le=24 * 7)
+
+    input_container: str = Field("input", alias="BATCHDROP_INPUT_CONTAINER")
+    apps_container: str = Field("apps", alias="BATCHDROP_APPS_CONTAINER")
+    staging_container: str = Field("staging", alias="BATCHDROP_STAGING_CONTAINER")
+    results_container: str = Field("results", alias="BATCHDROP_RESULTS_CONTAINER")
+    completions_queue: str = Field("completions", alias="BATCHDROP_COMPLETIONS_QUEUE")
+    ledger_table: str = Field("ledger", alias="BATCHDROP_LEDGER_TABLE")
+
+    @model_validator(mode="after")
+    def _storage_is_reachable(self) -> Settings:
+        identity = (self.blob_service_uri, self.queue_service_uri, self.table_service_uri)
+        if self.storage_connection_string is None and not all(identity):
+            missing = [
+                name
+                for name, value in zip(
+                    ("__blobServiceUri", "__queueServiceUri", "__tableServiceUri"), identity, strict=True
+                )
+                if not value
+            ]
+            raise ValueError(
+                f"set {STORAGE_CONNECTION} (a connection string) or, for managed identity, "
+                + ", ".join(STORAGE_CONNECTION + suffix for suffix in missing)
+            )
+        if (self.batch_account_name is None) != (self.batch_account_key is None):
+            raise ValueError("set both BATCHDROP_BATCH_ACCOUNT_NAME and BATCHDROP_BATCH_ACCOUNT_KEY, or neither")
+        return self
+
+    @property
+    def uses_managed_identity(self) -> bool:
+        return self.storage_connection_string is None
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build Settings from the environment, turning validation errors into one ConfigError naming the settings."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as error:
+        problems = []
+        for issue in error.errors():
+            where = ".".join(str(part) for part in issue["loc"]) or "settings"
+            field = Settings.model_fields.get(where)
+            name = field.alias if field is not None and field.alias else where
+            problems.append(f"{name}: {issue['msg']}")
+        raise ConfigError("bad or missing app settings: " + "; ".join(problems)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide Settings, validated on first use."""
+    return load_settings()
