@@ -25,3 +25,7 @@ class PermanentError(BatchdropError):
 
 class RejectedInput(PermanentError):
     """An input (blob, event or message) that batchdrop will not process, with the reason."""
+
+
+class JobClosed(PermanentError):
+    """The Batch job no longer accepts tasks (completed, terminating or deleted)."""

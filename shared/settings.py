@@ -32,7 +32,7 @@ class Settings(BaseSettings):
     job_close_grace_minutes: int = Field(5, alias="BATCHDROP_JOB_CLOSE_GRACE_MINUTES", ge=0)
     job_retention_hours: float = Field(24.0, alias="BATCHDROP_JOB_RETENTION_HOURS", ge=0)
     poll_overlap_seconds: int = Field(60, alias="BATCHDROP_POLL_OVERLAP_SECONDS", ge=0, le=3600)
-    sas_margin_minutes: int = Field(30, alias="BATCHDROP_SAS_MARGIN_MINUTES", ge=1)
+    sas_margin_minutes: int = Field(360, alias="BATCHDROP_SAS_MARGIN_MINUTES", ge=1)
     sas_max_hours: int = Field(48, alias="BATCHDROP_SAS_MAX_HOURS", ge=1, le=24 * 7)
 
     input_container: str = Field("input", alias="BATCHDROP_INPUT_CONTAINER")

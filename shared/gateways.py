@@ -1,0 +1,71 @@
+"""Wiring: the settings, the pipelines and one gateway per service, built on first use and reused."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import lru_cache
+
+from shared.pipelines import PipelineSet, load_pipelines
+from shared.ports import BatchPort, BlobPort, LedgerPort, QueuePort
+from shared.settings import Settings, get_settings
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Gateways:
+    """What a use case needs: configuration and the ports to the outside world."""
+
+    settings: Settings
+    pipelines: PipelineSet
+    batch: BatchPort
+    blobs: BlobPort
+    queue: QueuePort
+    ledger: LedgerPort
+    clock: Callable[[], datetime] = field(default=utc_now)
+
+
+def build_gateways(settings: Settings) -> Gateways:
+    """Azure-backed gateways: connection string locally, managed identity on Azure."""
+    from azure.data.tables import TableClient, TableServiceClient
+    from azure.storage.queue import QueueServiceClient
+
+    from shared.batch import AzureBatch
+    from shared.ledger import TableLedger
+    from shared.storage import AzureBlobs, AzureQueue
+
+    pipelines = load_pipelines(settings.pipelines_file)
+    batch = AzureBatch.connect(settings.batch_url, settings.batch_account_name, settings.batch_account_key)
+    table: TableClient
+    if settings.storage_connection_string:
+        connection = settings.storage_connection_string
+        blobs = AzureBlobs.from_connection_string(connection)
+        queues = QueueServiceClient.from_connection_string(connection)
+        table = TableServiceClient.from_connection_string(connection).get_table_client(settings.ledger_table)
+    else:
+        from azure.identity import DefaultAzureCredential
+
+        credential = DefaultAzureCredential()
+        blobs = AzureBlobs.from_identity(str(settings.blob_service_uri), credential)
+        queues = QueueServiceClient(str(settings.queue_service_uri), credential=credential)
+        table = TableServiceClient(str(settings.table_service_uri), credential=credential).get_table_client(
+            settings.ledger_table
+        )
+    return Gateways(
+        settings=settings,
+        pipelines=pipelines,
+        batch=batch,
+        blobs=blobs,
+        queue=AzureQueue.from_service(queues, settings.completions_queue),
+        ledger=TableLedger(table),
+    )
+
+
+@lru_cache(maxsize=1)
+def gateways() -> Gateways:
+    """The process-wide gateways, built from the app settings on first use."""
+    return build_gateways(get_settings())

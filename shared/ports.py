@@ -1,0 +1,101 @@
+"""The interfaces the use cases talk to; adapters implement them over Azure, tests over memory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime
+from typing import Protocol
+
+from shared.models import (
+    BlobRef,
+    CompletedTask,
+    CompletionEvent,
+    InputRecord,
+    InputState,
+    JobRecord,
+    TaskCounts,
+    TaskResult,
+    TaskSpec,
+)
+from shared.pipelines import PipelineSpec, PoolSpec
+
+
+class BatchPort(Protocol):
+    def ensure_pool(self, pool: PoolSpec) -> None:
+        """Create the pool if it does not exist."""
+
+    def ensure_job(self, job_id: str, pipeline: PipelineSpec) -> None:
+        """Create the job on the pipeline's pool; an existing job is success."""
+
+    def add_task(self, job_id: str, task: TaskSpec) -> None:
+        """Create one task; an existing task with that id is success."""
+
+    def add_tasks(self, job_id: str, tasks: Sequence[TaskSpec]) -> None:
+        """Create many tasks in bulk (100 per request); existing ones are success."""
+
+    def completed_since(self, job_id: str, since: datetime | None) -> list[CompletedTask]:
+        """Tasks of the job that reached `completed` at or after `since`."""
+
+    def get_task(self, job_id: str, task_id: str) -> TaskResult | None:
+        """The task's state and execution info, None if Batch does not know it."""
+
+    def task_counts(self, job_id: str) -> TaskCounts | None:
+        """Batch's task counts for the job, None if the job is gone."""
+
+    def terminate_job(self, job_id: str) -> None: ...
+
+    def delete_job(self, job_id: str) -> None: ...
+
+
+class BlobPort(Protocol):
+    def list_blobs(self, container: str, prefix: str = "") -> Iterator[BlobRef]: ...
+
+    def get_blob(self, container: str, name: str) -> BlobRef | None: ...
+
+    def read_url(self, container: str, name: str, valid_seconds: int) -> str:
+        """A URL that lets its holder read exactly this blob until it expires."""
+
+    def write_url(self, container: str, valid_seconds: int) -> str:
+        """A container URL that lets its holder create blobs until it expires."""
+
+    def copy(self, source_container: str, source_name: str, target_container: str, target_name: str) -> None:
+        """Server-side copy; returns once the copy is complete."""
+
+    def read_json(self, container: str, name: str) -> dict[str, object] | None: ...
+
+    def write_json(self, container: str, name: str, document: dict[str, object]) -> None: ...
+
+    def read_tail(self, container: str, name: str, max_bytes: int) -> str: ...
+
+
+class QueuePort(Protocol):
+    def send(self, events: Iterable[CompletionEvent]) -> None: ...
+
+    def poison_count(self) -> int: ...
+
+
+class LedgerPort(Protocol):
+    def claim_input(self, record: InputRecord) -> tuple[InputRecord, bool]:
+        """Create the input's row if absent; return the stored row and whether this call created it."""
+
+    def get_input(self, task_id: str) -> InputRecord | None: ...
+
+    def save_input(self, record: InputRecord) -> None: ...
+
+    def inputs(self, state: InputState | None = None, job_id: str | None = None) -> list[InputRecord]: ...
+
+    def known_task_ids(self) -> set[str]:
+        """Task ids of every input the ledger has (for the sweep's one-read check)."""
+
+    def get_job(self, job_id: str) -> JobRecord | None: ...
+
+    def claim_job(self, record: JobRecord) -> tuple[JobRecord, bool]: ...
+
+    def save_job(self, record: JobRecord) -> None: ...
+
+    def jobs(self, active_only: bool = True) -> list[JobRecord]: ...
+
+    def record_rejection(self, subject: str, reason: str) -> None:
+        """Record something batchdrop refused (a blob, an event, a message) for the status API."""
+
+    def rejections(self, limit: int = 100) -> list[dict[str, str]]: ...

@@ -1,0 +1,217 @@
+"""The storage gateways: blobs (with SAS or identity references, server-side copy) and the completions queue."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
+from azure.storage.blob import (
+    BlobSasPermissions,
+    BlobServiceClient,
+    ContainerSasPermissions,
+    ContentSettings,
+    UserDelegationKey,
+    generate_blob_sas,
+    generate_container_sas,
+)
+from azure.storage.queue import QueueClient, QueueServiceClient
+
+from shared.errors import PermanentError, TransientError
+from shared.models import BlobRef, CompletionEvent
+
+logger = logging.getLogger(__name__)
+COPY_WAIT_SECONDS = 300.0
+
+
+def parse_connection_string(connection_string: str) -> dict[str, str]:
+    """Key=value pairs of a storage connection string (the key part may contain '=')."""
+    parts: dict[str, str] = {}
+    for item in connection_string.split(";"):
+        if "=" in item:
+            key, value = item.split("=", 1)
+            parts[key.strip()] = value.strip()
+    return parts
+
+
+class AzureBlobs:
+    """BlobPort over azure-storage-blob. SAS from the account key locally, from a user delegation key on Azure."""
+
+    def __init__(self, service: BlobServiceClient, account_key: str | None = None) -> None:
+        self._service = service
+        self._account_key = account_key
+        self._delegation_key: UserDelegationKey | None = None
+        self._delegation_expiry = datetime.min.replace(tzinfo=UTC)
+        self._lock = threading.Lock()
+        self._ensured: set[str] = set()
+
+    @classmethod
+    def from_connection_string(cls, connection_string: str) -> AzureBlobs:
+        key = parse_connection_string(connection_string).get("AccountKey")
+        return cls(BlobServiceClient.from_connection_string(connection_string), key)
+
+    @classmethod
+    def from_identity(cls, account_url: str, credential: Any) -> AzureBlobs:
+        return cls(BlobServiceClient(account_url, credential=credential))
+
+    def ensure_container(self, container: str) -> None:
+        if container in self._ensured:
+            return
+        try:
+            self._service.create_container(container)
+        except ResourceExistsError:
+            pass
+        self._ensured.add(container)
+
+    def list_blobs(self, container: str, prefix: str = "") -> Iterator[BlobRef]:
+        client = self._service.get_container_client(container)
+        try:
+            for blob in client.list_blobs(name_starts_with=prefix or None):
+                yield BlobRef(container, blob.name, blob.etag, blob.creation_time, blob.size or 0)
+        except ResourceNotFoundError:
+            return
+        except AzureError as error:
+            raise TransientError(f"list {container}/{prefix}*: {type(error).__name__}") from None
+
+    def get_blob(self, container: str, name: str) -> BlobRef | None:
+        try:
+            props = self._service.get_blob_client(container, name).get_blob_properties()
+        except ResourceNotFoundError:
+            return None
+        except AzureError as error:
+            raise TransientError(f"read properties of {container}/{name}: {type(error).__name__}") from None
+        return BlobRef(container, name, props.etag, props.creation_time, props.size or 0)
+
+    def _sas_credential(self, valid_seconds: int) -> dict[str, Any]:
+        if self._account_key:
+            return {"account_key": self._account_key}
+        with self._lock:
+            needed_until = datetime.now(UTC) + timedelta(seconds=valid_seconds)
+            if self._delegation_key is None or self._delegation_expiry < needed_until:
+                start = datetime.now(UTC) - timedelta(minutes=5)
+                expiry = needed_until + timedelta(hours=1)
+                self._delegation_key = self._service.get_user_delegation_key(start, expiry)
+                self._delegation_expiry = expiry
+            return {"user_delegation_key": self._delegation_key}
+
+    def read_url(self, container: str, name: str, valid_seconds: int) -> str:
+        blob = self._service.get_blob_client(container, name)
+        sas = generate_blob_sas(
+            account_name=self._service.account_name or "",
+            container_name=container,
+            blob_name=name,
+            permission=BlobSasPermissions(read=True),
+            expiry=datetime.now(UTC) + timedelta(seconds=valid_seconds),
+            **self._sas_credential(valid_seconds),
+        )
+        return f"{blob.url}?{sas}"
+
+    def write_url(self, container: str, valid_seconds: int) -> str:
+        self.ensure_container(container)
+        client = self._service.get_container_client(container)
+        sas = generate_container_sas(
+            account_name=self._service.account_name or "",
+            container_name=container,
+            permission=ContainerSasPermissions(write=True, create=True),
+            expiry=datetime.now(UTC) + timedelta(seconds=valid_seconds),
+            **self._sas_credential(valid_seconds),
+        )
+        return f"{client.url}?{sas}"
+
+    def copy(self, source_container: str, source_name: str, target_container: str, target_name: str) -> None:
+        self.ensure_container(target_container)
+        source_url = self.read_url(source_container, source_name, 3600)
+        target = self._service.get_blob_client(target_container, target_name)
+        try:
+            target.start_copy_from_url(source_url)
+            deadline = time.monotonic() + COPY_WAIT_SECONDS
+            while True:
+                status = target.get_blob_properties().copy.status
+                if status == "success":
+                    return
+                if status in ("failed", "aborted"):
+                    raise TransientError(f"copy {source_container}/{source_name} -> {target_name}: {status}")
+                if time.monotonic() > deadline:
+                    raise TransientError(f"copy {source_container}/{source_name} -> {target_name} still pending")
+                time.sleep(0.5)
+        except ResourceNotFoundError:
+            raise PermanentError(f"copy source {source_container}/{source_name} does not exist") from None
+        except AzureError as error:
+            raise TransientError(f"copy {source_container}/{source_name}: {type(error).__name__}") from None
+
+    def read_json(self, container: str, name: str) -> dict[str, object] | None:
+        try:
+            data = self._service.get_blob_client(container, name).download_blob().readall()
+        except ResourceNotFoundError:
+            return None
+        except AzureError as error:
+            raise TransientError(f"read {container}/{name}: {type(error).__name__}") from None
+        document = json.loads(data)
+        return document if isinstance(document, dict) else None
+
+    def write_json(self, container: str, name: str, document: dict[str, object]) -> None:
+        self.ensure_container(container)
+        body = json.dumps(document, indent=2, sort_keys=True, default=str).encode()
+        try:
+            self._service.get_blob_client(container, name).upload_blob(
+                body, overwrite=True, content_settings=ContentSettings(content_type="application/json")
+            )
+        except AzureError as error:
+            raise TransientError(f"write {container}/{name}: {type(error).__name__}") from None
+
+    def read_tail(self, container: str, name: str, max_bytes: int) -> str:
+        blob = self._service.get_blob_client(container, name)
+        try:
+            size = blob.get_blob_properties().size or 0
+            if size == 0:
+                return ""
+            offset = max(0, size - max_bytes)
+            data = blob.download_blob(offset=offset, length=size - offset).readall()
+        except ResourceNotFoundError:
+            return ""
+        except AzureError as error:
+            raise TransientError(f"read {container}/{name}: {type(error).__name__}") from None
+        return data.decode("utf-8", errors="replace")
+
+
+class AzureQueue:
+    """QueuePort over azure-storage-queue: the completions queue and its poison twin."""
+
+    def __init__(self, queue: QueueClient, poison: QueueClient) -> None:
+        self._queue = queue
+        self._poison = poison
+        self._ensured = False
+
+    @classmethod
+    def from_service(cls, service: QueueServiceClient, name: str) -> AzureQueue:
+        return cls(service.get_queue_client(name), service.get_queue_client(f"{name}-poison"))
+
+    def ensure(self) -> None:
+        if self._ensured:
+            return
+        for client in (self._queue, self._poison):
+            try:
+                client.create_queue()
+            except ResourceExistsError:
+                pass
+        self._ensured = True
+
+    def send(self, events: Iterable[CompletionEvent]) -> None:
+        self.ensure()
+        for event in events:
+            body = json.dumps({"job_id": event.job_id, "task_id": event.task_id})
+            try:
+                self._queue.send_message(body)
+            except AzureError as error:
+                raise TransientError(f"enqueue completion of {event.task_id}: {type(error).__name__}") from None
+
+    def poison_count(self) -> int:
+        try:
+            return int(self._poison.get_queue_properties().approximate_message_count or 0)
+        except ResourceNotFoundError:
+            return 0

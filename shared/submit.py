@@ -1,0 +1,208 @@
+"""Submit use cases: one input from an event, or every new input from a sweep."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from shared import ids
+from shared.errors import JobClosed, RejectedInput, TransientError
+from shared.gateways import Gateways
+from shared.models import (
+    BlobRef,
+    InputRecord,
+    InputState,
+    JobRecord,
+    JobState,
+    OutputFile,
+    ResourceFile,
+    TaskSpec,
+)
+from shared.pipelines import APP_DIR, OUTPUT_DIR, PipelineSpec, RoutingConflict, route
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SubmitOutcome:
+    """What happened to one input: created, duplicate, skipped or rejected."""
+
+    name: str
+    action: str
+    task_id: str = ""
+    job_id: str = ""
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    listed: int
+    submitted: int
+    skipped: int
+    rejected: int
+
+
+def submit_blob(gw: Gateways, container: str, name: str) -> SubmitOutcome:
+    """Submit the blob `container/name` as it is now in storage (the event paths call this)."""
+    if container != gw.settings.input_container:
+        raise RejectedInput(f"{container}/{name}: not in the input container {gw.settings.input_container!r}")
+    blob = gw.blobs.get_blob(container, name)
+    if blob is None:
+        raise RejectedInput(f"{container}/{name}: no such blob (deleted, or the event is forged)")
+    return submit(gw, blob)
+
+
+def submit(gw: Gateways, blob: BlobRef) -> SubmitOutcome:
+    """Submit one input: at most one Batch request when the job already exists."""
+    prepared = _claim(gw, blob)
+    if isinstance(prepared, SubmitOutcome):
+        return prepared
+    record, pipeline = prepared
+    record = _ensure_job(gw, record, pipeline)
+    try:
+        gw.batch.add_task(record.job_id, _task_spec(gw, record, pipeline))
+    except JobClosed:
+        record = _move_to_open_job(gw, record, pipeline)
+        gw.batch.add_task(record.job_id, _task_spec(gw, record, pipeline))
+    record.state = InputState.SUBMITTED
+    gw.ledger.save_input(record)
+    logger.info("submitted %s", blob.name, extra={"job_id": record.job_id, "task_id": record.task_id})
+    return SubmitOutcome(blob.name, "created", record.task_id, record.job_id)
+
+
+def sweep(gw: Gateways) -> SweepReport:
+    """Submit every input that has no task yet, in bulk; nothing new means no Batch request."""
+    known = gw.ledger.known_task_ids()
+    listed = skipped = rejected = 0
+    by_job: dict[str, list[tuple[InputRecord, PipelineSpec]]] = defaultdict(list)
+    container = gw.settings.input_container
+    for blob in gw.blobs.list_blobs(container):
+        listed += 1
+        if ids.task_id(container, blob.name, blob.etag) in known:
+            continue
+        try:
+            prepared = _claim(gw, blob)
+        except RejectedInput as rejection:
+            gw.ledger.record_rejection(f"{container}/{blob.name}", str(rejection))
+            rejected += 1
+            continue
+        if isinstance(prepared, SubmitOutcome):
+            skipped += prepared.action == "skipped"
+            rejected += prepared.action == "rejected"
+            continue
+        record, pipeline = prepared
+        record = _ensure_job(gw, record, pipeline)
+        by_job[record.job_id].append((record, pipeline))
+    submitted = 0
+    for job_id, entries in by_job.items():
+        try:
+            gw.batch.add_tasks(job_id, [_task_spec(gw, record, pipeline) for record, pipeline in entries])
+        except JobClosed:
+            for record, pipeline in entries:
+                moved = _move_to_open_job(gw, record, pipeline)
+                gw.batch.add_task(moved.job_id, _task_spec(gw, moved, pipeline))
+        for record, _ in entries:
+            record.state = InputState.SUBMITTED
+            gw.ledger.save_input(record)
+        submitted += len(entries)
+    logger.info("sweep listed %d, submitted %d, skipped %d, rejected %d", listed, submitted, skipped, rejected)
+    return SweepReport(listed, submitted, skipped, rejected)
+
+
+def _claim(gw: Gateways, blob: BlobRef) -> tuple[InputRecord, PipelineSpec] | SubmitOutcome:
+    """Validate, route and claim the input's ledger row; an outcome when there is nothing to submit."""
+    task_id = ids.task_id(blob.container, blob.name, blob.etag)
+    base = InputRecord(task_id, blob.container, blob.name, ids.normalise_etag(blob.etag), "", "", InputState.CLAIMED)
+    reason = ids.check_blob_name(blob.name)
+    pipeline = None
+    if reason is None:
+        try:
+            pipeline = route(gw.pipelines, blob.name)
+        except RoutingConflict as conflict:
+            reason = str(conflict)
+    if reason is not None:
+        stored, created = gw.ledger.claim_input(replace(base, state=InputState.REJECTED, reason=reason))
+        if created:
+            gw.ledger.record_rejection(f"{blob.container}/{blob.name}", reason)
+            logger.warning("rejected %r: %s", blob.name, reason, extra={"task_id": task_id})
+        return SubmitOutcome(blob.name, "rejected", task_id, reason=reason)
+    if pipeline is None:
+        why = "no pipeline matches this name"
+        gw.ledger.claim_input(replace(base, state=InputState.SKIPPED, reason=why))
+        return SubmitOutcome(blob.name, "skipped", task_id, reason=why)
+    window = gw.settings.job_window_minutes
+    job_id = ids.job_id(pipeline.name, blob.created_on, window)
+    stored, created = gw.ledger.claim_input(replace(base, pipeline=pipeline.name, job_id=job_id))
+    if not created and stored.state is not InputState.CLAIMED:
+        return SubmitOutcome(blob.name, "duplicate", stored.task_id, stored.job_id)
+    return stored, pipeline
+
+
+def _ensure_job(gw: Gateways, record: InputRecord, pipeline: PipelineSpec) -> InputRecord:
+    """Make sure the record's job exists in Batch and the ledger; late inputs move to an open job."""
+    job = gw.ledger.get_job(record.job_id)
+    if job is not None and job.state is JobState.ACTIVE:
+        return record
+    if job is not None:
+        return _move_to_open_job(gw, record, pipeline)
+    gw.batch.ensure_pool(pipeline.pool)
+    gw.batch.ensure_job(record.job_id, pipeline)
+    window_end = _window_end_of(gw, record.job_id, pipeline)
+    gw.ledger.claim_job(JobRecord(record.job_id, pipeline.name, window_end))
+    return record
+
+
+def _window_end_of(gw: Gateways, job_id: str, pipeline: PipelineSpec) -> datetime:
+    stamp = job_id[len(pipeline.name) + 1 :].split("-", 1)[0]
+    start = datetime.strptime(stamp, "%Y%m%dT%H%MZ").replace(tzinfo=gw.clock().tzinfo)
+    return start + timedelta(minutes=gw.settings.job_window_minutes)
+
+
+def _move_to_open_job(gw: Gateways, record: InputRecord, pipeline: PipelineSpec) -> InputRecord:
+    """The input's window job is closed: give it the job of the current window instead."""
+    current = ids.job_id(pipeline.name, gw.clock(), gw.settings.job_window_minutes)
+    if current == record.job_id:
+        raise TransientError(f"job {current} is closed while its window is still open; retry later")
+    logger.info("job %s is closed; %s moves to %s", record.job_id, record.name, current)
+    moved = replace(record, job_id=current)
+    gw.ledger.save_input(moved)
+    return _ensure_job(gw, moved, pipeline)
+
+
+def _task_spec(gw: Gateways, record: InputRecord, pipeline: PipelineSpec) -> TaskSpec:
+    """The task for one input: fixed command template, input and app files as SAS-scoped resource files."""
+    settings = gw.settings
+    valid_seconds = min(
+        pipeline.max_wall_clock_seconds + settings.sas_margin_minutes * 60, settings.sas_max_hours * 3600
+    )
+    local_input = ids.local_input_path(record.name)
+    resources = [ResourceFile(gw.blobs.read_url(record.container, record.name, valid_seconds), local_input)]
+    resources += [
+        ResourceFile(gw.blobs.read_url(settings.apps_container, app_file, valid_seconds), f"{APP_DIR}/{app_file}")
+        for app_file in pipeline.app_files
+    ]
+    staging = ids.staging_prefix(record.job_id, record.task_id)
+    write_url = gw.blobs.write_url(settings.staging_container, valid_seconds)
+    outputs = [_output_file(pattern, write_url, f"{staging}out") for pattern in pipeline.outputs]
+    outputs += [
+        OutputFile(f"../{log}", write_url, f"{staging}logs/{log}", "taskCompletion")
+        for log in ("stdout.txt", "stderr.txt")
+    ]
+    return TaskSpec(
+        task_id=record.task_id,
+        command_line=pipeline.command_line(local_input),
+        resource_files=tuple(resources),
+        output_files=tuple(outputs),
+        max_retries=pipeline.max_retries,
+        max_wall_clock_seconds=pipeline.max_wall_clock_seconds,
+        environment=(("BATCHDROP_INPUT", local_input), ("BATCHDROP_OUTPUT_DIR", OUTPUT_DIR)),
+    )
+
+
+def _output_file(pattern: str, container_url: str, prefix: str) -> OutputFile:
+    # With a wildcard Batch treats `path` as a prefix; without one, as the blob name itself.
+    wildcard = any(char in pattern for char in "*?[")
+    path = prefix if wildcard else f"{prefix}/{pattern}"
+    return OutputFile(f"{OUTPUT_DIR}/{pattern}", container_url, path, "taskCompletion")
