@@ -1,0 +1,1 @@
+"""Blueprints: thin adapters from Functions bindings to the use cases."""

@@ -1,0 +1,44 @@
+"""Ingest: a new blob in `input` (blob trigger with source=EventGrid, or an Event Grid event) is submitted."""
+
+from __future__ import annotations
+
+import logging
+
+import azure.functions as func
+
+from shared.errors import RejectedInput
+from shared.events import blob_of_event
+from shared.settings import STORAGE_CONNECTION
+from shared.submit import submit_blob
+from shared.triggers.boundary import reject, run
+
+bp = func.Blueprint()
+logger = logging.getLogger("batchdrop.ingest")
+BLOB_CREATED = "Microsoft.Storage.BlobCreated"
+
+
+@bp.function_name("ingest")
+@bp.blob_trigger(arg_name="blob", path="input/{name}", connection=STORAGE_CONNECTION, source=func.BlobSource.EVENT_GRID)
+def ingest(blob: func.InputStream) -> None:
+    """Blob trigger: only the name is read; the content stays in storage."""
+    container, _, name = (blob.name or "").partition("/")
+    run(f"{container}/{name}", lambda gw: submit_blob(gw, container, name))
+
+
+@bp.function_name("ingest_event")
+@bp.event_grid_trigger(arg_name="event")
+def ingest_event(event: func.EventGridEvent) -> None:
+    """Event Grid trigger: BlobCreated events for the input container are submitted; others are ignored."""
+    if event.event_type != BLOB_CREATED:
+        logger.info("ignored Event Grid event %s of type %s", event.id, event.event_type)
+        return
+    try:
+        container, name = blob_from_event(event)
+    except RejectedInput as rejection:
+        reject(f"event {event.id}", rejection)
+        return
+    run(f"{container}/{name}", lambda gw: submit_blob(gw, container, name))
+
+
+def blob_from_event(event: func.EventGridEvent) -> tuple[str, str]:
+    return blob_of_event(event.id, event.get_json(), event.subject)
