@@ -1,0 +1,339 @@
+"""In-memory fakes behind the ports: small, but they behave like the services they stand for."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from shared.errors import JobClosed, TransientError
+from shared.gateways import Gateways
+from shared.models import (
+    BlobRef,
+    CompletedTask,
+    CompletionEvent,
+    InputRecord,
+    InputState,
+    JobRecord,
+    JobState,
+    TaskCounts,
+    TaskResult,
+    TaskSpec,
+)
+from shared.pipelines import PipelineSet, PipelineSpec, PoolSpec
+from shared.settings import Settings, load_settings
+
+START = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self, now: datetime = START) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+
+@dataclass
+class FakeTask:
+    spec: TaskSpec
+    state: str = "active"
+    transition: datetime = START
+    exit_code: int | None = None
+
+
+@dataclass
+class FakeJob:
+    job_id: str
+    pool_id: str
+    state: str = "active"
+    tasks: dict[str, FakeTask] = field(default_factory=dict)
+
+
+class FakeBatch:
+    """BatchPort in memory; counts requests by operation the way the emulator does."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.pools: set[str] = set()
+        self.jobs: dict[str, FakeJob] = {}
+        self.requests: Counter[str] = Counter()
+        self.fail_next: list[Exception] = []
+
+    def _request(self, operation: str) -> None:
+        self.requests[operation] += 1
+        if self.fail_next:
+            raise self.fail_next.pop(0)
+
+    def ensure_pool(self, pool: PoolSpec) -> None:
+        self._request("Pool_Exists")
+        if pool.id not in self.pools:
+            self._request("Pool_Add")
+            self.pools.add(pool.id)
+
+    def ensure_job(self, job_id: str, pipeline: PipelineSpec) -> None:
+        self._request("Job_Add")
+        self.jobs.setdefault(job_id, FakeJob(job_id, pipeline.pool.id))
+
+    def _open_job(self, job_id: str) -> FakeJob:
+        job = self.jobs.get(job_id)
+        if job is None or job.state != "active":
+            raise JobClosed(f"job {job_id} is not active")
+        return job
+
+    def add_task(self, job_id: str, task: TaskSpec) -> None:
+        self._request("Task_Add")
+        self._open_job(job_id).tasks.setdefault(task.task_id, FakeTask(task, transition=self.clock()))
+
+    def add_tasks(self, job_id: str, tasks: Sequence[TaskSpec]) -> None:
+        for start in range(0, len(tasks), 100):
+            self._request("Task_AddCollection")
+            job = self._open_job(job_id)
+            for task in tasks[start : start + 100]:
+                job.tasks.setdefault(task.task_id, FakeTask(task, transition=self.clock()))
+
+    def completed_since(self, job_id: str, since: datetime | None) -> list[CompletedTask]:
+        self._request("Task_List")
+        job = self.jobs.get(job_id)
+        if job is None:
+            return []
+        return [
+            CompletedTask(task_id, task.transition)
+            for task_id, task in job.tasks.items()
+            if task.state == "completed" and (since is None or task.transition >= since)
+        ]
+
+    def get_task(self, job_id: str, task_id: str) -> TaskResult | None:
+        self._request("Task_Get")
+        job = self.jobs.get(job_id)
+        task = job.tasks.get(task_id) if job else None
+        if task is None:
+            return None
+        succeeded = task.exit_code == 0
+        return TaskResult(
+            task_id=task_id,
+            state=task.state,
+            exit_code=task.exit_code,
+            result=None if task.state != "completed" else ("success" if succeeded else "failure"),
+            failure=None
+            if succeeded or task.state != "completed"
+            else {"category": "usererror", "code": "FailureExitCode", "message": "non-zero exit"},
+            started_at=task.transition,
+            finished_at=task.transition,
+            retries=0,
+        )
+
+    def task_counts(self, job_id: str) -> TaskCounts | None:
+        self._request("Job_GetTaskCounts")
+        job = self.jobs.get(job_id)
+        if job is None:
+            return None
+        states = Counter(task.state for task in job.tasks.values())
+        done = [task for task in job.tasks.values() if task.state == "completed"]
+        ok = sum(1 for task in done if task.exit_code == 0)
+        return TaskCounts(states["active"], states["running"], len(done), ok, len(done) - ok)
+
+    def terminate_job(self, job_id: str) -> None:
+        self._request("Job_Terminate")
+        if job_id in self.jobs:
+            self.jobs[job_id].state = "completed"
+
+    def delete_job(self, job_id: str) -> None:
+        self._request("Job_Delete")
+        self.jobs.pop(job_id, None)
+
+    # what a compute node would do
+    def finish(self, job_id: str, task_id: str, exit_code: int = 0) -> None:
+        task = self.jobs[job_id].tasks[task_id]
+        task.state, task.exit_code, task.transition = "completed", exit_code, self.clock()
+
+    def all_tasks(self) -> list[tuple[str, str]]:
+        return [(job.job_id, task_id) for job in self.jobs.values() for task_id in job.tasks]
+
+    def task_requests(self) -> int:
+        return self.requests["Task_Add"] + self.requests["Task_AddCollection"]
+
+
+class FakeBlobs:
+    """BlobPort in memory. URLs carry a fake, expiring grant so tests can check scope and expiry."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.containers: dict[str, dict[str, tuple[bytes, str, datetime]]] = {}
+        self.copies = 0
+        self.bytes_read_by_client = 0
+        self._etag = 0
+
+    def put(self, container: str, name: str, data: bytes = b"x") -> BlobRef:
+        self._etag += 1
+        etag = f"0x{self._etag:08X}"
+        self.containers.setdefault(container, {})[name] = (data, etag, self.clock())
+        return BlobRef(container, name, etag, self.clock(), len(data))
+
+    def list_blobs(self, container: str, prefix: str = "") -> Iterator[BlobRef]:
+        for name, (data, etag, created) in sorted(self.containers.get(container, {}).items()):
+            if name.startswith(prefix):
+                yield BlobRef(container, name, etag, created, len(data))
+
+    def get_blob(self, container: str, name: str) -> BlobRef | None:
+        found = self.containers.get(container, {}).get(name)
+        return BlobRef(container, name, found[1], found[2], len(found[0])) if found else None
+
+    def read_url(self, container: str, name: str, valid_seconds: int) -> str:
+        expiry = (self.clock() + timedelta(seconds=valid_seconds)).isoformat()
+        return f"mem://{container}/{name}?sp=r&se={expiry}&sig=SECRET"
+
+    def write_url(self, container: str, valid_seconds: int) -> str:
+        expiry = (self.clock() + timedelta(seconds=valid_seconds)).isoformat()
+        return f"mem://{container}?sp=cw&se={expiry}&sig=SECRET"
+
+    def copy(self, source_container: str, source_name: str, target_container: str, target_name: str) -> None:
+        data = self.containers[source_container][source_name][0]
+        self.copies += 1
+        self.put(target_container, target_name, data)
+
+    def read_json(self, container: str, name: str) -> dict[str, object] | None:
+        found = self.containers.get(container, {}).get(name)
+        if not found:
+            return None
+        document = json.loads(found[0])
+        assert isinstance(document, dict)
+        return document
+
+    def write_json(self, container: str, name: str, document: dict[str, object]) -> None:
+        self.put(container, name, json.dumps(document, default=str).encode())
+
+    def read_tail(self, container: str, name: str, max_bytes: int) -> str:
+        found = self.containers.get(container, {}).get(name)
+        return found[0][-max_bytes:].decode(errors="replace") if found else ""
+
+    def text(self, container: str, name: str) -> str:
+        return self.containers[container][name][0].decode()
+
+
+class FakeQueue:
+    def __init__(self) -> None:
+        self.messages: list[CompletionEvent] = []
+        self.poison: list[str] = []
+
+    def send(self, events: Iterable[CompletionEvent]) -> None:
+        self.messages.extend(events)
+
+    def poison_count(self) -> int:
+        return len(self.poison)
+
+    def drain(self) -> list[CompletionEvent]:
+        taken, self.messages = self.messages, []
+        return taken
+
+
+class FakeLedger:
+    def __init__(self) -> None:
+        self.input_rows: dict[str, InputRecord] = {}
+        self.job_rows: dict[str, JobRecord] = {}
+        self.rejection_rows: list[dict[str, str]] = []
+        self.unavailable = False
+
+    def _check(self) -> None:
+        if self.unavailable:
+            raise TransientError("ledger unavailable")
+
+    def claim_input(self, record: InputRecord) -> tuple[InputRecord, bool]:
+        self._check()
+        if record.task_id in self.input_rows:
+            return replace(self.input_rows[record.task_id]), False
+        self.input_rows[record.task_id] = replace(record)
+        return replace(record), True
+
+    def get_input(self, task_id: str) -> InputRecord | None:
+        self._check()
+        found = self.input_rows.get(task_id)
+        return replace(found) if found else None
+
+    def save_input(self, record: InputRecord) -> None:
+        self._check()
+        self.input_rows[record.task_id] = replace(record)
+
+    def inputs(self, state: InputState | None = None, job_id: str | None = None) -> list[InputRecord]:
+        return [
+            replace(r)
+            for r in self.input_rows.values()
+            if (state is None or r.state is state) and (job_id is None or r.job_id == job_id)
+        ]
+
+    def known_task_ids(self) -> set[str]:
+        return {tid for tid, r in self.input_rows.items() if r.state is not InputState.CLAIMED}
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        found = self.job_rows.get(job_id)
+        return replace(found, recent_task_ids=list(found.recent_task_ids)) if found else None
+
+    def claim_job(self, record: JobRecord) -> tuple[JobRecord, bool]:
+        if record.job_id in self.job_rows:
+            return self.job_rows[record.job_id], False
+        self.job_rows[record.job_id] = replace(record)
+        return record, True
+
+    def save_job(self, record: JobRecord) -> None:
+        self.job_rows[record.job_id] = replace(record, recent_task_ids=list(record.recent_task_ids))
+
+    def jobs(self, active_only: bool = True) -> list[JobRecord]:
+        return [
+            replace(j, recent_task_ids=list(j.recent_task_ids))
+            for j in self.job_rows.values()
+            if not active_only or j.state is JobState.ACTIVE
+        ]
+
+    def record_rejection(self, subject: str, reason: str) -> None:
+        self.rejection_rows.insert(0, {"input": subject, "reason": reason, "at": ""})
+
+    def rejections(self, limit: int = 100) -> list[dict[str, str]]:
+        return self.rejection_rows[:limit]
+
+
+PIPELINE = {
+    "name": "report",
+    "match": {"prefix": "", "glob": "*"},
+    "command": "python3 {app_dir}/report/report.py {input} {output_dir}",
+    "app_files": ["report/report.py"],
+    "outputs": ["**/*"],
+    "pool": {"id": "pool-1", "dedicated_nodes": 1, "task_slots_per_node": 2},
+    "max_retries": 1,
+    "max_wall_clock_seconds": 600,
+}
+
+
+def make_settings(tmp_path: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "BatchdropStorage": "UseDevelopmentStorage=true",
+        "BATCHDROP_BATCH_URL": "http://127.0.0.1:1",
+        "BATCHDROP_PIPELINES_FILE": str(tmp_path / "pipelines.json"),
+    }
+    values.update(overrides)
+    return load_settings(**values)
+
+
+@dataclass
+class World:
+    """Gateways over fakes plus handles to the fakes themselves."""
+
+    gw: Gateways
+    clock: Clock
+    batch: FakeBatch
+    blobs: FakeBlobs
+    queue: FakeQueue
+    ledger: FakeLedger
+
+
+def make_world(tmp_path: Path, pipelines: list[dict[str, object]] | None = None, **settings: object) -> World:
+    clock = Clock()
+    pipeline_set = PipelineSet.model_validate({"pipelines": pipelines or [PIPELINE]})
+    batch, blobs, queue, ledger = FakeBatch(clock), FakeBlobs(clock), FakeQueue(), FakeLedger()
+    gw = Gateways(make_settings(tmp_path, **settings), pipeline_set, batch, blobs, queue, ledger, clock)
+    return World(gw, clock, batch, blobs, queue, ledger)
