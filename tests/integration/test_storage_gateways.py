@@ -1,0 +1,91 @@
+"""The storage gateways against Azurite through the real SDKs."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from datetime import UTC, datetime
+
+import pytest
+from azure.core.exceptions import HttpResponseError
+from azure.data.tables import TableServiceClient
+from azure.storage.blob import BlobServiceClient, ContainerClient
+from azure.storage.queue import QueueServiceClient
+
+from local.stack import Azurite
+from shared.ledger import TableLedger
+from shared.models import CompletionEvent, InputRecord, InputState, JobRecord
+from shared.storage import AzureBlobs, AzureQueue
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def blobs(azurite: Azurite) -> AzureBlobs:
+    return AzureBlobs.from_connection_string(azurite.connection_string)
+
+
+def test_read_url_reads_exactly_one_blob(azurite: Azurite, blobs: AzureBlobs, namespace: str) -> None:
+    service = BlobServiceClient.from_connection_string(azurite.connection_string)
+    container = service.create_container(f"in-{namespace}")
+    container.upload_blob("dir/a b ☃.txt", b"hello")
+    container.upload_blob("other.txt", b"secret")
+    url = blobs.read_url(f"in-{namespace}", "dir/a b ☃.txt", 60)
+    with urllib.request.urlopen(url) as response:  # noqa: S310
+        assert response.read() == b"hello"
+    other = url.replace("dir/a%20b%20%E2%98%83.txt", "other.txt")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(other)  # noqa: S310
+    assert refused.value.code == 403
+
+
+def test_write_url_can_create_but_not_read(azurite: Azurite, blobs: AzureBlobs, namespace: str) -> None:
+    url = blobs.write_url(f"stage-{namespace}", 60)
+    writer = ContainerClient.from_container_url(url)
+    writer.upload_blob("job/task/out/x.txt", b"data")
+    with pytest.raises(HttpResponseError):
+        writer.download_blob("job/task/out/x.txt").readall()
+
+
+def test_copy_json_and_tail(azurite: Azurite, blobs: AzureBlobs, namespace: str) -> None:
+    service = BlobServiceClient.from_connection_string(azurite.connection_string)
+    service.create_container(f"src-{namespace}").upload_blob("a/log.txt", b"x" * 10_000 + b"END")
+    blobs.copy(f"src-{namespace}", "a/log.txt", f"dst-{namespace}", "b/log.txt")
+    assert blobs.read_tail(f"dst-{namespace}", "b/log.txt", 3) == "END"
+    blobs.write_json(f"dst-{namespace}", "b/_manifest.json", {"status": "succeeded"})
+    assert blobs.read_json(f"dst-{namespace}", "b/_manifest.json") == {"status": "succeeded"}
+    assert blobs.read_json(f"dst-{namespace}", "missing.json") is None
+    names = [blob.name for blob in blobs.list_blobs(f"dst-{namespace}", "b/")]
+    assert names == ["b/_manifest.json", "b/log.txt"]
+
+
+def test_ledger_claims_are_create_only(azurite: Azurite, namespace: str) -> None:
+    table = TableServiceClient.from_connection_string(azurite.connection_string).get_table_client(f"l{namespace}")
+    ledger = TableLedger(table)
+    record = InputRecord("t-1", "input", "a.txt", "0x1", "report", "job-1", InputState.CLAIMED)
+    assert ledger.claim_input(record) == (record, True)
+    stored, created = ledger.claim_input(InputRecord("t-1", "input", "a.txt", "0x1", "x", "job-2", InputState.CLAIMED))
+    assert not created and stored.job_id == "job-1"
+    stored.state = InputState.SUBMITTED
+    ledger.save_input(stored)
+    assert ledger.known_task_ids() == {"t-1"}
+    assert [r.task_id for r in ledger.inputs(job_id="job-1")] == ["t-1"]
+    job = JobRecord("job-1", "report", datetime(2026, 1, 1, tzinfo=UTC), recent_task_ids=["t-1"])
+    ledger.claim_job(job)
+    job.watermark = datetime(2026, 1, 1, 0, 0, 1, 123456, tzinfo=UTC)
+    ledger.save_job(job)
+    loaded = ledger.get_job("job-1")
+    assert loaded is not None and loaded.watermark == job.watermark and loaded.recent_task_ids == ["t-1"]
+    ledger.record_rejection("input/x", "first")
+    ledger.record_rejection("input/y", "second")
+    assert [r["reason"] for r in ledger.rejections()] == ["second", "first"]
+
+
+def test_queue_sends_json_and_counts_poison(azurite: Azurite, namespace: str) -> None:
+    service = QueueServiceClient.from_connection_string(azurite.connection_string)
+    queue = AzureQueue.from_service(service, f"c{namespace}")
+    queue.send([CompletionEvent("job-1", "t-1")])
+    message = service.get_queue_client(f"c{namespace}").receive_message()
+    assert message is not None and message.content == '{"job_id": "job-1", "task_id": "t-1"}'
+    service.get_queue_client(f"c{namespace}-poison").send_message("x")
+    assert queue.poison_count() == 1
