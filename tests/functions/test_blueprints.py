@@ -73,7 +73,7 @@ def test_sweep_poll_collect_through_their_triggers(world: World) -> None:
     world.blobs.put("input", "a.txt")
     timer = TimerRequest(past_due=False)
     user_function(timers.bp, "sweep")(timer)
-    (job_id, task_id), = world.batch.all_tasks()
+    ((job_id, task_id),) = world.batch.all_tasks()
     world.blobs.put("staging", f"{job_id}/{task_id}/out/report.json", b"{}")
     world.batch.finish(job_id, task_id)
     user_function(timers.bp, "poll")(timer)
@@ -95,7 +95,7 @@ def test_malformed_queue_message_is_recorded_with_its_reason(world: World) -> No
 def test_unfinished_task_message_raises_so_the_queue_retries(world: World) -> None:
     world.blobs.put("input", "a.txt")
     user_function(timers.bp, "sweep")(TimerRequest(past_due=False))
-    (job_id, task_id), = world.batch.all_tasks()
+    ((job_id, task_id),) = world.batch.all_tasks()
     body = json.dumps({"job_id": job_id, "task_id": task_id}).encode()
     with pytest.raises(Exception, match="not completed"):
         user_function(collector.bp, "collect")(QueueMessage(id="m3", body=body, dequeue_count=1))

@@ -16,7 +16,7 @@ HOSTILE = [
     "; rm -rf ~",
     "$(touch x)",
     "`id`",
-    "it's \"quoted\"",
+    'it\'s "quoted"',
     "../../etc/passwd",
     "-rf",
     "a" * 1024,

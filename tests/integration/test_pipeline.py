@@ -1,0 +1,89 @@
+"""The whole pipeline through the real SDKs: Azurite for storage, the emulator for Batch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from azure.batch import BatchClient
+from azure.core.credentials import AzureNamedKeyCredential
+
+from local.stack import Azurite, Emulator
+from shared.collect import collect
+from shared.models import CompletionEvent
+from shared.submit import submit_blob, sweep
+from tests.integration.pipeline_world import PipelineWorld, make_pipeline_world
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def world(tmp_path: Path, azurite: Azurite, emulator: Emulator, namespace: str) -> PipelineWorld:
+    return make_pipeline_world(tmp_path, azurite, emulator, namespace)
+
+
+def batch_client(emulator: Emulator) -> BatchClient:
+    return BatchClient(emulator.url, AzureNamedKeyCredential(emulator.account_name, emulator.account_key))
+
+
+def test_three_files_become_three_succeeded_manifests(world: PipelineWorld) -> None:
+    names = ["a.txt", "dir/b c.txt", "ünï ☃.csv"]
+    for name in names:
+        world.drop(name, f"content of {name}\n".encode())
+    assert sweep(world.gw).submitted == 3
+    manifests = world.run_until_manifests(names)
+    for name in names:
+        manifest = manifests[name]
+        assert manifest["status"] == "succeeded", manifest
+        assert manifest["exit_code"] == 0
+        assert manifest["outputs"] == [f"{name}/nested/upper.txt", f"{name}/report.json"]
+        report = world.container("results").download_blob(f"{name}/report.json").readall()
+        assert json.loads(report)["bytes"] == len(f"content of {name}\n".encode())
+        stdout = world.container("results").download_blob(str(manifest["stdout"])).readall()
+        assert stdout.startswith(b"processed")
+
+
+def test_failing_task_publishes_failed_manifest_with_stderr(world: PipelineWorld) -> None:
+    world.drop("bad.txt", b"#fail please\n")
+    sweep(world.gw)
+    manifest = world.run_until_manifests(["bad.txt"])["bad.txt"]
+    assert manifest["status"] == "failed"
+    assert manifest["exit_code"] == 3
+    assert "it asks to fail" in str(manifest["stderr_tail"])
+    stderr = world.container("results").download_blob(str(manifest["stderr"])).readall()
+    assert b"refusing bad.txt" in stderr
+
+
+HOSTILE = ["; rm -rf ~", "$(touch pwned)", "`touch pwned2`", 'it\'s "q".txt', "-rf", "a/../b.txt", "sp ace"]
+
+
+def test_hostile_names_are_processed_and_nothing_reaches_a_shell(world: PipelineWorld, tmp_path: Path) -> None:
+    for name in HOSTILE:
+        world.drop(name, b"payload\n")
+    stored = [blob.name for blob in world.container("input").list_blobs()]
+    sweep(world.gw)
+    manifests = world.run_until_manifests(stored)
+    assert {m["status"] for m in manifests.values()} == {"succeeded"}
+    assert not list(Path(".").glob("pwned*")) and not list(tmp_path.glob("pwned*"))
+
+
+def test_event_and_sweep_for_the_same_upload_make_one_task(world: PipelineWorld) -> None:
+    world.drop("once.txt", b"1\n")
+    first = submit_blob(world.gw, world.names["input"], "once.txt")
+    again = submit_blob(world.gw, world.names["input"], "once.txt")
+    sweep(world.gw)
+    assert again.action == "duplicate"
+    tasks = list(batch_client(world.emulator).list_tasks(first.job_id))
+    assert [task.id for task in tasks] == [first.task_id]
+    world.run_until_manifests(["once.txt"])
+    result = collect(world.gw, CompletionEvent(first.job_id, first.task_id))
+    assert result.action == "already-published"
+
+
+def test_sweep_with_nothing_new_makes_no_batch_requests(world: PipelineWorld) -> None:
+    world.drop("x.txt", b"x")
+    sweep(world.gw)
+    world.emulator.reset_stats()
+    sweep(world.gw)
+    assert world.emulator.stats()["total"] == 0
