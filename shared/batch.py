@@ -29,7 +29,6 @@ T = TypeVar("T")
 # Batch answers these codes when a job can take no more tasks; submit then moves the input to a new job.
 JOB_CLOSED_CODES = frozenset({"JobCompleted", "JobNotFound", "JobTerminating", "JobBeingDeleted"})
 QUOTA_CODES = frozenset({"ActiveJobAndScheduleQuotaReached", "TooManyRequests", "ServerBusy"})
-COMPLETED_SELECT = ["id", "state", "stateTransitionTime"]
 TASK_SELECT = ["id", "state", "stateTransitionTime", "executionInfo"]
 
 
@@ -134,8 +133,8 @@ class AzureBatch:
 
         def listing() -> list[CompletedTask]:
             return [
-                CompletedTask(task.id, task.state_transition_time)
-                for task in self._client.list_tasks(job_id, filter=query, select=COMPLETED_SELECT)
+                CompletedTask(task.id, task.state_transition_time, _task_result(task))
+                for task in self._client.list_tasks(job_id, filter=query, select=TASK_SELECT)
             ]
 
         try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 
@@ -25,22 +24,6 @@ class CollectOutcome:
     manifest: str = ""
 
 
-def parse_completion(body: str) -> CompletionEvent:
-    """A completions-queue message body, or RejectedInput naming what is wrong with it."""
-    try:
-        document = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise RejectedInput(
-            f"completion message is not JSON ({error.msg if hasattr(error, 'msg') else error})"
-        ) from None
-    if not isinstance(document, dict):
-        raise RejectedInput("completion message must be a JSON object with job_id and task_id")
-    job_id, task_id = document.get("job_id"), document.get("task_id")
-    if not isinstance(job_id, str) or not job_id or not isinstance(task_id, str) or not task_id:
-        raise RejectedInput("completion message needs string fields job_id and task_id")
-    return CompletionEvent(job_id, task_id)
-
-
 def collect(gw: Gateways, event: CompletionEvent) -> CollectOutcome:
     """Publish one completed task's outputs and its manifest; a repeat publishes nothing twice."""
     record = gw.ledger.get_input(event.task_id)
@@ -56,7 +39,8 @@ def collect(gw: Gateways, event: CompletionEvent) -> CollectOutcome:
     if existing is not None and existing.get("task_id") == record.task_id:
         _mark_collected(gw, record, str(existing.get("status", "")))
         return CollectOutcome(record.task_id, "already-published", str(existing.get("status")), manifest_name)
-    task = gw.batch.get_task(event.job_id, event.task_id)
+    task = event.task if event.task is not None and event.task.completed else None
+    task = task or gw.batch.get_task(event.job_id, event.task_id)
     if task is None:
         raise RejectedInput(f"Batch has no task {event.task_id} in job {event.job_id}")
     if not task.completed:

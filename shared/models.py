@@ -99,6 +99,7 @@ class TaskSpec:
 class CompletedTask:
     task_id: str
     completed_at: datetime
+    result: TaskResult | None = None
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,11 @@ class TaskCounts:
 
 @dataclass(frozen=True)
 class CompletionEvent:
-    """One task finished: what the poll timer puts on the completions queue."""
+    """One task finished: what the poll timer puts on the completions queue.
+
+    It carries the task's execution info from the poll's listing, so the collector needs no Batch request.
+    """
 
     job_id: str
     task_id: str
+    task: TaskResult | None = None

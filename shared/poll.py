@@ -49,7 +49,7 @@ def _poll_job(gw: Gateways, job: JobRecord, overlap: timedelta) -> int:
     already = set(job.recent_task_ids)
     fresh = [task for task in completed if task.task_id not in already]
     # Enqueue before moving the watermark: a crash in between re-emits, never loses.
-    gw.queue.send(CompletionEvent(job.job_id, task.task_id) for task in fresh)
+    gw.queue.send(CompletionEvent(job.job_id, task.task_id, task.result) for task in fresh)
     if completed:
         watermark = max(task.completed_at for task in completed)
         if job.watermark is None or watermark > job.watermark:

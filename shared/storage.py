@@ -23,6 +23,7 @@ from azure.storage.blob import (
 from azure.storage.queue import QueueClient, QueueServiceClient
 
 from shared.errors import PermanentError, TransientError
+from shared.messages import encode_completion
 from shared.models import BlobRef, CompletionEvent
 
 logger = logging.getLogger(__name__)
@@ -204,7 +205,7 @@ class AzureQueue:
     def send(self, events: Iterable[CompletionEvent]) -> None:
         self.ensure()
         for event in events:
-            body = json.dumps({"job_id": event.job_id, "task_id": event.task_id})
+            body = encode_completion(event)
             try:
                 self._queue.send_message(body)
             except AzureError as error:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import azure.functions as func
 
 from shared.collect import collect as collect_outputs
-from shared.collect import parse_completion
 from shared.errors import RejectedInput
+from shared.messages import decode_completion
 from shared.settings import STORAGE_CONNECTION
 from shared.triggers.boundary import reject, run
 
@@ -18,7 +18,7 @@ bp = func.Blueprint()
 def collect(message: func.QueueMessage) -> None:
     body = message.get_body().decode("utf-8", errors="replace")
     try:
-        event = parse_completion(body)
+        event = decode_completion(body)
     except RejectedInput as rejection:
         reject(f"completions message {message.id}", rejection)
         return

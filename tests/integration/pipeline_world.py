@@ -55,9 +55,9 @@ class PipelineWorld:
         collected = 0
         poll(self.gw)
         for message in queue.receive_messages(messages_per_page=32, visibility_timeout=30):
-            from shared.collect import parse_completion
+            from shared.messages import decode_completion
 
-            collect(self.gw, parse_completion(message.content))
+            collect(self.gw, decode_completion(message.content))
             queue.delete_message(message)
             collected += 1
         return collected

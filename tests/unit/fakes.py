@@ -104,7 +104,7 @@ class FakeBatch:
         if job is None:
             return []
         return [
-            CompletedTask(task_id, task.transition)
+            CompletedTask(task_id, task.transition, self._result(task_id, task))
             for task_id, task in job.tasks.items()
             if task.state == "completed" and (since is None or task.transition >= since)
         ]
@@ -113,8 +113,9 @@ class FakeBatch:
         self._request("Task_Get")
         job = self.jobs.get(job_id)
         task = job.tasks.get(task_id) if job else None
-        if task is None:
-            return None
+        return self._result(task_id, task) if task is not None else None
+
+    def _result(self, task_id: str, task: FakeTask) -> TaskResult:
         succeeded = task.exit_code == 0
         return TaskResult(
             task_id=task_id,

@@ -3,8 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from shared.collect import collect, parse_completion
+from shared.collect import collect
 from shared.errors import RejectedInput, TransientError
+from shared.messages import decode_completion
 from shared.models import CompletionEvent, InputState, JobState
 from shared.poll import poll
 from shared.status import status
@@ -124,7 +125,7 @@ def test_unknown_or_unfinished_tasks(world: World) -> None:
 )
 def test_bad_messages_are_rejected_with_the_reason(body: str, reason: str) -> None:
     with pytest.raises(RejectedInput, match=reason):
-        parse_completion(body)
+        decode_completion(body)
 
 
 def test_job_ends_after_window_closes_and_everything_is_collected(world: World) -> None:
@@ -158,3 +159,23 @@ def test_status_counts_by_job(world: World) -> None:
     jobs = document["jobs"]
     assert isinstance(jobs, list) and jobs[0]["counts"]["collected"] == 1
     assert document["rejected"][0]["input"] == "input/bad."  # type: ignore[index]
+
+
+def test_collect_from_a_polled_event_makes_no_batch_request(world: World) -> None:
+    from shared.messages import encode_completion
+
+    outcome = submit(world.gw, world.blobs.put("input", "a.txt"))
+    run_task(world, outcome, exit_code=2)
+    poll(world.gw)
+    (event,) = world.queue.drain()
+    wire = decode_completion(encode_completion(event))  # what the queue carries
+    before = sum(world.batch.requests.values())
+    collect(world.gw, wire)
+    assert sum(world.batch.requests.values()) == before
+    manifest = json.loads(world.blobs.text("results", "a.txt/_manifest.json"))
+    assert manifest["exit_code"] == 2 and manifest["status"] == "failed"
+
+
+def test_malformed_task_field_is_rejected() -> None:
+    with pytest.raises(RejectedInput, match="field task is malformed"):
+        decode_completion('{"job_id": "j", "task_id": "t", "task": {"exit_code": 1}}')
