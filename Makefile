@@ -25,8 +25,10 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+# pytest's exit 5 (no tests collected) is a failure, never a pass.
 test: install lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$status
 
 run: install
 	$(BIN)/batchdrop demo
