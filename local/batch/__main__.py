@@ -1,0 +1,94 @@
+"""`python -m local.batch`: run the Batch emulator until SIGTERM; prints `READY <url>` once it accepts."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from local.batch.account import DEV_ACCOUNT_KEY, DEV_ACCOUNT_NAME
+from local.batch.server import MAX_BODY_BYTES, EmulatorServer, Faults
+from local.batch.service import BatchService
+
+logger = logging.getLogger("local.batch")
+
+
+def _statuses(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of HTTP statuses: {text!r}") from None
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m local.batch", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1", help="must be a loopback address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed in the READY line)")
+    parser.add_argument("--state-dir", type=Path, required=True, help="state journal and node directories")
+    parser.add_argument("--account-name", default=DEV_ACCOUNT_NAME)
+    parser.add_argument("--account-key", default=DEV_ACCOUNT_KEY)
+    parser.add_argument("--packages-dir", type=Path, default=None,
+                        help="application packages as DIR/<applicationId>/<version>/ (default STATE/packages)")
+    parser.add_argument("--auto-storage", default=None, metavar="CONNECTION_STRING",
+                        help="storage account for ResourceFile.autoStorageContainerName")
+    parser.add_argument("--fault-rate", type=float, default=0.0, help="fraction of API requests to fail (0..1)")
+    parser.add_argument("--fault-statuses", type=_statuses, default=(429, 500, 503))
+    parser.add_argument("--fault-seed", type=int, default=None)
+    parser.add_argument("--latency-ms", type=float, default=0.0, help="added to every API request")
+    parser.add_argument("--job-quota", type=int, default=None, help="active jobs allowed before 409")
+    parser.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES)
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        parser.error("the emulator binds loopback only (--host 127.0.0.1)")
+    if not 0.0 <= args.fault_rate <= 1.0:
+        parser.error("--fault-rate must be between 0 and 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")  # fmt: skip
+    state_dir: Path = args.state_dir.resolve()
+    service = BatchService(
+        state_dir,
+        args.account_name,
+        packages_dir=args.packages_dir.resolve() if args.packages_dir else None,
+        auto_storage_connection_string=args.auto_storage,
+        job_quota=args.job_quota,
+    )
+    faults = Faults(rate=args.fault_rate, statuses=args.fault_statuses, latency_ms=args.latency_ms,
+                    random=random.Random(args.fault_seed))  # noqa: S311 - fault injection, not security
+    server = EmulatorServer((args.host, args.port), service, args.account_name, args.account_key, faults,
+                            args.max_body_bytes)  # fmt: skip
+    service.account_url = server.url
+    service.start()
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        logger.info("signal %d: stopping", signum)
+        stopping.set()
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    logger.info("Batch emulator for account %s at %s, state in %s", args.account_name, server.url, state_dir)
+    print(f"READY {server.url}", flush=True)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        service.stop()
+        server.server_close()
+        logger.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

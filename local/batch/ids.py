@@ -1,0 +1,116 @@
+"""Validation of Batch identifiers and of the request fields the emulator acts on."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from local.batch import clock
+from local.batch.errors import BatchApiError, invalid_property, missing_property
+
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def check_id(value: Any, name: str = "id") -> str:
+    if value is None or value == "":
+        raise missing_property(name)
+    if not isinstance(value, str) or not _ID.match(value):
+        raise invalid_property(
+            name, value, "The id can contain any combination of alphanumeric characters including hyphens "
+            "and underscores, and cannot contain more than 64 characters."
+        )  # fmt: skip
+    return value
+
+
+def key(identifier: str) -> str:
+    """Batch ids are case-preserving and case-insensitive."""
+    return identifier.lower()
+
+
+def check_duration(value: Any, name: str) -> None:
+    if value is None:
+        return
+    try:
+        seconds = clock.duration_seconds(str(value))
+    except ValueError:
+        raise invalid_property(name, value, "not an ISO 8601 duration") from None
+    if seconds < 0:
+        raise invalid_property(name, value, "must not be negative")
+
+
+def check_int(value: Any, name: str, minimum: int | None = None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise invalid_property(name, value, "must be an integer")
+    if minimum is not None and value < minimum:
+        raise invalid_property(name, value, f"must be at least {minimum}")
+
+
+def check_relative_path(value: Any, name: str) -> None:
+    if value is None:
+        return
+    text = str(value).replace("\\", "/")
+    if text.startswith("/") or ".." in text.split("/"):
+        raise invalid_property(name, value, "must be a relative path that stays inside the working directory")
+
+
+def check_resource_files(files: Any, name: str = "resourceFiles") -> None:
+    if files is None:
+        return
+    if not isinstance(files, list):
+        raise invalid_property(name, files, "must be an array")
+    for index, resource in enumerate(files):
+        where = f"{name}[{index}]"
+        if not isinstance(resource, dict):
+            raise invalid_property(where, resource, "must be an object")
+        sources = [k for k in ("httpUrl", "storageContainerUrl", "autoStorageContainerName") if resource.get(k)]
+        if len(sources) != 1:
+            raise BatchApiError(
+                400, "InvalidPropertyValue",
+                "Exactly one of httpUrl, storageContainerUrl and autoStorageContainerName must be specified.",
+                {"PropertyName": where},
+            )  # fmt: skip
+        if sources[0] == "httpUrl" and not resource.get("filePath"):
+            raise missing_property(f"{where}.filePath")
+        check_relative_path(resource.get("filePath"), f"{where}.filePath")
+        mode = resource.get("fileMode")
+        if mode is not None and not re.fullmatch(r"0?[0-7]{3}", str(mode)):
+            raise invalid_property(f"{where}.fileMode", mode, "must be an octal mode such as 0755")
+
+
+def check_output_files(files: Any) -> None:
+    if files is None:
+        return
+    if not isinstance(files, list):
+        raise invalid_property("outputFiles", files, "must be an array")
+    for index, output in enumerate(files):
+        where = f"outputFiles[{index}]"
+        if not isinstance(output, dict):
+            raise invalid_property(where, output, "must be an object")
+        if not output.get("filePattern"):
+            raise missing_property(f"{where}.filePattern")
+        container = (output.get("destination") or {}).get("container")
+        if not container or not container.get("containerUrl"):
+            raise missing_property(f"{where}.destination.container.containerUrl")
+        condition = (output.get("uploadOptions") or {}).get("uploadCondition")
+        if not condition:
+            raise missing_property(f"{where}.uploadOptions.uploadCondition")
+        if str(condition).lower() not in ("tasksuccess", "taskfailure", "taskcompletion"):
+            raise invalid_property(f"{where}.uploadOptions.uploadCondition", condition, "unknown upload condition")
+
+
+def check_environment(settings: Any, name: str) -> None:
+    if settings is None:
+        return
+    if not isinstance(settings, list) or not all(isinstance(s, dict) and s.get("name") for s in settings):
+        raise invalid_property(name, settings, "must be an array of {name, value}")
+
+
+def check_metadata(metadata: Any) -> None:
+    if metadata is None:
+        return
+    if not isinstance(metadata, list) or not all(isinstance(m, dict) and "name" in m for m in metadata):
+        raise invalid_property("metadata", metadata, "must be an array of {name, value}")
+    if any(not m["name"] for m in metadata):
+        raise BatchApiError(400, "EmptyMetadataKey", "The key for one of the metadata key-value pairs is empty.")

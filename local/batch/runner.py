@@ -1,0 +1,318 @@
+"""What a compute node does for one task attempt: directories, resource files, process, output files.
+
+Nothing here touches the emulator's state; the scheduler hands in an Attempt and records the result.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import logging
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_FILE_MODE = 0o770
+_WILDCARD = re.compile(r"[*?\[]")
+
+
+@dataclass
+class Failure(Exception):
+    """A failureInfo as Batch reports it."""
+
+    category: str
+    code: str
+    message: str
+    details: dict[str, str] = field(default_factory=dict)
+
+    def info(self) -> dict[str, Any]:
+        info: dict[str, Any] = {"category": self.category, "code": self.code, "message": self.message}
+        info["details"] = [{"name": name, "value": value} for name, value in self.details.items()]
+        return info
+
+
+@dataclass
+class Attempt:
+    """Everything a node needs to run one attempt of a task."""
+
+    job_id: str
+    task_id: str
+    pool_id: str
+    node_id: str
+    node_root: Path
+    command_line: str
+    environment: dict[str, str]
+    resource_files: list[dict[str, Any]]
+    output_files: list[dict[str, Any]]
+    wall_clock_seconds: float | None
+    auto_storage_connection_string: str | None = None
+
+    @property
+    def task_dir(self) -> Path:
+        return self.node_root / "workitems" / self.job_id / "job-1" / self.task_id
+
+    @property
+    def working_dir(self) -> Path:
+        return self.task_dir / "wd"
+
+
+@dataclass
+class Outcome:
+    exit_code: int | None
+    failure: Failure | None
+    timed_out: bool = False
+
+
+def node_dirs(node_root: Path) -> None:
+    for name in ("shared", "startup", "applications", "workitems", "home"):
+        (node_root / name).mkdir(parents=True, exist_ok=True)
+
+
+def prepare(attempt: Attempt) -> None:
+    """Create the task directory and download its resource files; raises Failure on error."""
+    try:
+        node_dirs(attempt.node_root)
+        attempt.working_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as problem:
+        raise Failure("servererror", "ResourceDirectoryCreateFailed",
+                      "Failure encountered creating resource directory for the task.",
+                      {"Message": str(problem)}) from None  # fmt: skip
+    for resource in attempt.resource_files:
+        _download(attempt, resource)
+
+
+def _target(working_dir: Path, relative: str) -> Path:
+    target = (working_dir / relative).resolve()
+    if not target.is_relative_to(working_dir.resolve()):
+        raise Failure("usererror", "ResourceFileCreateFailed", "Failure encountered creating resource file.",
+                      {"FilePath": relative, "Message": "the path leaves the task working directory"})  # fmt: skip
+    return target
+
+
+def _chmod(path: Path, file_mode: str | None) -> None:
+    mode = int(file_mode, 8) if file_mode else DEFAULT_FILE_MODE
+    path.chmod(mode)
+
+
+def _blob_failure(status: int | None, source: str, file_path: str, message: str) -> Failure:
+    details = {"FilePath": file_path, "Source": _redact(source), "Message": message}
+    if status == 404:
+        return Failure("usererror", "BlobNotFound", "One of the specified Azure Blob(s) is not found.", details)
+    if status in (401, 403):
+        return Failure("usererror", "BlobAccessDenied",
+                       "Access for one of the specified Azure Blob(s) is denied.", details)  # fmt: skip
+    return Failure("servererror", "BlobDownloadMiscError",
+                   "Miscellaneous error encountered while downloading one of the specified Azure Blob(s).",
+                   details)  # fmt: skip
+
+
+def _redact(url: str) -> str:
+    """A URL without its query (SAS tokens stay out of task records and logs)."""
+    return url.split("?", 1)[0]
+
+
+def _download(attempt: Attempt, resource: dict[str, Any]) -> None:
+    file_path = str(resource.get("filePath") or "")
+    file_mode = resource.get("fileMode")
+    if resource.get("httpUrl"):
+        url = str(resource["httpUrl"])
+        target = _target(attempt.working_dir, file_path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, target.open("wb") as sink:  # noqa: S310
+                shutil.copyfileobj(response, sink)
+        except urllib.error.HTTPError as problem:
+            raise _blob_failure(problem.code, url, file_path, f"HTTP {problem.code} {problem.reason}") from None
+        except (urllib.error.URLError, OSError, ValueError) as problem:
+            raise _blob_failure(None, url, file_path, str(problem)) from None
+        _chmod(target, file_mode)
+        return
+    container_url = resource.get("storageContainerUrl")
+    container_client: Any
+    if container_url:
+        from azure.storage.blob import ContainerClient
+
+        container_client = ContainerClient.from_container_url(str(container_url))
+        source = str(container_url)
+    elif resource.get("autoStorageContainerName"):
+        name = str(resource["autoStorageContainerName"])
+        if not attempt.auto_storage_connection_string:
+            raise _blob_failure(None, name, file_path, "the emulator was started without --auto-storage")
+        from azure.storage.blob import ContainerClient
+
+        container_client = ContainerClient.from_connection_string(attempt.auto_storage_connection_string, name)
+        source = name
+    else:
+        raise _blob_failure(None, "", file_path, "the resource file names no source")
+    prefix = resource.get("blobPrefix") or None
+    from azure.core.exceptions import HttpResponseError
+
+    try:
+        found = False
+        for blob in container_client.list_blobs(name_starts_with=prefix):
+            found = True
+            target = _target(attempt.working_dir, os.path.join(file_path, blob.name))
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with target.open("wb") as sink:
+                container_client.download_blob(blob.name).readinto(sink)
+            _chmod(target, file_mode)
+        if not found and prefix:
+            # Batch treats a prefix that matches nothing as a missing blob.
+            raise _blob_failure(404, source, file_path, f"no blob starts with {prefix!r}")
+    except HttpResponseError as problem:
+        raise _blob_failure(problem.status_code, source, file_path, problem.reason or str(problem)) from None
+    except OSError as problem:
+        raise _blob_failure(None, source, file_path, str(problem)) from None
+
+
+def launch(attempt: Attempt) -> subprocess.Popen[bytes]:
+    """Start the command line, split like Batch on Linux (no shell), in its own session."""
+    try:
+        argv = shlex.split(attempt.command_line)
+    except ValueError as problem:
+        raise Failure("usererror", "CommandLaunchFailed", "Failed to launch the specified command line.",
+                      {"Message": str(problem)}) from None  # fmt: skip
+    if not argv:
+        raise Failure("usererror", "CommandLaunchFailed", "Failed to launch the specified command line.",
+                      {"Message": "the command line is empty"})  # fmt: skip
+    stdout = (attempt.task_dir / "stdout.txt").open("wb")
+    stderr = (attempt.task_dir / "stderr.txt").open("wb")
+    try:
+        return subprocess.Popen(
+            argv,
+            cwd=attempt.working_dir,
+            env=attempt.environment,
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,
+        )
+    except FileNotFoundError:
+        raise Failure("usererror", "CommandProgramNotFound", "The specified command program is not found.",
+                      {"Message": f"{argv[0]}: not found"}) from None  # fmt: skip
+    except OSError as problem:
+        raise Failure("usererror", "CommandLaunchFailed", "Failed to launch the specified command line.",
+                      {"Message": str(problem)}) from None  # fmt: skip
+    finally:
+        stdout.close()
+        stderr.close()
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL the task's whole process group (its own session, so the emulator is not in it)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def wait(process: subprocess.Popen[bytes], wall_clock_seconds: float | None) -> tuple[int, bool]:
+    """(exit code as Linux reports it, whether the wall clock limit killed it)."""
+    timed_out = False
+    try:
+        code = process.wait(timeout=wall_clock_seconds)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        kill_tree(process.pid)
+        code = process.wait()
+    # Killed by a signal: report it the way a Linux shell would (128 + signal).
+    if code < 0:
+        code = 128 - code
+    # Reap anything the task left behind in its session.
+    kill_tree(process.pid)
+    return code, timed_out
+
+
+def _non_wildcard_base(pattern: str) -> str:
+    parts = pattern.replace("\\", "/").split("/")
+    base: list[str] = []
+    for part in parts:
+        if _WILDCARD.search(part):
+            break
+        base.append(part)
+    return "/".join(base)
+
+
+def matching_files(working_dir: Path, pattern: str) -> list[tuple[Path, str]]:
+    """(file, blob name relative to the pattern's fixed base) for each file the pattern matches."""
+    pattern = pattern.replace("\\", "/")
+    absolute = os.path.normpath(os.path.join(working_dir, pattern)) if not _WILDCARD.search(pattern) else None
+    if absolute is not None:
+        path = Path(absolute)
+        return [(path, path.name)] if path.is_file() else []
+    base = os.path.normpath(os.path.join(working_dir, _non_wildcard_base(pattern)))
+    found: list[tuple[Path, str]] = []
+    for match in sorted(glob.glob(os.path.join(str(working_dir), pattern), recursive=True)):
+        path = Path(match)
+        if path.is_file():
+            found.append((path, os.path.relpath(os.path.normpath(match), base).replace(os.sep, "/")))
+    return found
+
+
+def should_upload(condition: str, succeeded: bool) -> bool:
+    condition = condition.lower()
+    if condition == "taskcompletion":
+        return True
+    if condition == "taskfailure":
+        return not succeeded
+    return succeeded
+
+
+def upload_outputs(attempt: Attempt, succeeded: bool) -> None:
+    """Upload the OutputFiles whose condition holds; raises a fileUploadError Failure on error."""
+    from azure.core.exceptions import AzureError
+    from azure.storage.blob import ContainerClient, ContentSettings
+
+    for output in attempt.output_files:
+        condition = str((output.get("uploadOptions") or {}).get("uploadCondition") or "tasksuccess")
+        if not should_upload(condition, succeeded):
+            continue
+        container = (output.get("destination") or {}).get("container") or {}
+        container_url = str(container.get("containerUrl") or "")
+        path = str(container.get("path") or "")
+        pattern = str(output.get("filePattern") or "")
+        headers = {
+            str(h.get("name", "")).lower(): str(h.get("value", "")) for h in container.get("uploadHeaders") or []
+        }
+        settings = ContentSettings(
+            content_type=headers.get("content-type"),
+            content_encoding=headers.get("content-encoding"),
+            content_language=headers.get("content-language"),
+            content_disposition=headers.get("content-disposition"),
+            cache_control=headers.get("cache-control"),
+        )
+        try:
+            client = ContainerClient.from_container_url(container_url)
+            for local, relative in matching_files(attempt.working_dir, pattern):
+                if _WILDCARD.search(pattern):
+                    blob_name = f"{path.rstrip('/')}/{relative}" if path else relative
+                else:
+                    blob_name = path or relative
+                with local.open("rb") as data:
+                    client.upload_blob(blob_name, data, overwrite=True, content_settings=settings)
+        except (AzureError, OSError, ValueError) as problem:
+            status = getattr(problem, "status_code", None)
+            raise Failure("usererror", "FileUploadMiscError",
+                          "Miscellaneous error encountered while uploading one of the output files.",
+                          {"FilePattern": pattern, "Destination": _redact(container_url),
+                           "Message": f"{status or ''} {getattr(problem, 'reason', None) or problem}".strip()[:500]},
+                          ) from None  # fmt: skip
+
+
+def run(attempt: Attempt) -> subprocess.Popen[bytes]:
+    """prepare() then launch(): the part before the process runs."""
+    prepare(attempt)
+    return launch(attempt)
+
+
+def elapsed_since(start: float) -> float:
+    return time.monotonic() - start
