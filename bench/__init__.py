@@ -1,0 +1,1 @@
+"""Benchmark: batchdrop against a naive baseline, on Azurite and the Batch emulator."""

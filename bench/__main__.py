@@ -1,0 +1,107 @@
+"""`make bench [FILES=N]`: batchdrop and the naive baseline on one workload, side by side.
+
+Both run against Azurite and the Batch emulator; the emulator's per-operation request counts are the
+source of truth for API calls. Each system runs in its own process so its peak RSS is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.scenarios import SCENARIOS, ScenarioConfig
+from local.stack import start_azurite, start_emulator
+
+RESULTS = Path(__file__).parent / "results" / "latest.json"
+ROWS = [
+    "files",
+    "batch_requests_total",
+    "batch_requests_per_file",
+    "poll_requests_per_poll",
+    "duplicate_tasks",
+    "seconds_to_all_tasks",
+    "seconds_to_all_manifests",
+    "output_bytes_through_functions",
+    "peak_rss_mb",
+]
+
+
+def _child(name: str, config: ScenarioConfig, results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    results.put(SCENARIOS[name](config))
+
+
+def run_scenario(name: str, config: ScenarioConfig) -> dict[str, float]:
+    context = multiprocessing.get_context("spawn")
+    results: multiprocessing.Queue = context.Queue()  # type: ignore[type-arg]
+    process = context.Process(target=_child, args=(name, config, results))
+    process.start()
+    outcome: dict[str, float] = results.get(timeout=config.timeout_seconds)
+    process.join(timeout=30)
+    return outcome
+
+
+def table(report: dict[str, dict[str, float]]) -> str:
+    systems = [name for name in ("batchdrop", "batchdrop_sweep", "baseline") if name in report]
+    lines = [f"{'metric':34}" + "".join(f"{name:>18}" for name in systems)]
+    for row in ROWS:
+        cells = []
+        for name in systems:
+            value = report[name].get(row)
+            cells.append(f"{value:>18.3f}" if isinstance(value, float) else f"{value!s:>18}")
+        lines.append(f"{row:34}" + "".join(cells))
+    for ratio, value in report.get("ratios", {}).items():
+        lines.append(f"ratio {ratio:28}{value:>18.1f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--files", type=int, default=300)
+    parser.add_argument("--nodes", type=int, default=4)
+    parser.add_argument("--slots", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--only", choices=sorted(SCENARIOS), action="append")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="batchdrop-bench-") as workdir:
+        azurite = start_azurite(Path(workdir))
+        emulator = start_emulator(Path(workdir))
+        try:
+            config = ScenarioConfig(
+                files=args.files,
+                nodes=args.nodes,
+                slots=args.slots,
+                workdir=workdir,
+                connection_string=azurite.connection_string,
+                batch_url=emulator.url,
+                batch_account=emulator.account_name,
+                batch_key=emulator.account_key,
+            )
+            report: dict[str, dict[str, float]] = {}
+            for name in args.only or ["batchdrop", "batchdrop_sweep", "baseline"]:
+                started = time.monotonic()
+                print(f"running {name} with {args.files} files ...", file=sys.stderr, flush=True)
+                report[name] = run_scenario(name, config)
+                print(f"  {name} done in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+        finally:
+            emulator.stop()
+            azurite.stop()
+    if "batchdrop" in report and "baseline" in report:
+        ours, theirs = report["batchdrop"], report["baseline"]
+        report["ratios"] = {
+            key: theirs[key] / ours[key] if ours[key] else float("inf")
+            for key in ("batch_requests_total", "batch_requests_per_file", "poll_requests_per_poll")
+        }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(table(report))
+    print(f"\nwritten to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

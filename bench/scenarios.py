@@ -1,0 +1,267 @@
+"""The bench's workloads: batchdrop (event path, sweep path) and the naive baseline."""
+
+from __future__ import annotations
+
+import json
+import random
+import resource
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from azure.batch import BatchClient
+from azure.batch import models as batch_models
+from azure.core.credentials import AzureNamedKeyCredential
+from azure.storage.blob import BlobServiceClient
+from azure.storage.queue import QueueClient
+
+from bench.baseline import Baseline
+from local.stack import Emulator
+from shared.collect import collect
+from shared.gateways import Gateways, build_gateways
+from shared.messages import decode_completion
+from shared.poll import poll
+from shared.settings import load_settings
+from shared.storage import AzureBlobs
+from shared.submit import submit_blob, sweep
+
+# Trivial work: the input, copied. {input} is batchdrop's own sanitised path, never a blob name.
+COMMAND = "/bin/sh -c 'mkdir -p out && cp {input} out/copy'"
+BASELINE_COMMAND = "/bin/sh -c 'mkdir -p out && cp input/data out/copy'"
+WORKERS = 8  # concurrent function instances
+
+
+@dataclass(frozen=True)
+class ScenarioConfig:
+    files: int
+    nodes: int
+    slots: int
+    workdir: str
+    connection_string: str
+    batch_url: str
+    batch_account: str
+    batch_key: str
+    timeout_seconds: float = 6 * 3600
+
+
+class CountingBlobs:
+    """Wraps the BlobPort and counts bytes that pass through this process (downloads)."""
+
+    def __init__(self, inner: AzureBlobs) -> None:
+        self.inner = inner
+        self.bytes_read = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def read_tail(self, container: str, name: str, max_bytes: int) -> str:
+        text = self.inner.read_tail(container, name, max_bytes)
+        self.bytes_read += len(text.encode())
+        return text
+
+
+def _emulator(config: ScenarioConfig) -> Emulator:
+    # Only the stats calls are used; the stack's process belongs to the parent.
+    return Emulator(name="batch-emulator", process=None, url=config.batch_url, log_path=Path("/dev/null"),  # type: ignore[arg-type]
+                    account_name=config.batch_account, account_key=config.batch_key)  # fmt: skip
+
+
+def _names(tag: str) -> dict[str, str]:
+    suffix = f"{tag}{uuid.uuid4().hex[:6]}"
+    return {
+        "input": f"input-{suffix}",
+        "staging": f"staging-{suffix}",
+        "results": f"results-{suffix}",
+        "apps": f"apps-{suffix}",
+        "queue": f"completions-{suffix}",
+        "table": f"ledger{suffix}",
+        "pool": f"pool-{suffix}",
+    }
+
+
+def _upload(config: ScenarioConfig, container: str, count: int) -> list[str]:
+    service = BlobServiceClient.from_connection_string(config.connection_string)
+    client = service.create_container(container)
+    names = [f"batch-{index // 1000:02}/file-{index:06}.txt" for index in range(count)]
+
+    def put(name: str) -> None:
+        client.upload_blob(name, f"payload of {name}\n".encode() * 4)
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(put, names))
+    return names
+
+
+def _gateways(config: ScenarioConfig, names: dict[str, str], workdir: Path) -> Gateways:
+    pipelines = {
+        "pipelines": [
+            {
+                "name": "bench",
+                "command": COMMAND,
+                "outputs": ["**/*"],
+                "pool": {"id": names["pool"], "dedicated_nodes": config.nodes, "task_slots_per_node": config.slots},
+                "max_retries": 0,
+                "max_wall_clock_seconds": 600,
+            }
+        ]
+    }
+    pipelines_file = workdir / f"pipelines-{names['pool']}.json"
+    pipelines_file.write_text(json.dumps(pipelines))
+    settings = load_settings(**{
+        "BatchdropStorage": config.connection_string,
+        "BATCHDROP_BATCH_URL": config.batch_url,
+        "BATCHDROP_BATCH_ACCOUNT_NAME": config.batch_account,
+        "BATCHDROP_BATCH_ACCOUNT_KEY": config.batch_key,
+        "BATCHDROP_PIPELINES_FILE": str(pipelines_file),
+        "BATCHDROP_INPUT_CONTAINER": names["input"],
+        "BATCHDROP_APPS_CONTAINER": names["apps"],
+        "BATCHDROP_STAGING_CONTAINER": names["staging"],
+        "BATCHDROP_RESULTS_CONTAINER": names["results"],
+        "BATCHDROP_COMPLETIONS_QUEUE": names["queue"],
+        "BATCHDROP_LEDGER_TABLE": names["table"],
+        "BATCHDROP_POLL_OVERLAP_SECONDS": 10,
+    })  # fmt: skip
+    gw = build_gateways(settings)
+    gw.blobs = CountingBlobs(gw.blobs)  # type: ignore[arg-type]
+    return gw
+
+
+def _drain(gw: Gateways, queue: QueueClient, pool: ThreadPoolExecutor) -> int:
+    """Collect every message now on the queue, WORKERS at a time, as the queue trigger would."""
+    handled = 0
+    while True:
+        messages = list(queue.receive_messages(messages_per_page=32, max_messages=32, visibility_timeout=60))
+        if not messages:
+            return handled
+
+        def handle(message: Any) -> None:
+            collect(gw, decode_completion(message.content))
+            queue.delete_message(message)
+
+        list(pool.map(handle, messages))
+        handled += len(messages)
+
+
+def _manifests(service: BlobServiceClient, container: str) -> int:
+    return sum(
+        1 for blob in service.get_container_client(container).list_blobs() if blob.name.endswith("_manifest.json")
+    )
+
+
+def _run_batchdrop(
+    config: ScenarioConfig, submit_all: Callable[[Gateways, list[str]], None], tag: str
+) -> dict[str, float]:
+    names = _names(tag)
+    workdir = Path(config.workdir)
+    inputs = _upload(config, names["input"], config.files)
+    gw = _gateways(config, names, workdir)
+    emulator = _emulator(config)
+    service = BlobServiceClient.from_connection_string(config.connection_string)
+    queue = QueueClient.from_connection_string(config.connection_string, names["queue"])
+    emulator.reset_stats()
+    started = time.monotonic()
+    submit_all(gw, inputs)
+    tasks_done = time.monotonic() - started
+    published = 0
+    with ThreadPoolExecutor(WORKERS) as pool:
+        while published < config.files:
+            poll(gw)
+            published += _drain(gw, queue, pool)
+            if published < config.files:
+                time.sleep(1.0)
+    manifests_done = time.monotonic() - started
+    stats = emulator.stats()
+    total = int(stats["total"])  # type: ignore[call-overload]
+    emulator.reset_stats()
+    poll(gw)  # steady state: the job holds every task, all collected
+    poll_requests = int(emulator.stats()["total"])  # type: ignore[call-overload]
+    assert _manifests(service, names["results"]) == config.files
+    return _report(config, total, poll_requests, _duplicates(config, gw, names), tasks_done, manifests_done,
+                   gw.blobs.bytes_read)  # type: ignore[attr-defined]  # fmt: skip
+
+
+def _duplicates(config: ScenarioConfig, gw: Gateways, names: dict[str, str]) -> int:
+    client = BatchClient(config.batch_url, AzureNamedKeyCredential(config.batch_account, config.batch_key))
+    jobs = [job.id for job in client.list_jobs() if job.pool_info and job.pool_info.pool_id == names["pool"]]
+    tasks = sum(1 for job in jobs for _ in client.list_tasks(job, select=["id"]))
+    return tasks - config.files
+
+
+def _report(config: ScenarioConfig, total: int, poll_requests: int, duplicates: int, tasks_done: float,
+            manifests_done: float, output_bytes: int) -> dict[str, float]:  # fmt: skip
+    return {
+        "files": config.files,
+        "batch_requests_total": total,
+        "batch_requests_per_file": round(total / config.files, 4),
+        "poll_requests_per_poll": poll_requests,
+        "duplicate_tasks": duplicates,
+        "seconds_to_all_tasks": round(tasks_done, 2),
+        "seconds_to_all_manifests": round(manifests_done, 2),
+        "output_bytes_through_functions": output_bytes,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def _events(inputs: list[str]) -> Iterator[str]:
+    """Every event delivered twice, shuffled: at-least-once delivery."""
+    doubled = inputs * 2
+    random.Random(7).shuffle(doubled)
+    return iter(doubled)
+
+
+def batchdrop_events(config: ScenarioConfig) -> dict[str, float]:
+    def submit_all(gw: Gateways, inputs: list[str]) -> None:
+        with ThreadPoolExecutor(WORKERS) as pool:
+            list(pool.map(lambda name: submit_blob(gw, gw.settings.input_container, name), _events(inputs)))
+
+    return _run_batchdrop(config, submit_all, "ev")
+
+
+def batchdrop_sweep(config: ScenarioConfig) -> dict[str, float]:
+    def submit_all(gw: Gateways, inputs: list[str]) -> None:
+        report = sweep(gw)
+        assert report.submitted == len(inputs), report
+
+    return _run_batchdrop(config, submit_all, "sw")
+
+
+def baseline(config: ScenarioConfig) -> dict[str, float]:
+    names = _names("bl")
+    inputs = _upload(config, names["input"], config.files)
+    service = BlobServiceClient.from_connection_string(config.connection_string)
+    for role in ("staging", "results"):
+        service.create_container(names[role])
+    client = BatchClient(config.batch_url, AzureNamedKeyCredential(config.batch_account, config.batch_key))
+    client.create_pool(batch_models.BatchPoolCreateOptions(
+        id=names["pool"], vm_size="standard_d2s_v3", target_dedicated_nodes=config.nodes,
+        task_slots_per_node=config.slots,
+    ))  # fmt: skip
+    naive = Baseline(client, service, AzureBlobs.from_connection_string(config.connection_string),
+                     f"job-{names['pool']}", names["pool"], names, BASELINE_COMMAND)  # fmt: skip
+    emulator = _emulator(config)
+    emulator.reset_stats()
+    started = time.monotonic()
+    with ThreadPoolExecutor(WORKERS) as pool:
+        list(pool.map(naive.on_event, _events(inputs)))
+    tasks_done = time.monotonic() - started
+    while _manifests(service, names["results"]) < config.files or len(naive.collected) < 2 * config.files:
+        naive.poll_and_collect()
+        time.sleep(1.0)
+    manifests_done = time.monotonic() - started
+    total = int(emulator.stats()["total"])  # type: ignore[call-overload]
+    emulator.reset_stats()
+    naive.poll_and_collect()
+    poll_requests = int(emulator.stats()["total"])  # type: ignore[call-overload]
+    tasks = sum(1 for _ in client.list_tasks(naive.job_id, select=["id"]))
+    return _report(config, total, poll_requests, tasks - config.files, tasks_done, manifests_done, naive.output_bytes)
+
+
+SCENARIOS: dict[str, Callable[[ScenarioConfig], dict[str, float]]] = {
+    "batchdrop": batchdrop_events,
+    "batchdrop_sweep": batchdrop_sweep,
+    "baseline": baseline,
+}
