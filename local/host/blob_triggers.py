@@ -1,0 +1,130 @@
+"""Blob triggers: container scans and Event Grid pushes dispatch via receipts; a queue runs the functions."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from azure.core.exceptions import AzureError, ResourceNotFoundError
+
+from .bindings import BlobTrigger, FunctionSpec
+from .blobs import BlobInputStream
+from .invocation import Invoker
+from .queues import Handler, QueueListener, ReceivedMessage
+from .receipts import BlobVersion, Receipts, TriggerMessage, quoted_etag
+from .settings import HostOptions
+from .storage import StorageAccounts
+
+logger = logging.getLogger(__name__)
+
+
+def _trigger(spec: FunctionSpec) -> BlobTrigger:
+    assert isinstance(spec.trigger, BlobTrigger)
+    return spec.trigger
+
+
+class BlobTriggers:
+    """Every blob-triggered function of an app."""
+
+    def __init__(self, functions: list[FunctionSpec], accounts: StorageAccounts, invoker: Invoker,
+                 options: HostOptions, host_id: str, scan_seconds: float, stopping: threading.Event) -> None:
+        self.functions = {spec.full_name: spec for spec in functions}
+        self.accounts = accounts
+        self.invoker = invoker
+        self.options = options
+        self.scan_seconds = scan_seconds
+        self.stopping = stopping
+        self.receipts: dict[str, Receipts] = {}
+        for spec in functions:
+            connection = _trigger(spec).connection
+            if connection not in self.receipts:
+                self.receipts[connection] = Receipts(accounts.get(connection), host_id,
+                                                     options.message_encoding)
+        self.listeners: list[QueueListener] = []
+
+    def start(self) -> None:
+        for connection, receipts in self.receipts.items():
+            listener = QueueListener(
+                f"blobtrigger[{connection}]", receipts.dispatch_queue, receipts.poison_queue,
+                self.options, self._handler(receipts), self.stopping)
+            listener.start()
+            self.listeners.append(listener)
+        for spec in self.functions.values():
+            threading.Thread(target=self._scan_forever, args=(spec,), name=f"scan:{spec.name}",
+                             daemon=True).start()
+
+    def push(self, spec: FunctionSpec, container: str, blob_name: str) -> bool:
+        """An Event Grid BlobCreated for this function's container; True if the blob was dispatched."""
+        trigger = _trigger(spec)
+        if container != trigger.container or not trigger.matches(blob_name):
+            logger.info("Event for %s/%s does not match %s's path; ignored", container, blob_name, spec.name)
+            return False
+        account = self.accounts.get(trigger.connection)
+        try:
+            etag = account.blobs.get_blob_client(container, blob_name).get_blob_properties().etag
+        except ResourceNotFoundError:
+            logger.warning("Event for %s/%s, which no longer exists; ignored", container, blob_name)
+            return False
+        version = BlobVersion(container, blob_name, quoted_etag(etag))
+        return self.receipts[trigger.connection].dispatch(spec.full_name, version)
+
+    def _scan_forever(self, spec: FunctionSpec) -> None:
+        trigger = _trigger(spec)
+        receipts = self.receipts[trigger.connection]
+        container = self.accounts.get(trigger.connection).blobs.get_container_client(trigger.container)
+        done: set[BlobVersion] | None = None
+        missing = False
+        while not self.stopping.is_set():
+            try:
+                if done is None:
+                    done = receipts.completed(spec.full_name)
+                seen: set[BlobVersion] = set()
+                for blob in container.list_blobs(name_starts_with=trigger.prefix or None):
+                    if self.stopping.is_set():
+                        break
+                    if not trigger.matches(blob.name):
+                        continue
+                    version = BlobVersion(trigger.container, blob.name, quoted_etag(blob.etag))
+                    seen.add(version)
+                    if version in done:
+                        continue
+                    if receipts.dispatch(spec.full_name, version):
+                        logger.info("New blob %s/%s for %s", version.container, version.name, spec.name)
+                    done.add(version)
+                else:
+                    done &= seen  # forget deleted blobs and replaced versions
+                missing = False
+            except ResourceNotFoundError:
+                if not missing:
+                    logger.warning("%s: container '%s' does not exist yet", spec.name, trigger.container)
+                missing = True
+            except AzureError as error:
+                logger.warning("%s: scanning '%s' failed: %s", spec.name, trigger.container, error)
+            self.stopping.wait(self.scan_seconds)
+
+    def _handler(self, receipts: Receipts) -> Handler:
+        blobs = receipts.account.blobs
+
+        def handle(received: ReceivedMessage) -> None:
+            message = TriggerMessage.from_json(received.body)
+            spec = self.functions.get(message.function_id)
+            if spec is None:
+                logger.warning("Blob trigger message for unknown function %s; dropped", message.function_id)
+                return
+            blob = blobs.get_blob_client(message.blob.container, message.blob.name)
+            try:
+                properties = blob.get_blob_properties()
+            except ResourceNotFoundError:
+                logger.warning("%s: blob %s/%s no longer exists; not invoking", spec.name,
+                               message.blob.container, message.blob.name)
+                return
+            if quoted_etag(properties.etag) != quoted_etag(message.blob.etag):
+                # The newer version has its own receipt and message, as on the Functions host.
+                logger.info("%s: blob %s/%s changed since it was dispatched; skipping the old version",
+                            spec.name, message.blob.container, message.blob.name)
+                return
+            self.invoker.invoke(spec, BlobInputStream(blob, properties),
+                                reason=f"New blob detected: {message.blob.container}/{message.blob.name}",
+                                retry_count=received.dequeue_count - 1)
+
+        return handle

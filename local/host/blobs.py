@@ -1,0 +1,78 @@
+"""The blob a blob-triggered function receives: properties up front, content only as it is read."""
+
+from __future__ import annotations
+
+import base64
+import io
+from typing import Any
+
+from azure.core import MatchConditions
+from azure.functions.blob import InputStream
+from azure.storage.blob import BlobClient, BlobProperties
+
+# Large enough that a sequential read makes few requests, small enough to bound memory per read.
+CHUNK_BYTES = 4 * 1024 * 1024
+
+
+class _BlobRange(io.RawIOBase):
+    """Reads one version (etag) of a blob by ranged downloads, on demand."""
+
+    def __init__(self, blob: BlobClient, etag: str, length: int) -> None:
+        super().__init__()
+        self._blob = blob
+        self._etag = etag
+        self._length = length
+        self._position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        wanted = min(len(buffer), self._length - self._position)
+        if wanted <= 0:
+            return 0
+        data = self._blob.download_blob(
+            offset=self._position, length=wanted, etag=self._etag,
+            match_condition=MatchConditions.IfNotModified).readall()
+        buffer[: len(data)] = data
+        self._position += len(data)
+        return len(data)
+
+
+class BlobInputStream(InputStream):
+    """`func.InputStream` whose data is fetched from storage as the function reads it."""
+
+    def __init__(self, blob: BlobClient, properties: BlobProperties) -> None:
+        container, name = properties.container, properties.name
+        super().__init__(data=b"", name=f"{container}/{name}", uri=blob.url, length=properties.size,
+                         blob_properties=blob_properties(properties), metadata=dict(properties.metadata or {}))
+        self._reader = io.BufferedReader(_BlobRange(blob, properties.etag, properties.size),
+                                         buffer_size=CHUNK_BYTES)
+
+    def read(self, size: int | None = -1) -> bytes:
+        return self._reader.read(-1 if size is None else size)
+
+    read1 = read
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def blob_properties(properties: BlobProperties) -> dict[str, Any]:
+    """The Properties the Functions host passes with a blob trigger (both spellings of the length)."""
+    content = properties.content_settings
+    md5 = content.content_md5 if content else None
+    return {
+        "ETag": properties.etag,
+        "ContentLength": properties.size,
+        "Content-Length": properties.size,
+        "Length": properties.size,
+        "ContentType": content.content_type if content else None,
+        "ContentMD5": base64.b64encode(md5).decode("ascii") if md5 else None,
+        "ContentEncoding": content.content_encoding if content else None,
+        "LastModified": _iso(properties.last_modified),
+        "CreatedOn": _iso(properties.creation_time),
+        "Created": _iso(properties.creation_time),
+        "BlobType": str(properties.blob_type.value if properties.blob_type else "BlockBlob"),
+    }
