@@ -914,7 +914,7 @@ class BatchService:
                     results.append({"status": "success", "taskId": task["id"], "eTag": task["eTag"],
                                     "lastModified": task["lastModified"], "location": task["url"]})  # fmt: skip
                 except BatchApiError as problem:
-                    results.append({"status": "clientError" if problem.status < 500 else "serverError",
+                    results.append({"status": "clienterror" if problem.status < 500 else "servererror",
                                     "taskId": task_id,
                                     "error": error_dict(problem.code, problem.message, problem.values)})  # fmt: skip
             self.wakeup.notify_all()

@@ -1,0 +1,140 @@
+"""Conformance fixtures: Azurite and the Batch emulator as real processes, the real SDKs as clients."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from azure.batch import BatchClient
+from azure.batch import models as m
+from azure.core.credentials import AzureNamedKeyCredential
+from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
+
+from local.stack import AZURITE_ACCOUNT, AZURITE_KEY, Azurite, Emulator, start_azurite, start_emulator
+
+T = TypeVar("T")
+POOL_ID = "conformance-pool"
+POOL_NODES = 2
+POOL_SLOTS = 4
+
+
+def client_for(emulator: Emulator, **kwargs: Any) -> BatchClient:
+    return BatchClient(emulator.url, AzureNamedKeyCredential(emulator.account_name, emulator.account_key), **kwargs)
+
+
+def wait_until(check: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.05) -> T:
+    """Poll until check() returns something truthy; fail the test with the last value otherwise."""
+    deadline = time.monotonic() + timeout
+    value: T | None = None
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s (last value {value!r})")
+
+
+def wait_for_task(client: BatchClient, job_id: str, task_id: str, timeout: float = 30.0) -> m.BatchTask:
+    def completed() -> m.BatchTask | None:
+        task = client.get_task(job_id, task_id)
+        return task if task.state == m.BatchTaskState.COMPLETED else None
+
+    return wait_until(completed, timeout)
+
+
+def wait_for_job_state(client: BatchClient, job_id: str, state: m.BatchJobState, timeout: float = 30.0) -> m.BatchJob:
+    return wait_until(lambda: (job := client.get_job(job_id)).state == state and job, timeout)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("emulator-conformance")
+
+
+@pytest.fixture(scope="session")
+def azurite(workdir: Path) -> Iterator[Azurite]:
+    server = start_azurite(workdir)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def emulator(workdir: Path) -> Iterator[Emulator]:
+    server = start_emulator(workdir)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def state_dir(workdir: Path) -> Path:
+    return workdir / "batch"
+
+
+@pytest.fixture(scope="session")
+def batch(emulator: Emulator) -> BatchClient:
+    return client_for(emulator)
+
+
+@pytest.fixture(scope="session")
+def pool_id(batch: BatchClient) -> str:
+    batch.create_pool(m.BatchPoolCreateOptions(
+        id=POOL_ID, vm_size="standard_d2s_v3", target_dedicated_nodes=POOL_NODES, task_slots_per_node=POOL_SLOTS,
+    ))  # fmt: skip
+    return POOL_ID
+
+
+@pytest.fixture
+def job_id(batch: BatchClient, pool_id: str) -> str:
+    job = unique("job")
+    batch.create_job(m.BatchJobCreateOptions(id=job, pool_info=m.BatchPoolInfo(pool_id=pool_id)))
+    return job
+
+
+@pytest.fixture(scope="session")
+def blobs(azurite: Azurite) -> BlobServiceClient:
+    return BlobServiceClient.from_connection_string(azurite.connection_string)
+
+
+class Containers:
+    """Fresh containers in Azurite with SAS URLs, as a pipeline hands them to Batch."""
+
+    def __init__(self, blobs: BlobServiceClient, azurite: Azurite) -> None:
+        self.blobs = blobs
+        self.azurite = azurite
+
+    def create(self, prefix: str = "c") -> str:
+        name = unique(prefix).lower()
+        self.blobs.create_container(name)
+        return name
+
+    def sas_url(self, container: str, *, read: bool = True, write: bool = True, blob: str | None = None) -> str:
+        sas = generate_container_sas(
+            AZURITE_ACCOUNT, container, account_key=AZURITE_KEY,
+            permission=ContainerSasPermissions(read=read, write=write, list=True, create=write),
+            expiry=datetime.now(UTC) + timedelta(hours=1),
+        )  # fmt: skip
+        base = f"{self.azurite.blob_endpoint}/{container}"
+        return f"{base}/{blob}?{sas}" if blob else f"{base}?{sas}"
+
+    def upload(self, container: str, name: str, data: bytes) -> None:
+        self.blobs.get_blob_client(container, name).upload_blob(data, overwrite=True)
+
+    def read(self, container: str, name: str) -> bytes:
+        return bytes(self.blobs.get_blob_client(container, name).download_blob().readall())
+
+    def names(self, container: str) -> list[str]:
+        return sorted(blob.name for blob in self.blobs.get_container_client(container).list_blobs())
+
+
+@pytest.fixture(scope="session")
+def containers(blobs: BlobServiceClient, azurite: Azurite) -> Containers:
+    return Containers(blobs, azurite)

@@ -1,0 +1,91 @@
+"""SharedKey authentication and Batch's error shapes, through the real SDK."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+from azure.batch import models as m
+from azure.core.exceptions import ClientAuthenticationError, HttpResponseError, ResourceNotFoundError
+from azure.core.pipeline import PipelineRequest
+from azure.core.rest import HttpRequest
+
+from local.stack import Emulator
+from tests.emulator.conftest import client_for
+
+API_VERSION = "2025-06-01"
+
+
+def _tamper_after_signing(request: PipelineRequest) -> None:  # type: ignore[type-arg]
+    """The custom hook runs after the SharedKey policy: change what was signed."""
+    request.http_request.url += "&maxresults=1"
+
+
+def test_wrong_key_is_refused_with_authentication_failed(emulator: Emulator) -> None:
+    wrong = Emulator(**{**emulator.__dict__, "account_key": "d3Jvbmcga2V5IGZvciB0aGUgZW11bGF0b3I="})
+    client = client_for(wrong)
+    with pytest.raises(ClientAuthenticationError) as raised:
+        client.get_job("anything")
+    assert raised.value.status_code == 401
+    assert raised.value.error is not None and raised.value.error.code == "AuthenticationFailed"
+
+
+def test_tampered_request_is_refused(emulator: Emulator) -> None:
+    client = client_for(emulator, raw_request_hook=_tamper_after_signing)
+    with pytest.raises(ClientAuthenticationError) as raised:
+        list(client.list_jobs())
+    assert raised.value.error is not None and raised.value.error.code == "AuthenticationFailed"
+
+
+def test_unsigned_request_gets_401_with_a_batch_error_body(emulator: Emulator) -> None:
+    with pytest.raises(urllib.error.HTTPError) as raised:
+        urllib.request.urlopen(f"{emulator.url}/jobs?api-version={API_VERSION}", timeout=10)
+    assert raised.value.code == 401
+    body = json.loads(raised.value.read())
+    assert body["code"] == "AuthenticationFailed"
+    assert body["message"]["lang"] == "en-US" and body["message"]["value"]
+    assert "odata.metadata" in body
+    assert {"key": "AuthenticationErrorDetail", "value": body["values"][0]["value"]} == body["values"][0]
+
+
+def test_unknown_operation_answers_501_naming_it(emulator: Emulator) -> None:
+    client = client_for(emulator)
+    with pytest.raises(HttpResponseError) as raised:
+        client.send_request(HttpRequest("GET", f"{emulator.url}/certificates?api-version={API_VERSION}"))
+    assert raised.value.status_code == 501
+    assert raised.value.error is not None and raised.value.error.code == "NotImplemented"
+    assert "GET /certificates" in str(raised.value.error.message)
+
+
+def test_missing_resources_have_batch_error_codes(emulator: Emulator) -> None:
+    client = client_for(emulator)
+    cases = [
+        (lambda: client.get_job("no-such-job"), "JobNotFound"),
+        (lambda: client.get_pool("no-such-pool"), "PoolNotFound"),
+        (lambda: client.get_task("no-such-job", "t"), "JobNotFound"),
+    ]
+    for call, code in cases:
+        with pytest.raises(ResourceNotFoundError) as raised:
+            call()
+        assert raised.value.error is not None and raised.value.error.code == code
+        assert raised.value.status_code == 404
+
+
+def test_invalid_body_is_400_with_property_details(emulator: Emulator) -> None:
+    client = client_for(emulator)
+    with pytest.raises(HttpResponseError) as raised:
+        client.create_job(m.BatchJobCreateOptions(id="has spaces", pool_info=m.BatchPoolInfo(pool_id="p")))
+    error = raised.value.error
+    assert raised.value.status_code == 400
+    assert error is not None and error.code == "InvalidPropertyValue"
+    assert any(detail.code == "PropertyName" and detail.message == "id" for detail in error.details)
+
+
+def test_missing_api_version_is_400(emulator: Emulator) -> None:
+    client = client_for(emulator)
+    with pytest.raises(HttpResponseError) as raised:
+        client.send_request(HttpRequest("GET", f"{emulator.url}/jobs"))
+    assert raised.value.status_code == 400
+    assert raised.value.error is not None and raised.value.error.code == "MissingRequiredQueryParameter"
