@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
+from enum import Enum
 from typing import TypeVar
 
 from azure.batch import BatchClient
@@ -81,14 +82,15 @@ class AzureBatch:
             raise TransientError(f"{what}: {type(error).__name__}: {error}") from None
 
     def ensure_pool(self, pool: PoolSpec) -> None:
+        # Create and accept PoolExists: one request, and no pool_exists(), which in SDK 15.1 raises
+        # ResourceNotFoundError for a missing pool (its error policy fires before the 404 -> False mapping).
         def create() -> None:
-            if self._client.pool_exists(pool.id):
-                return
             try:
                 self._client.create_pool(_pool_options(pool))
                 logger.info("created pool %s", pool.id, extra={"pool_id": pool.id})
-            except ResourceExistsError:
-                pass
+            except ResourceExistsError as error:
+                if _error_code(error) != "PoolExists":
+                    raise
 
         self._call(f"ensure pool {pool.id}", create)
 
@@ -193,6 +195,11 @@ class AzureBatch:
             pass
 
 
+def _text(value: object) -> str:
+    """SDK enums are str subclasses whose str() is 'Enum.MEMBER'; the wire value is what we store."""
+    return str(value.value) if isinstance(value, Enum) else str(value)
+
+
 def _odata_time(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -256,16 +263,16 @@ def _task_result(task: batch_models.BatchTask) -> TaskResult:
     if info is not None and info.failure_info is not None:
         failure_info = info.failure_info
         failure = {
-            "category": str(failure_info.category),
+            "category": _text(failure_info.category),
             "code": failure_info.code,
             "message": failure_info.message,
             "details": {d.name: d.value for d in failure_info.details or []},
         }
     return TaskResult(
         task_id=task.id,
-        state=str(task.state),
+        state=_text(task.state),
         exit_code=info.exit_code if info else None,
-        result=str(info.result) if info and info.result else None,
+        result=_text(info.result) if info and info.result else None,
         failure=failure,
         started_at=info.start_time if info else None,
         finished_at=info.end_time if info else None,

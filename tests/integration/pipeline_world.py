@@ -104,7 +104,7 @@ def make_pipeline_world(
     pipelines = {
         "pipelines": [
             {
-                "name": "echo",
+                "name": f"echo-{namespace}",
                 "command": "python3 {app_dir}/echo/app.py {input} {output_dir}",
                 "app_files": ["echo/app.py"],
                 "outputs": ["**/*"],

@@ -72,10 +72,8 @@ class FakeBatch:
             raise self.fail_next.pop(0)
 
     def ensure_pool(self, pool: PoolSpec) -> None:
-        self._request("Pool_Exists")
-        if pool.id not in self.pools:
-            self._request("Pool_Add")
-            self.pools.add(pool.id)
+        self._request("Pool_Add")
+        self.pools.add(pool.id)
 
     def ensure_job(self, job_id: str, pipeline: PipelineSpec) -> None:
         self._request("Job_Add")
