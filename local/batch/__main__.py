@@ -56,6 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")  # fmt: skip
+    # The storage SDK logs every request at INFO; the emulator's log is for the emulator.
+    logging.getLogger("azure").setLevel(logging.WARNING)
     state_dir: Path = args.state_dir.resolve()
     service = BatchService(
         state_dir,

@@ -159,21 +159,28 @@ def _download(attempt: Attempt, resource: dict[str, Any]) -> None:
     from azure.core.exceptions import HttpResponseError
 
     try:
-        found = False
-        for blob in container_client.list_blobs(name_starts_with=prefix):
-            found = True
-            target = _target(attempt.working_dir, os.path.join(file_path, blob.name))
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with target.open("wb") as sink:
-                container_client.download_blob(blob.name).readinto(sink)
-            _chmod(target, file_mode)
-        if not found and prefix:
-            # Batch treats a prefix that matches nothing as a missing blob.
-            raise _blob_failure(404, source, file_path, f"no blob starts with {prefix!r}")
+        with container_client:
+            _download_container(attempt, container_client, source, prefix, file_path, file_mode)
     except HttpResponseError as problem:
         raise _blob_failure(problem.status_code, source, file_path, problem.reason or str(problem)) from None
     except OSError as problem:
         raise _blob_failure(None, source, file_path, str(problem)) from None
+
+
+def _download_container(
+    attempt: Attempt, container_client: Any, source: str, prefix: str | None, file_path: str, file_mode: Any
+) -> None:
+    found = False
+    for blob in container_client.list_blobs(name_starts_with=prefix):
+        found = True
+        target = _target(attempt.working_dir, os.path.join(file_path, blob.name))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with target.open("wb") as sink:
+            container_client.download_blob(blob.name).readinto(sink)
+        _chmod(target, file_mode)
+    if not found and prefix:
+        # Batch treats a prefix that matches nothing as a missing blob.
+        raise _blob_failure(404, source, file_path, f"no blob starts with {prefix!r}")
 
 
 def launch(attempt: Attempt) -> subprocess.Popen[bytes]:
@@ -291,14 +298,14 @@ def upload_outputs(attempt: Attempt, succeeded: bool) -> None:
             cache_control=headers.get("cache-control"),
         )
         try:
-            client = ContainerClient.from_container_url(container_url)
-            for local, relative in matching_files(attempt.working_dir, pattern):
-                if _WILDCARD.search(pattern):
-                    blob_name = f"{path.rstrip('/')}/{relative}" if path else relative
-                else:
-                    blob_name = path or relative
-                with local.open("rb") as data:
-                    client.upload_blob(blob_name, data, overwrite=True, content_settings=settings)
+            with ContainerClient.from_container_url(container_url) as client:
+                for local, relative in matching_files(attempt.working_dir, pattern):
+                    if _WILDCARD.search(pattern):
+                        blob_name = f"{path.rstrip('/')}/{relative}" if path else relative
+                    else:
+                        blob_name = path or relative
+                    with local.open("rb") as data:
+                        client.upload_blob(blob_name, data, overwrite=True, content_settings=settings)
         except (AzureError, OSError, ValueError) as problem:
             status = getattr(problem, "status_code", None)
             raise Failure("usererror", "FileUploadMiscError",

@@ -64,11 +64,13 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def azurite(workdir: Path) -> Iterator[Azurite]:
     server = start_azurite(workdir)
     yield server
-    server.stop()
+    # Azurite lingers ~10 s on SIGTERM after serving keep-alive clients; its data here is throwaway.
+    server.stop(timeout=1.0)
 
 
 @pytest.fixture(scope="session")
-def emulator(workdir: Path) -> Iterator[Emulator]:
+def emulator(workdir: Path, azurite: Azurite) -> Iterator[Emulator]:
+    # Depends on Azurite so it stops first: Azurite waits for open keep-alive connections on SIGTERM.
     server = start_emulator(workdir)
     yield server
     server.stop()
@@ -100,8 +102,10 @@ def job_id(batch: BatchClient, pool_id: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def blobs(azurite: Azurite) -> BlobServiceClient:
-    return BlobServiceClient.from_connection_string(azurite.connection_string)
+def blobs(azurite: Azurite) -> Iterator[BlobServiceClient]:
+    client = BlobServiceClient.from_connection_string(azurite.connection_string)
+    yield client
+    client.close()
 
 
 class Containers:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from azure.batch import BatchClient
 from azure.batch import models as m
-from azure.core.exceptions import HttpResponseError, ResourceExistsError
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 
 from local.batch import clock
 from tests.emulator.conftest import unique, wait_for_task, wait_until
@@ -129,7 +129,10 @@ def test_missing_program_fails_before_running(batch: BatchClient, job_id: str) -
 
 
 def test_max_task_retry_count_reruns_a_failing_task(batch: BatchClient, job_id: str, state_dir: Path) -> None:
-    script = "import os; open(os.environ['AZ_BATCH_NODE_SHARED_DIR'] + '/' + os.environ['AZ_BATCH_JOB_ID'], 'a').write(os.environ['AZ_BATCH_TASK_RETRY_COUNT']); raise SystemExit(7)"
+    script = (
+        "import os; e = os.environ; open(e['AZ_BATCH_NODE_SHARED_DIR'] + '/' + e['AZ_BATCH_JOB_ID'], 'a')"
+        ".write(e['AZ_BATCH_TASK_RETRY_COUNT']); raise SystemExit(7)"
+    )
     batch.create_task(job_id, task("retry", f"{PY} -c \"{script}\"",
                                    constraints=m.BatchTaskConstraints(max_task_retry_count=2)))
     done = wait_for_task(batch, job_id, "retry")
@@ -214,9 +217,9 @@ def test_update_and_delete_task(batch: BatchClient, job_id: str) -> None:
     batch.replace_task(job_id, "u", m.BatchTask(constraints=m.BatchTaskConstraints(max_task_retry_count=4)))
     assert batch.get_task(job_id, "u").constraints.max_task_retry_count == 4  # type: ignore[union-attr]
     batch.delete_task(job_id, "u")
-    with pytest.raises(Exception) as raised:
+    with pytest.raises(ResourceNotFoundError) as raised:
         batch.get_task(job_id, "u")
-    assert getattr(raised.value, "error").code == "TaskNotFound"
+    assert raised.value.error is not None and raised.value.error.code == "TaskNotFound"
 
 
 def test_task_collection_reports_each_task(batch: BatchClient, job_id: str) -> None:
@@ -234,7 +237,9 @@ def test_task_collection_reports_each_task(batch: BatchClient, job_id: str) -> N
 
 def test_task_collection_over_100_is_refused(batch: BatchClient, job_id: str) -> None:
     with pytest.raises(HttpResponseError) as raised:
-        batch.create_task_collection(job_id, m.BatchTaskGroup(task_values=[task(f"t{i}", "true") for i in range(101)]))
+        batch.create_task_collection(
+            job_id, m.BatchTaskGroup(task_values=[task(f"t{i}", "true") for i in range(101)])
+        )
     assert raised.value.status_code == 400
 
 
