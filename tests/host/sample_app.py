@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +31,14 @@ def build_app() -> func.FunctionApp:
     def on_blob(blob: func.InputStream) -> None:
         assert blob.name is not None
         name = blob.name.split("/", 1)[1]
-        properties = dict(blob.blob_properties or {})
+        # blob_properties and metadata are on the concrete InputStream the host passes, not on the ABC.
+        properties = dict(getattr(blob, "blob_properties", None) or {})
         fields: dict[str, Any] = {"name": blob.name, "uri": blob.uri, "length": blob.length,
                                   "etag": properties.get("ETag"),
                                   "content_length": properties.get("Content-Length"),
                                   "last_modified": properties.get("LastModified"),
                                   "created_on": properties.get("CreatedOn"),
-                                  "metadata": blob.metadata, "stream_type": type(blob).__name__}
+                                  "metadata": getattr(blob, "metadata", None), "stream_type": type(blob).__name__}
         if name.startswith("read-"):
             digest = hashlib.sha256()
             while chunk := blob.read(1024 * 1024):
@@ -66,6 +68,8 @@ def build_app() -> func.FunctionApp:
                insertion_time=message.insertion_time, pop_receipt=bool(message.pop_receipt))
         if body.startswith("fail"):
             raise RuntimeError(f"refusing message {body!r}")
+        if body == "slow":
+            time.sleep(float(os.environ.get("SAMPLE_SLOW_SECONDS", "0")))
         reply.set(f"echo:{body}")
 
     @app.route(route="items/{id:int}/{*rest}", methods=["GET", "POST"])
