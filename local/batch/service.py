@@ -735,11 +735,7 @@ class BatchService:
             return
         self._set_job_state(job_key, "terminating")
         job["executionInfo"]["terminateReason"] = reason
-        for task_key, task in self.tasks[job_key].items():
-            if task["state"] == "active":
-                self._complete_without_running(job_key, task_key, task,
-                                               runner.Failure("usererror", "TaskEnded", TASK_ENDED_BY_USER,
-                                                              {"Message": "The job was terminated."}))  # fmt: skip
+        # Batch: active tasks stay active (and are never scheduled); running ones are terminated.
         for (run_job, task_key), _run in list(self.runs.items()):
             if run_job == job_key:
                 self._stop_run(job_key, task_key, "terminate")

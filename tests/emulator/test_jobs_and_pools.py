@@ -1,0 +1,208 @@
+"""Pools, nodes and jobs: CRUD, long-running operations, task counts, job completion semantics."""
+
+from __future__ import annotations
+
+import pytest
+from azure.batch import BatchClient
+from azure.batch import models as m
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+
+from tests.emulator.conftest import POOL_NODES, POOL_SLOTS, unique, wait_for_job_state, wait_for_task, wait_until
+
+
+def new_job(batch: BatchClient, pool_id: str, **kwargs: object) -> str:
+    job_id = unique("job")
+    batch.create_job(m.BatchJobCreateOptions(id=job_id, pool_info=m.BatchPoolInfo(pool_id=pool_id), **kwargs))
+    return job_id
+
+
+def test_pool_lifecycle_resize_and_nodes(batch: BatchClient) -> None:
+    pool_id = unique("pool")
+    batch.create_pool(m.BatchPoolCreateOptions(id=pool_id, vm_size="Standard_D2s_v3", target_dedicated_nodes=1,
+                                               task_slots_per_node=3, metadata=[m.BatchMetadataItem(name="k", value="v")]))
+    with pytest.raises(ResourceExistsError) as raised:
+        batch.create_pool(m.BatchPoolCreateOptions(id=pool_id.upper(), vm_size="standard_d2s_v3"))
+    assert raised.value.error is not None and raised.value.error.code == "PoolExists"
+    assert batch.pool_exists(pool_id)
+    pool = batch.get_pool(pool_id)
+    assert pool.allocation_state == m.AllocationState.STEADY and pool.state == m.BatchPoolState.ACTIVE
+    assert pool.current_dedicated_nodes == 1 and pool.task_slots_per_node == 3 and pool.vm_size == "standard_d2s_v3"
+    assert pool.metadata is not None and pool.metadata[0].value == "v"
+    assert pool_id in {p.id for p in batch.list_pools()}
+    batch.begin_resize_pool(pool_id, m.BatchPoolResizeOptions(target_dedicated_nodes=3, target_low_priority_nodes=1),
+                            polling_interval=0).result()  # type: ignore[arg-type]
+    pool = batch.get_pool(pool_id)
+    assert pool.current_dedicated_nodes == 3 and pool.current_low_priority_nodes == 1
+    nodes = list(batch.list_nodes(pool_id))
+    assert len(nodes) == 4 and sum(1 for n in nodes if n.is_dedicated) == 3
+    assert all(n.state == m.BatchNodeState.IDLE and n.scheduling_state == m.SchedulingState.ENABLED for n in nodes)
+    assert batch.get_node(pool_id, nodes[0].id).id == nodes[0].id
+    batch.begin_delete_pool(pool_id, polling_interval=0).result()  # type: ignore[arg-type]
+    with pytest.raises(ResourceNotFoundError):
+        batch.get_pool(pool_id)
+
+
+def test_nodes_report_running_tasks(batch: BatchClient, pool_id: str) -> None:
+    job_id = new_job(batch, pool_id)
+    batch.create_tasks(job_id, [m.BatchTaskCreateOptions(id=f"n{i}", command_line="sleep 1") for i in range(3)])
+    wait_until(lambda: batch.get_job_task_counts(job_id).task_counts.running == 3)
+    nodes = list(batch.list_nodes(pool_id))
+    assert len(nodes) == POOL_NODES
+    assert sum(n.running_tasks_count or 0 for n in nodes) >= 3
+    assert all((n.running_task_slots_count or 0) <= POOL_SLOTS for n in nodes)
+    assert any(n.state == m.BatchNodeState.RUNNING for n in nodes)
+
+
+def test_job_create_get_list_patch_update(batch: BatchClient, pool_id: str) -> None:
+    job_id = new_job(batch, pool_id, priority=10, metadata=[m.BatchMetadataItem(name="pipeline", value="report")],
+                     constraints=m.BatchJobConstraints(max_task_retry_count=2, max_wall_clock_time="PT1H"))
+    with pytest.raises(ResourceExistsError) as raised:
+        new_job_id = job_id.upper()
+        batch.create_job(m.BatchJobCreateOptions(id=new_job_id, pool_info=m.BatchPoolInfo(pool_id=pool_id)))
+    assert raised.value.error is not None and raised.value.error.code == "JobExists"
+    job = batch.get_job(job_id)
+    assert job.state == m.BatchJobState.ACTIVE and job.priority == 10
+    assert job.constraints is not None and job.constraints.max_task_retry_count == 2
+    assert job.constraints.max_wall_clock_time is not None and job.constraints.max_wall_clock_time.total_seconds() == 3600
+    assert job.pool_info.pool_id == pool_id and job.all_tasks_complete_mode == m.BatchAllTasksCompleteMode.NO_ACTION
+    assert job.execution_info is not None and job.execution_info.pool_id == pool_id
+    assert job_id in {j.id for j in batch.list_jobs(filter=f"startswith(id,'{job_id[:8]}')")}
+    etag = job.etag
+    batch.update_job(job_id, m.BatchJobUpdateOptions(priority=5, metadata=[m.BatchMetadataItem(name="a", value="b")]))
+    job = batch.get_job(job_id)
+    assert job.priority == 5 and job.metadata is not None and job.metadata[0].name == "a" and job.etag != etag
+    assert job.constraints is not None and job.constraints.max_task_retry_count == 2  # patch keeps what it omits
+    batch.replace_job(job_id, m.BatchJob(pool_info=m.BatchPoolInfo(pool_id=pool_id), priority=1))
+    job = batch.get_job(job_id)
+    assert job.priority == 1 and not job.metadata  # update (PUT) resets what it omits
+    assert job.constraints is not None and job.constraints.max_task_retry_count == 0
+
+
+def test_terminate_job_is_a_long_running_operation_ending_in_completed(batch: BatchClient, pool_id: str) -> None:
+    job_id = new_job(batch, pool_id)
+    batch.create_task(job_id, m.BatchTaskCreateOptions(id="running", command_line="sleep 30"))
+    wait_until(lambda: batch.get_task(job_id, "running").state == m.BatchTaskState.RUNNING)
+    batch.create_tasks(job_id, [m.BatchTaskCreateOptions(id=f"w{i}", command_line="sleep 30") for i in range(12)])
+    # azure-batch 15.1 raises ValueError client-side when terminate has no options; its options model is private.
+    batch.begin_terminate_job(job_id, {"terminateReason": "StoppedByTest"},
+                              polling_interval=0).result()  # type: ignore[arg-type]
+    job = batch.get_job(job_id)
+    assert job.state == m.BatchJobState.COMPLETED
+    assert job.execution_info is not None and job.execution_info.termination_reason == "StoppedByTest"
+    assert job.execution_info.end_time is not None
+    # Batch: running tasks are terminated; active tasks stay active and are never scheduled.
+    counts = batch.get_job_task_counts(job_id).task_counts
+    assert counts.running == 0 and counts.completed >= 1 and counts.active + counts.completed == 13
+    ended = batch.get_task(job_id, "running").execution_info
+    assert ended is not None and ended.failure_info is not None and ended.failure_info.code == "TaskEnded"
+    with pytest.raises(ResourceExistsError) as raised:
+        batch.create_task(job_id, m.BatchTaskCreateOptions(id="late", command_line="true"))
+    assert raised.value.error is not None and raised.value.error.code == "JobCompleted"
+    with pytest.raises(m.CreateTasksError) as collection:
+        batch.create_tasks(job_id, [m.BatchTaskCreateOptions(id="late2", command_line="true")])
+    assert [error.error.code for error in collection.value.errors] == ["JobCompleted"]
+
+
+def test_delete_job_is_a_long_running_operation(batch: BatchClient, pool_id: str) -> None:
+    job_id = new_job(batch, pool_id)
+    batch.create_task(job_id, m.BatchTaskCreateOptions(id="t", command_line="sleep 30"))
+    wait_until(lambda: batch.get_task(job_id, "t").state == m.BatchTaskState.RUNNING)
+    batch.begin_delete_job(job_id, polling_interval=0).result()  # type: ignore[arg-type]
+    with pytest.raises(ResourceNotFoundError) as raised:
+        batch.get_job(job_id)
+    assert raised.value.error is not None and raised.value.error.code == "JobNotFound"
+
+
+def test_task_counts_have_task_and_slot_counts(batch: BatchClient, pool_id: str) -> None:
+    job_id = new_job(batch, pool_id)
+    batch.create_tasks(job_id, [
+        m.BatchTaskCreateOptions(id="ok", command_line="true"),
+        m.BatchTaskCreateOptions(id="bad", command_line="false"),
+    ])  # fmt: skip
+    wait_for_task(batch, job_id, "ok")
+    wait_for_task(batch, job_id, "bad")
+    counts = batch.get_job_task_counts(job_id)
+    assert counts.task_counts.as_dict() == {"active": 0, "running": 0, "completed": 2, "succeeded": 1, "failed": 1}
+    assert counts.task_slot_counts.as_dict() == {"active": 0, "running": 0, "completed": 2, "succeeded": 1,
+                                                 "failed": 1}  # fmt: skip
+
+
+def test_on_all_tasks_complete_terminates_the_job(batch: BatchClient, pool_id: str) -> None:
+    job_id = new_job(batch, pool_id)
+    batch.create_tasks(job_id, [m.BatchTaskCreateOptions(id=f"t{i}", command_line="true") for i in range(3)])
+    batch.update_job(job_id, m.BatchJobUpdateOptions(all_tasks_complete_mode=m.BatchAllTasksCompleteMode.TERMINATE_JOB))
+    job = wait_for_job_state(batch, job_id, m.BatchJobState.COMPLETED)
+    assert job.execution_info is not None and job.execution_info.termination_reason == "AllTasksComplete"
+
+
+def test_an_empty_job_created_with_terminatejob_completes_at_once(batch: BatchClient, pool_id: str) -> None:
+    # Batch: "if a Job contains no Tasks, then all Tasks are considered complete".
+    job_id = new_job(batch, pool_id, all_tasks_complete_mode=m.BatchAllTasksCompleteMode.TERMINATE_JOB)
+    job = wait_for_job_state(batch, job_id, m.BatchJobState.COMPLETED, timeout=5)
+    assert job.execution_info is not None and job.execution_info.termination_reason == "AllTasksComplete"
+
+
+def test_job_max_wall_clock_time_terminates_the_job(batch: BatchClient, pool_id: str) -> None:
+    job_id = new_job(batch, pool_id, constraints=m.BatchJobConstraints(max_wall_clock_time="PT1S"))
+    batch.create_task(job_id, m.BatchTaskCreateOptions(id="t", command_line="sleep 30"))
+    job = wait_for_job_state(batch, job_id, m.BatchJobState.COMPLETED, timeout=10)
+    assert job.execution_info is not None and job.execution_info.termination_reason == "MaxWallClockTimeExpiry"
+    assert batch.get_task(job_id, "t").state == m.BatchTaskState.COMPLETED
+
+
+def test_tasks_wait_for_a_pool_that_does_not_exist_yet(batch: BatchClient) -> None:
+    pool_id = unique("later")
+    job_id = unique("job")
+    batch.create_job(m.BatchJobCreateOptions(id=job_id, pool_info=m.BatchPoolInfo(pool_id=pool_id)))
+    batch.create_task(job_id, m.BatchTaskCreateOptions(id="t", command_line="true"))
+    assert batch.get_task(job_id, "t").state == m.BatchTaskState.ACTIVE
+    batch.create_pool(m.BatchPoolCreateOptions(id=pool_id, vm_size="standard_d2s_v3", target_dedicated_nodes=1))
+    assert wait_for_task(batch, job_id, "t").execution_info.exit_code == 0  # type: ignore[union-attr]
+    batch.begin_delete_pool(pool_id, polling_interval=0).result()  # type: ignore[arg-type]
+
+
+def test_auto_pool_is_created_for_the_job_and_removed_with_it(batch: BatchClient) -> None:
+    job_id = unique("job")
+    spec = m.BatchAutoPoolSpecification(
+        auto_pool_id_prefix="auto", pool_lifetime_option=m.BatchPoolLifetimeOption.JOB, keep_alive=False,
+        pool=m.BatchPoolSpecification(vm_size="standard_d2s_v3", target_dedicated_nodes=1, task_slots_per_node=2),
+    )  # fmt: skip
+    batch.create_job(m.BatchJobCreateOptions(id=job_id, pool_info=m.BatchPoolInfo(auto_pool_specification=spec)))
+    job = batch.get_job(job_id)
+    assert job.execution_info is not None and job.execution_info.pool_id
+    auto_pool = job.execution_info.pool_id
+    assert auto_pool.startswith("auto_") and batch.get_pool(auto_pool).current_dedicated_nodes == 1
+    batch.create_task(job_id, m.BatchTaskCreateOptions(id="t", command_line="true"))
+    assert wait_for_task(batch, job_id, "t").node_info.pool_id == auto_pool  # type: ignore[union-attr]
+    batch.begin_terminate_job(job_id, {"terminateReason": "done"},
+                              polling_interval=0).result()  # type: ignore[arg-type]
+
+    def gone() -> bool:
+        try:
+            batch.get_pool(auto_pool)
+        except ResourceNotFoundError:
+            return True
+        return False
+
+    wait_until(gone, timeout=10)
+
+
+def test_job_quota_answers_active_job_and_schedule_quota_reached(workdir: object) -> None:
+    from pathlib import Path
+
+    from local.stack import start_emulator
+    from tests.emulator.conftest import client_for
+
+    server = start_emulator(Path(str(workdir)) / "quota", ["--job-quota", "2"])
+    try:
+        client = client_for(server)
+        for index in range(2):
+            client.create_job(m.BatchJobCreateOptions(id=f"j{index}", pool_info=m.BatchPoolInfo(pool_id="p")))
+        with pytest.raises(ResourceExistsError) as raised:
+            client.create_job(m.BatchJobCreateOptions(id="j2", pool_info=m.BatchPoolInfo(pool_id="p")))
+        assert raised.value.error is not None and raised.value.error.code == "ActiveJobAndScheduleQuotaReached"
+        client.begin_terminate_job("j0", {"terminateReason": "done"},
+                                   polling_interval=0).result()  # type: ignore[arg-type]
+        client.create_job(m.BatchJobCreateOptions(id="j2", pool_info=m.BatchPoolInfo(pool_id="p")))
+    finally:
+        server.stop()
