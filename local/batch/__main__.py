@@ -33,10 +33,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--state-dir", type=Path, required=True, help="state journal and node directories")
     parser.add_argument("--account-name", default=DEV_ACCOUNT_NAME)
     parser.add_argument("--account-key", default=DEV_ACCOUNT_KEY)
-    parser.add_argument("--packages-dir", type=Path, default=None,
-                        help="application packages as DIR/<applicationId>/<version>/ (default STATE/packages)")
-    parser.add_argument("--auto-storage", default=None, metavar="CONNECTION_STRING",
-                        help="storage account for ResourceFile.autoStorageContainerName")
+    parser.add_argument(
+        "--packages-dir",
+        type=Path,
+        default=None,
+        help="application packages as DIR/<applicationId>/<version>/ (default STATE/packages)",
+    )
+    parser.add_argument(
+        "--auto-storage",
+        default=None,
+        metavar="CONNECTION_STRING",
+        help="storage account for ResourceFile.autoStorageContainerName",
+    )
     parser.add_argument("--fault-rate", type=float, default=0.0, help="fraction of API requests to fail (0..1)")
     parser.add_argument("--fault-statuses", type=_statuses, default=(429, 500, 503))
     parser.add_argument("--fault-seed", type=int, default=None)
@@ -66,8 +74,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         auto_storage_connection_string=args.auto_storage,
         job_quota=args.job_quota,
     )
-    faults = Faults(rate=args.fault_rate, statuses=args.fault_statuses, latency_ms=args.latency_ms,
-                    random=random.Random(args.fault_seed))  # noqa: S311 - fault injection, not security
+    faults = Faults(
+        rate=args.fault_rate,
+        statuses=args.fault_statuses,
+        latency_ms=args.latency_ms,
+        random=random.Random(args.fault_seed),  # noqa: S311 - fault injection, not security
+    )
     server = EmulatorServer((args.host, args.port), service, args.account_name, args.account_key, faults,
                             args.max_body_bytes)  # fmt: skip
     service.account_url = server.url

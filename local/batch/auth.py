@@ -48,9 +48,7 @@ def sign(key: str, text: str) -> str:
     return base64.b64encode(digest).decode("ascii")
 
 
-def verify(
-    method: str, raw_target: str, headers: Mapping[str, str], account_name: str, account_key: str
-) -> str | None:
+def verify(method: str, raw_target: str, headers: Mapping[str, str], account_name: str, account_key: str) -> str | None:
     """None if the request is signed with the account's key, else why not (for the error detail)."""
     authorization = headers.get("Authorization") or headers.get("authorization")
     if not authorization:

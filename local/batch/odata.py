@@ -46,7 +46,7 @@ def _tokenize(text: str) -> list[_Token]:
             break
         match = _TOKEN.match(text, position)
         if not match or match.end() == position:
-            raise ValueError(f"unexpected character at position {position}: {text[position:position + 20]!r}")
+            raise ValueError(f"unexpected character at position {position}: {text[position : position + 20]!r}")
         kind = match.lastgroup or ""
         tokens.append(_Token(kind, match.group(kind)))
         position = match.end()

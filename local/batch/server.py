@@ -234,13 +234,15 @@ class Api:
         return _element(request, "jobs", self.service.get_job(request.params["job"]))
 
     def job_patch(self, request: Request) -> Response:
-        self.service.update_job(request.params["job"], request.json(), replace=False,
-                                if_match=request.header("If-Match"))
+        self.service.update_job(
+            request.params["job"], request.json(), replace=False, if_match=request.header("If-Match")
+        )
         return Response(200, None, _entity_headers(self.service.get_job(request.params["job"])))
 
     def job_update(self, request: Request) -> Response:
-        self.service.update_job(request.params["job"], request.json(), replace=True,
-                                if_match=request.header("If-Match"))
+        self.service.update_job(
+            request.params["job"], request.json(), replace=True, if_match=request.header("If-Match")
+        )
         return Response(200, None, _entity_headers(self.service.get_job(request.params["job"])))
 
     def job_delete(self, request: Request) -> Response:
@@ -525,8 +527,12 @@ class _RequestHandler(BaseHTTPRequestHandler):
                                     f"{path}. See docs/emulator.md for the supported operations.",
                                     {"Method": self.command, "Path": path})  # fmt: skip
             if "api-version" not in query:
-                raise BatchApiError(400, "MissingRequiredQueryParameter", "A query parameter that's mandatory for "
-                                    "this request is not specified.", {"QueryParameterName": "api-version"})
+                raise BatchApiError(
+                    400,
+                    "MissingRequiredQueryParameter",
+                    "A query parameter that's mandatory for this request is not specified.",
+                    {"QueryParameterName": "api-version"},
+                )
             status = faults.pick()
             if status is not None:
                 raise _fault(status)

@@ -310,8 +310,12 @@ class BatchService:
             try:
                 after = int(skip_token)
             except ValueError:
-                raise BatchApiError(400, "InvalidQueryParameterValue", "The $skiptoken is not valid.",
-                                    {"QueryParameterName": "$skiptoken", "QueryParameterValue": skip_token}) from None
+                raise BatchApiError(
+                    400,
+                    "InvalidQueryParameterValue",
+                    "The $skiptoken is not valid.",
+                    {"QueryParameterName": "$skiptoken", "QueryParameterValue": skip_token},
+                ) from None
         items: list[Doc] = []
         next_token: str | None = None
         last_seq = after
@@ -605,8 +609,10 @@ class BatchService:
             if job_key in self.jobs:
                 raise conflict("JobExists", "The specified job already exists.")
             if self.job_quota is not None and self._active_jobs() >= self.job_quota:
-                raise conflict("ActiveJobAndScheduleQuotaReached",
-                               "The active job and job schedule quota for this account has been reached.")
+                raise conflict(
+                    "ActiveJobAndScheduleQuotaReached",
+                    "The active job and job schedule quota for this account has been reached.",
+                )
             moment = clock.stamp()
             job: Doc = {
                 "id": job_id,
@@ -677,8 +683,10 @@ class BatchService:
             self._require_job_mutable(job)
             if "poolInfo" in body and body["poolInfo"] is not None:
                 if job["state"] != "disabled" and body["poolInfo"] != job["poolInfo"]:
-                    raise conflict("JobNotDisabled" if False else "OperationInvalidForCurrentState",
-                                   "The pool of a job can only be changed while the job is disabled.")
+                    raise conflict(
+                        "JobNotDisabled" if False else "OperationInvalidForCurrentState",
+                        "The pool of a job can only be changed while the job is disabled.",
+                    )
                 job["poolInfo"] = copy.deepcopy(body["poolInfo"])
                 if body["poolInfo"].get("poolId"):
                     job["executionInfo"]["poolId"] = body["poolInfo"]["poolId"]
@@ -949,8 +957,9 @@ class BatchService:
             if task["state"] == "completed":
                 raise conflict("TaskCompleted", "The specified task is already in a completed state.")
             if task["state"] == "active":
-                self._complete_without_running(job_key, task_key, task,
-                                               runner.Failure("usererror", "TaskEnded", TASK_ENDED_BY_USER))
+                self._complete_without_running(
+                    job_key, task_key, task, runner.Failure("usererror", "TaskEnded", TASK_ENDED_BY_USER)
+                )
             else:
                 self._stop_run(job_key, task_key, "terminate")
             self.wakeup.notify_all()
@@ -1266,8 +1275,9 @@ class BatchService:
             else:
                 failure.details.setdefault("FileUploadError", upload_failure.details.get("Message", ""))
         with self.lock:
-            self._finish(job_key, task_key, attempt_number, exit_code, failure, launched=True,
-                         upload_failed=upload_failed)
+            self._finish(
+                job_key, task_key, attempt_number, exit_code, failure, launched=True, upload_failed=upload_failed
+            )
 
     def _release(self, job_key: str, task_key: str) -> Run | None:
         run = self.runs.pop((job_key, task_key), None)

@@ -23,18 +23,21 @@ def failure_job(batch: BatchClient, pool_id: str) -> str:
 def test_mapped_exit_code_with_none_leaves_the_job_active(batch: BatchClient, pool_id: str) -> None:
     job_id = failure_job(batch, pool_id)
     conditions = m.ExitConditions(exit_codes=[m.ExitCodeMapping(code=3, exit_options=NONE)])
-    batch.create_task(job_id, m.BatchTaskCreateOptions(id="t", command_line="/bin/sh -c 'exit 3'",
-                                                       exit_conditions=conditions))
+    batch.create_task(
+        job_id, m.BatchTaskCreateOptions(id="t", command_line="/bin/sh -c 'exit 3'", exit_conditions=conditions)
+    )
     wait_for_task(batch, job_id, "t")
     assert batch.get_job(job_id).state == m.BatchJobState.ACTIVE
 
 
 def test_exit_code_range_with_terminate_ends_the_job_as_task_failed(batch: BatchClient, pool_id: str) -> None:
     job_id = failure_job(batch, pool_id)
-    conditions = m.ExitConditions(exit_code_ranges=[m.ExitCodeRangeMapping(start=10, end=20, exit_options=TERMINATE)],
-                                  default=NONE)
-    batch.create_task(job_id, m.BatchTaskCreateOptions(id="t", command_line="/bin/sh -c 'exit 12'",
-                                                       exit_conditions=conditions))
+    conditions = m.ExitConditions(
+        exit_code_ranges=[m.ExitCodeRangeMapping(start=10, end=20, exit_options=TERMINATE)], default=NONE
+    )
+    batch.create_task(
+        job_id, m.BatchTaskCreateOptions(id="t", command_line="/bin/sh -c 'exit 12'", exit_conditions=conditions)
+    )
     job = wait_for_job_state(batch, job_id, m.BatchJobState.COMPLETED)
     assert job.execution_info is not None and job.execution_info.termination_reason == "TaskFailed"
 

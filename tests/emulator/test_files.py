@@ -12,7 +12,9 @@ from tests.emulator.conftest import Containers, wait_for_task, wait_until
 PY = "python3"
 
 
-def output(pattern: str, container_url: str, path: str | None = None, condition: str = "taskcompletion") -> m.OutputFile:
+def output(
+    pattern: str, container_url: str, path: str | None = None, condition: str = "taskcompletion"
+) -> m.OutputFile:
     return m.OutputFile(
         file_pattern=pattern,
         destination=m.OutputFileDestination(container=m.OutputFileBlobContainerDestination(
@@ -31,8 +33,9 @@ def test_resource_files_download_by_url_and_by_container_prefix(
     containers.upload(source, "other/skip.txt", b"no\n")
     resources = [
         m.ResourceFile(http_url=containers.sas_url(source, blob="data/input%20file.txt"), file_path="in/input.txt"),
-        m.ResourceFile(storage_container_url=containers.sas_url(source), blob_prefix="app/", file_path="tools",
-                       file_mode="0755"),
+        m.ResourceFile(
+            storage_container_url=containers.sas_url(source), blob_prefix="app/", file_path="tools", file_mode="0755"
+        ),
     ]
     command = "/bin/sh -c 'tools/app/run.sh ok && cat in/input.txt tools/app/lib/helper.txt && ls -R tools'"
     batch.create_task(job_id, m.BatchTaskCreateOptions(id="rf", command_line=command, resource_files=resources))
@@ -76,8 +79,9 @@ def test_output_files_follow_patterns_paths_and_conditions(
         output("../std*.txt", url, "alllogs"),
         output("report.txt", url, "never.txt", "taskfailure"),
     ]
-    batch.create_task(job_id, m.BatchTaskCreateOptions(id="t1", command_line=f'{PY} -c "{script}"',
-                                                       output_files=outputs))
+    batch.create_task(
+        job_id, m.BatchTaskCreateOptions(id="t1", command_line=f'{PY} -c "{script}"', output_files=outputs)
+    )
     done = wait_for_task(batch, job_id, "t1")
     assert done.execution_info is not None and done.execution_info.result == m.BatchTaskExecutionResult.SUCCESS
     assert containers.names(target) == [
@@ -153,9 +157,7 @@ def test_retention_time_cleans_up_task_files(batch: BatchClient, job_id: str) ->
     assert batch.get_task(job_id, "short").state == m.BatchTaskState.COMPLETED
 
 
-def test_application_packages_map_to_the_packages_directory(
-    batch: BatchClient, job_id: str, state_dir: object
-) -> None:
+def test_application_packages_map_to_the_packages_directory(batch: BatchClient, job_id: str, state_dir: object) -> None:
     from pathlib import Path
 
     package = Path(str(state_dir)) / "packages" / "reporter" / "1.2"
@@ -170,7 +172,12 @@ def test_application_packages_map_to_the_packages_directory(
     assert done.execution_info is not None and done.execution_info.exit_code == 0
     assert b"".join(batch.download_task_file(job_id, "app", "stdout.txt")) == b"from package\n"
     with pytest.raises(ResourceExistsError) as raised:
-        batch.create_task(job_id, m.BatchTaskCreateOptions(
-            id="noapp", command_line="true",
-            application_package_references=[m.BatchApplicationPackageReference(application_id="nope")]))
+        batch.create_task(
+            job_id,
+            m.BatchTaskCreateOptions(
+                id="noapp",
+                command_line="true",
+                application_package_references=[m.BatchApplicationPackageReference(application_id="nope")],
+            ),
+        )
     assert raised.value.error is not None and raised.value.error.code == "InvalidApplicationPackageReferences"

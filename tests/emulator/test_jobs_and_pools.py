@@ -18,8 +18,15 @@ def new_job(batch: BatchClient, pool_id: str, **kwargs: object) -> str:
 
 def test_pool_lifecycle_resize_and_nodes(batch: BatchClient) -> None:
     pool_id = unique("pool")
-    batch.create_pool(m.BatchPoolCreateOptions(id=pool_id, vm_size="Standard_D2s_v3", target_dedicated_nodes=1,
-                                               task_slots_per_node=3, metadata=[m.BatchMetadataItem(name="k", value="v")]))
+    batch.create_pool(
+        m.BatchPoolCreateOptions(
+            id=pool_id,
+            vm_size="Standard_D2s_v3",
+            target_dedicated_nodes=1,
+            task_slots_per_node=3,
+            metadata=[m.BatchMetadataItem(name="k", value="v")],
+        )
+    )
     with pytest.raises(ResourceExistsError) as raised:
         batch.create_pool(m.BatchPoolCreateOptions(id=pool_id.upper(), vm_size="standard_d2s_v3"))
     assert raised.value.error is not None and raised.value.error.code == "PoolExists"
@@ -29,8 +36,9 @@ def test_pool_lifecycle_resize_and_nodes(batch: BatchClient) -> None:
     assert pool.current_dedicated_nodes == 1 and pool.task_slots_per_node == 3 and pool.vm_size == "standard_d2s_v3"
     assert pool.metadata is not None and pool.metadata[0].value == "v"
     assert pool_id in {p.id for p in batch.list_pools()}
-    batch.begin_resize_pool(pool_id, m.BatchPoolResizeOptions(target_dedicated_nodes=3, target_low_priority_nodes=1),
-                            polling_interval=0).result()  # type: ignore[arg-type]
+    batch.begin_resize_pool(
+        pool_id, m.BatchPoolResizeOptions(target_dedicated_nodes=3, target_low_priority_nodes=1), polling_interval=0
+    ).result()  # type: ignore[arg-type]
     pool = batch.get_pool(pool_id)
     assert pool.current_dedicated_nodes == 3 and pool.current_low_priority_nodes == 1
     nodes = list(batch.list_nodes(pool_id))
@@ -54,8 +62,13 @@ def test_nodes_report_running_tasks(batch: BatchClient, pool_id: str) -> None:
 
 
 def test_job_create_get_list_patch_update(batch: BatchClient, pool_id: str) -> None:
-    job_id = new_job(batch, pool_id, priority=10, metadata=[m.BatchMetadataItem(name="pipeline", value="report")],
-                     constraints=m.BatchJobConstraints(max_task_retry_count=2, max_wall_clock_time="PT1H"))
+    job_id = new_job(
+        batch,
+        pool_id,
+        priority=10,
+        metadata=[m.BatchMetadataItem(name="pipeline", value="report")],
+        constraints=m.BatchJobConstraints(max_task_retry_count=2, max_wall_clock_time="PT1H"),
+    )
     with pytest.raises(ResourceExistsError) as raised:
         new_job_id = job_id.upper()
         batch.create_job(m.BatchJobCreateOptions(id=new_job_id, pool_info=m.BatchPoolInfo(pool_id=pool_id)))
@@ -63,7 +76,9 @@ def test_job_create_get_list_patch_update(batch: BatchClient, pool_id: str) -> N
     job = batch.get_job(job_id)
     assert job.state == m.BatchJobState.ACTIVE and job.priority == 10
     assert job.constraints is not None and job.constraints.max_task_retry_count == 2
-    assert job.constraints.max_wall_clock_time is not None and job.constraints.max_wall_clock_time.total_seconds() == 3600
+    assert (
+        job.constraints.max_wall_clock_time is not None and job.constraints.max_wall_clock_time.total_seconds() == 3600
+    )
     assert job.pool_info.pool_id == pool_id and job.all_tasks_complete_mode == m.BatchAllTasksCompleteMode.NO_ACTION
     assert job.execution_info is not None and job.execution_info.pool_id == pool_id
     assert job_id in {j.id for j in batch.list_jobs(filter=f"startswith(id,'{job_id[:8]}')")}
@@ -84,8 +99,7 @@ def test_terminate_job_is_a_long_running_operation_ending_in_completed(batch: Ba
     wait_until(lambda: batch.get_task(job_id, "running").state == m.BatchTaskState.RUNNING)
     batch.create_tasks(job_id, [m.BatchTaskCreateOptions(id=f"w{i}", command_line="sleep 30") for i in range(12)])
     # azure-batch 15.1 raises ValueError client-side when terminate has no options; its options model is private.
-    batch.begin_terminate_job(job_id, {"terminateReason": "StoppedByTest"},
-                              polling_interval=0).result()  # type: ignore[arg-type]
+    batch.begin_terminate_job(job_id, {"terminateReason": "StoppedByTest"}, polling_interval=0).result()  # type: ignore[arg-type]
     job = batch.get_job(job_id)
     assert job.state == m.BatchJobState.COMPLETED
     assert job.execution_info is not None and job.execution_info.termination_reason == "StoppedByTest"
@@ -174,8 +188,7 @@ def test_auto_pool_is_created_for_the_job_and_removed_with_it(batch: BatchClient
     assert auto_pool.startswith("auto_") and batch.get_pool(auto_pool).current_dedicated_nodes == 1
     batch.create_task(job_id, m.BatchTaskCreateOptions(id="t", command_line="true"))
     assert wait_for_task(batch, job_id, "t").node_info.pool_id == auto_pool  # type: ignore[union-attr]
-    batch.begin_terminate_job(job_id, {"terminateReason": "done"},
-                              polling_interval=0).result()  # type: ignore[arg-type]
+    batch.begin_terminate_job(job_id, {"terminateReason": "done"}, polling_interval=0).result()  # type: ignore[arg-type]
 
     def gone() -> bool:
         try:
@@ -201,8 +214,7 @@ def test_job_quota_answers_active_job_and_schedule_quota_reached(workdir: object
         with pytest.raises(ResourceExistsError) as raised:
             client.create_job(m.BatchJobCreateOptions(id="j2", pool_info=m.BatchPoolInfo(pool_id="p")))
         assert raised.value.error is not None and raised.value.error.code == "ActiveJobAndScheduleQuotaReached"
-        client.begin_terminate_job("j0", {"terminateReason": "done"},
-                                   polling_interval=0).result()  # type: ignore[arg-type]
+        client.begin_terminate_job("j0", {"terminateReason": "done"}, polling_interval=0).result()  # type: ignore[arg-type]
         client.create_job(m.BatchJobCreateOptions(id="j2", pool_info=m.BatchPoolInfo(pool_id="p")))
     finally:
         server.stop()

@@ -34,7 +34,11 @@ def ids(tasks: object) -> list[str]:
 
 def test_filter_by_state_result_exit_code_and_id_prefix(batch: BatchClient, finished_job: str) -> None:
     assert len(ids(batch.list_tasks(finished_job, filter="state eq 'completed'"))) == 15
-    assert ids(batch.list_tasks(finished_job, filter="executionInfo/result eq 'failure'")) == ["bad-0", "bad-1", "bad-2"]
+    assert ids(batch.list_tasks(finished_job, filter="executionInfo/result eq 'failure'")) == [
+        "bad-0",
+        "bad-1",
+        "bad-2",
+    ]
     assert ids(batch.list_tasks(finished_job, filter="executionInfo/exitCode eq 2")) == ["bad-1"]
     assert ids(batch.list_tasks(finished_job, filter="executionInfo/exitCode gt 1")) == ["bad-1", "bad-2"]
     assert len(ids(batch.list_tasks(finished_job, filter="startswith(id,'ok-')"))) == 12
@@ -58,8 +62,9 @@ def test_filter_by_state_transition_time_with_datetime_literals(batch: BatchClie
 
 
 def test_select_keeps_only_the_named_properties_including_nested_ones(batch: BatchClient, finished_job: str) -> None:
-    tasks = list(batch.list_tasks(finished_job, filter="startswith(id,'bad-0')",
-                                  select=["id", "state", "executionInfo"]))
+    tasks = list(
+        batch.list_tasks(finished_job, filter="startswith(id,'bad-0')", select=["id", "state", "executionInfo"])
+    )
     assert len(tasks) == 1
     raw = tasks[0].as_dict()
     assert set(raw) == {"id", "state", "executionInfo"}

@@ -42,9 +42,7 @@ def test_task_runs_through_the_states_batch_documents(batch: BatchClient, job_id
     assert info.end_time == done.state_transition_time
 
 
-def test_state_transition_times_have_sub_second_precision_as_batch_writes_them(
-    batch: BatchClient, job_id: str
-) -> None:
+def test_state_transition_times_have_sub_second_precision_as_batch_writes_them(batch: BatchClient, job_id: str) -> None:
     batch.create_task(job_id, task("t", "true"))
     wait_for_task(batch, job_id, "t")
     raw = batch.send_request(
@@ -95,12 +93,12 @@ def test_shell_runs_only_when_the_command_asks_for_one(batch: BatchClient, job_i
     assert b"".join(batch.download_task_file(job_id, "sh", "stdout.txt")) == b"sh-3\n"
 
 
-def test_environment_and_working_directory_are_a_linux_nodes(
-    batch: BatchClient, job_id: str, state_dir: Path
-) -> None:
+def test_environment_and_working_directory_are_a_linux_nodes(batch: BatchClient, job_id: str, state_dir: Path) -> None:
     script = "import os, json; print(json.dumps({'cwd': os.getcwd(), 'env': dict(os.environ)}))"
-    batch.create_task(job_id, task("env", f"{PY} -c \"{script}\"",
-                                   environment_settings=[m.EnvironmentSetting(name="MY_SETTING", value="42")]))
+    batch.create_task(
+        job_id,
+        task("env", f'{PY} -c "{script}"', environment_settings=[m.EnvironmentSetting(name="MY_SETTING", value="42")]),
+    )
     done = wait_for_task(batch, job_id, "env")
     seen = json.loads(b"".join(batch.download_task_file(job_id, "env", "stdout.txt")))
     env = seen["env"]
@@ -133,8 +131,9 @@ def test_max_task_retry_count_reruns_a_failing_task(batch: BatchClient, job_id: 
         "import os; e = os.environ; open(e['AZ_BATCH_NODE_SHARED_DIR'] + '/' + e['AZ_BATCH_JOB_ID'], 'a')"
         ".write(e['AZ_BATCH_TASK_RETRY_COUNT']); raise SystemExit(7)"
     )
-    batch.create_task(job_id, task("retry", f"{PY} -c \"{script}\"",
-                                   constraints=m.BatchTaskConstraints(max_task_retry_count=2)))
+    batch.create_task(
+        job_id, task("retry", f'{PY} -c "{script}"', constraints=m.BatchTaskConstraints(max_task_retry_count=2))
+    )
     done = wait_for_task(batch, job_id, "retry")
     info = done.execution_info
     assert info is not None and info.retry_count == 2 and info.exit_code == 7
@@ -145,8 +144,13 @@ def test_max_task_retry_count_reruns_a_failing_task(batch: BatchClient, job_id: 
 
 def test_job_max_task_retry_count_is_the_default_for_its_tasks(batch: BatchClient, pool_id: str) -> None:
     job_id = unique("job")
-    batch.create_job(m.BatchJobCreateOptions(id=job_id, pool_info=m.BatchPoolInfo(pool_id=pool_id),
-                                             constraints=m.BatchJobConstraints(max_task_retry_count=1)))
+    batch.create_job(
+        m.BatchJobCreateOptions(
+            id=job_id,
+            pool_info=m.BatchPoolInfo(pool_id=pool_id),
+            constraints=m.BatchJobConstraints(max_task_retry_count=1),
+        )
+    )
     batch.create_task(job_id, task("r", "false"))
     done = wait_for_task(batch, job_id, "r")
     assert done.constraints is not None and done.constraints.max_task_retry_count == 1
@@ -191,7 +195,9 @@ def test_terminate_running_task_ends_it_as_batch_does(batch: BatchClient, job_id
 
 def test_reactivate_reruns_a_failed_task_and_refuses_a_succeeded_one(batch: BatchClient, job_id: str) -> None:
     flag = f"/tmp/{unique('flag')}"
-    batch.create_task(job_id, task("flaky", f"{PY} -c \"import os,sys; sys.exit(0 if os.path.exists('{flag}') else 5)\""))
+    batch.create_task(
+        job_id, task("flaky", f"{PY} -c \"import os,sys; sys.exit(0 if os.path.exists('{flag}') else 5)\"")
+    )
     assert wait_for_task(batch, job_id, "flaky").execution_info.exit_code == 5  # type: ignore[union-attr]
     with pytest.raises(ResourceExistsError) as not_completed:
         batch.create_task(job_id, task("busy", "sleep 5"))
@@ -237,16 +243,16 @@ def test_task_collection_reports_each_task(batch: BatchClient, job_id: str) -> N
 
 def test_task_collection_over_100_is_refused(batch: BatchClient, job_id: str) -> None:
     with pytest.raises(HttpResponseError) as raised:
-        batch.create_task_collection(
-            job_id, m.BatchTaskGroup(task_values=[task(f"t{i}", "true") for i in range(101)])
-        )
+        batch.create_task_collection(job_id, m.BatchTaskGroup(task_values=[task(f"t{i}", "true") for i in range(101)]))
     assert raised.value.status_code == 400
 
 
 def test_create_tasks_halves_chunks_on_request_body_too_large(batch: BatchClient, job_id: str) -> None:
     padding = "x" * 20_000  # 100 of these exceed Batch's 1 MiB request limit, 25 do not
-    tasks = [task(f"big-{i}", "true", environment_settings=[m.EnvironmentSetting(name="PAD", value=padding)])
-             for i in range(120)]
+    tasks = [
+        task(f"big-{i}", "true", environment_settings=[m.EnvironmentSetting(name="PAD", value=padding)])
+        for i in range(120)
+    ]
     result = batch.create_tasks(job_id, tasks)
     assert len(result.result_values) == 120
     assert all(r.status == m.BatchTaskAddStatus.SUCCESS for r in result.result_values)
@@ -266,8 +272,9 @@ def test_create_tasks_treats_task_exists_as_success(batch: BatchClient, job_id: 
 
 def test_pool_slots_bound_concurrency(batch: BatchClient) -> None:
     pool_id = unique("pool")
-    batch.create_pool(m.BatchPoolCreateOptions(id=pool_id, vm_size="standard_d2s_v3", target_dedicated_nodes=1,
-                                               task_slots_per_node=2))
+    batch.create_pool(
+        m.BatchPoolCreateOptions(id=pool_id, vm_size="standard_d2s_v3", target_dedicated_nodes=1, task_slots_per_node=2)
+    )
     job_id = unique("job")
     batch.create_job(m.BatchJobCreateOptions(id=job_id, pool_info=m.BatchPoolInfo(pool_id=pool_id)))
     batch.create_tasks(job_id, [task(f"s{i}", "sleep 0.4") for i in range(6)])
