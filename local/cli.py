@@ -51,6 +51,8 @@ PREFERRED_HOST_PORT = 7071
 PREFERRED_AZURITE_PORTS = (10000, 10001, 10002)
 DEMO_TIMEOUT_SECONDS = 240.0
 DETACH_TIMEOUT_SECONDS = 180.0
+AZURITE_STOP_SECONDS = 10.0
+AZURITE_CLOSED = "service successfully closed"
 FUNCTION_KEY_SETTING = "BATCHDROP_FUNCTION_KEY"
 # What each recorded process's command line contains: `down` never signals a reused pid.
 PROCESS_MARKERS = {"supervisor": "local.cli", "azurite": "azurite", "batch-emulator": "local.batch",
@@ -158,6 +160,8 @@ def require_stack() -> StackInfo:
 
 def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As the servers bind: a port in TIME_WAIT after a previous run is free for them too.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -180,15 +184,16 @@ def start_local_stack(workdir: Path, pipelines: Path, preferred_ports: bool) -> 
         emulator = local_stack.start_emulator(workdir)
         started.append(emulator)
         settings = local_stack.app_settings(azurite, emulator, {"BATCHDROP_PIPELINES_FILE": str(pipelines)})
-        service = BlobServiceClient.from_connection_string(azurite.connection_string)
-        create_containers(service)
-        upload_apps(service.get_container_client(APPS), APPS_DIR)
+        # Closed at once: Azurite waits for open keep-alive connections before it exits.
+        with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
+            create_containers(service)
+            upload_apps(service.get_container_client(APPS), APPS_DIR)
         host_port = PREFERRED_HOST_PORT if preferred_ports and _port_free(PREFERRED_HOST_PORT) else 0
         host = local_stack.start_host(workdir, HOST_APP, settings, port=host_port)
         started.append(host)
     except BaseException:
         for service_started in reversed(started):
-            service_started.stop()
+            stop_service(service_started)
         raise
     running = local_stack.Stack(azurite=azurite, emulator=emulator, host=host)
     info = StackInfo(
@@ -252,6 +257,54 @@ def interruptible() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous_term)
 
 
+def stop_pid(pid: int, name: str, log_path: Path | None = None) -> None:
+    """Stop one server we started, by pid; Azurite gets the signals it needs to exit promptly."""
+    if name == "azurite" and log_path is not None:
+        stop_azurite(pid, log_path)
+    local_stack.stop_pid(pid)
+
+
+def stop_azurite(pid: int, log_path: Path) -> None:
+    """Azurite closes its services on the first SIGINT (or SIGTERM) but then keeps running; a second SIGINT ends it.
+
+    Waiting for the three "successfully closed" lines first means its data is saved before it exits.
+    """
+    closed_before = _count_in(log_path, AZURITE_CLOSED)
+    _signal_group(pid, signal.SIGINT)
+    deadline = time.monotonic() + AZURITE_STOP_SECONDS
+    while time.monotonic() < deadline and _is_our_process(pid, "azurite"):
+        if _count_in(log_path, AZURITE_CLOSED) >= closed_before + 3:
+            break
+        time.sleep(0.05)
+    _signal_group(pid, signal.SIGINT)
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and _is_our_process(pid, "azurite"):
+        time.sleep(0.05)
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+
+
+def _count_in(path: Path, text: str) -> int:
+    try:
+        return path.read_text(errors="replace").count(text)
+    except OSError:
+        return 0
+
+
+def stop_service(service: local_stack.Service) -> None:
+    stop_pid(service.pid, service.name, service.log_path)
+    service.stop()  # reaps the child; returns at once when it has exited
+
+
+def stop_stack(running: local_stack.Stack) -> None:
+    """Stop in reverse start order: the host still needs storage and Batch while it stops."""
+    for service in reversed(running.services()):
+        stop_service(service)
+
+
 def describe_stack(info: StackInfo) -> list[str]:
     pid = {name: entry.pid for name, entry in info.processes.items()}
     return [
@@ -295,7 +348,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             return 0
         finally:
             if running is not None:
-                running.stop()
+                stop_stack(running)
                 _forget_stack(os.getpid())
                 print("stopped Azurite, the Batch emulator and the dev host.", flush=True)
 
@@ -387,7 +440,7 @@ def stop_recorded(info: StackInfo) -> bool:
     for name in ("dev-host", "batch-emulator", "azurite"):
         pid = live.get(name)
         if pid is not None and _is_our_process(pid, name):
-            local_stack.stop_pid(pid)
+            stop_pid(pid, name, Path(info.processes[name].log))
     return True
 
 
@@ -477,7 +530,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]], numeric: Seq
 COUNT_COLUMNS = ("queued", "running", "succeeded", "failed", "collected")
 
 
-def render_status(document: Mapping[str, Any]) -> list[str]:
+def render_status(document: Mapping[str, Any], limit: int = 10) -> list[str]:
     lines: list[str] = []
     pipelines = document.get("pipelines") or []
     described = [f"{p.get('name')} (prefix {p.get('prefix', '')!r}, glob {p.get('glob', '*')!r})" for p in pipelines]
@@ -495,10 +548,12 @@ def render_status(document: Mapping[str, Any]) -> list[str]:
     poison = document.get("poison") or {}
     poison_text = ", ".join(f"{queue} {count}" for queue, count in poison.items()) or "0"
     lines.append(f"rejected {totals.get('rejected', 0)}, skipped {totals.get('skipped', 0)}, poison: {poison_text}")
-    rejected = document.get("rejected") or []
+    rejected = sorted(document.get("rejected") or [], key=lambda r: str(r.get("at", "")), reverse=True)
     if rejected:
-        lines.append("rejected inputs:")
-        lines += [f"  {r.get('input', '?')}: {r.get('reason', '')} ({r.get('at', '')})" for r in rejected]
+        lines.append("rejected (newest first):")
+        lines += [f"  {r.get('input', '?')}: {r.get('reason', '')} ({r.get('at', '')})" for r in rejected[:limit]]
+        if len(rejected) > limit:
+            lines.append(f"  ... and {len(rejected) - limit} more")
     return lines
 
 
@@ -697,9 +752,11 @@ def wait_for_manifests(
         except AzureError as error:
             print(f"  [{elapsed:4.0f}s] reading results failed ({type(error).__name__}); retrying", flush=True)
             fresh = []
+        done = len(wait.found) - len(fresh)
         for result in fresh:
+            done += 1
             code = f", exit code {result.exit_code}" if result.exit_code != "-" else ""
-            print(f"  [{elapsed:4.0f}s] {len(wait.found)}/{total} {result.input}: {result.status}{code}", flush=True)
+            print(f"  [{elapsed:4.0f}s] {done}/{total} {result.input}: {result.status}{code}", flush=True)
         if not wait.pending:
             return True
         dead = first_dead(running)
@@ -754,6 +811,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print()
             if results:
                 print("\n".join(render_results(results, expected)))
+                for result in results:
+                    tail = str(result.manifest.get("stderr_tail") or "").strip().splitlines()
+                    if result.status == "failed" and tail:
+                        print(f"{result.input} (failed): stderr ends with: {tail[-1]}")
                 download_results(service, results, DEMO_WORKDIR / "results")
                 print(f"\nresults copied to {_shown(DEMO_WORKDIR / 'results')}/")
             if not complete:
@@ -771,7 +832,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             return 130
         finally:
             if running is not None:
-                running.stop()
+                stop_stack(running)
                 demo_stack_file.unlink(missing_ok=True)
                 print("stopped the local stack.", flush=True)
 
@@ -842,6 +903,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (`batchdrop status --watch | head`): stop quietly, like other CLI tools.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return code
 
 
