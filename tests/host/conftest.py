@@ -104,7 +104,10 @@ def start_sample(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -> 
         record_dir.mkdir(parents=True, exist_ok=True)
         container = container or f"in-{token}"
         queue = queue or f"q-{token}"
-        env = {**sample_settings(azurite, record_dir, container, queue), **(settings or {})}
+        # Hosts sharing a host id share the blob-trigger queue and receipts (as on Azure); tests that
+        # run side by side must not take each other's blobs, so each host gets its own unless told.
+        env = {**sample_settings(azurite, record_dir, container, queue),
+               "AzureFunctionsWebHost__hostid": f"test-{token}", **(settings or {})}
         service = start_host(workdir, SAMPLE_APP, env, extra_args)
         started.append(service)
         return SampleHost(service, azurite, workdir, record_dir, container, queue)

@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -156,12 +157,13 @@ def test_timer_runs_on_startup_and_on_schedule(sample_host: SampleHost) -> None:
 
 
 def test_restart_does_not_redispatch_a_blob_with_a_receipt(start_sample: StartSample, tmp_path: Path) -> None:
-    first = start_sample(workdir=tmp_path / "first")
+    same_host = {"AzureFunctionsWebHost__hostid": f"restart-{uuid.uuid4().hex[:8]}"}
+    first = start_sample(workdir=tmp_path / "first", settings=same_host)
     first.blobs.create_container(first.container_name)
     first.container.upload_blob("once.txt", b"1")
     wait_for(lambda: first.records("on_blob"), what="the first invocation")
     first.service.stop()
-    second = start_sample(workdir=tmp_path / "second", container=first.container_name)
+    second = start_sample(workdir=tmp_path / "second", container=first.container_name, settings=same_host)
     time.sleep(1.5)  # several scans
     assert second.records("on_blob") == []
     second.container.upload_blob("once.txt", b"2", overwrite=True)  # a new version is new work
