@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import enum
+import inspect
 import re
+import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -81,6 +83,9 @@ class FunctionSpec:
     trigger: Trigger
     queue_outputs: tuple[QueueOutput, ...]
     user_function: Callable[..., Any]
+    # "str" or "bytes" when the trigger parameter is annotated so (the worker then passes the
+    # message body or blob content instead of the binding object); None otherwise.
+    trigger_data: str | None = None
 
     @property
     def full_name(self) -> str:
@@ -201,7 +206,33 @@ def _read_function(function: Any, settings: AppSettings) -> FunctionSpec:
                            f"{', '.join(unsupported)}")
     if len(triggers) != 1:
         raise StartupError(f"function '{name}' must have exactly one trigger, has {len(triggers)}")
-    return FunctionSpec(name, triggers[0], tuple(outputs), function.get_user_function())
+    user_function = function.get_user_function()
+    trigger_data = _check_parameters(name, user_function, triggers[0].arg_name,
+                                     [output.arg_name for output in outputs])
+    return FunctionSpec(name, triggers[0], tuple(outputs), user_function, trigger_data)
+
+
+def _check_parameters(name: str, user_function: Callable[..., Any], trigger_arg: str,
+                      output_args: list[str]) -> str | None:
+    """As the worker does when it indexes: each binding has a parameter and each parameter a binding."""
+    parameters = inspect.signature(user_function).parameters
+    bound = {trigger_arg, *output_args} - {"$return"}
+    for binding_name in sorted(bound - parameters.keys()):
+        raise StartupError(f"function '{name}': binding '{binding_name}' has no parameter of that name")
+    for parameter in parameters.values():
+        if (parameter.name not in bound and parameter.name != "context"
+                and parameter.default is inspect.Parameter.empty
+                and parameter.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)):
+            raise StartupError(f"function '{name}': parameter '{parameter.name}' has no binding")
+    try:
+        annotation: Any = typing.get_type_hints(user_function).get(trigger_arg)
+    except Exception:  # unresolvable string annotations: fall back to the text
+        annotation = parameters[trigger_arg].annotation
+    if annotation in (str, "str"):
+        return "str"
+    if annotation in (bytes, "bytes"):
+        return "bytes"
+    return None
 
 
 def read_functions(app: FunctionApp, settings: AppSettings) -> list[FunctionSpec]:

@@ -162,7 +162,7 @@ class Invoker:
         invocation_id = str(uuid.uuid4())
         token = current_function.set(spec.name)
         try:
-            kwargs: dict[str, Any] = {spec.trigger.arg_name: trigger_value}
+            kwargs: dict[str, Any] = {spec.trigger.arg_name: _as_declared(trigger_value, spec.trigger_data)}
             outputs = {output.arg_name: OutValue[Any]() for output in spec.queue_outputs
                        if output.arg_name != "$return"}
             kwargs.update(outputs)
@@ -201,6 +201,19 @@ class Invoker:
                     self._ensured_queues.add(key)
             for body in bodies:
                 queue.send_message(encode_message(body, self._message_encoding))
+
+
+def _as_declared(value: Any, data: str | None) -> Any:
+    """A trigger parameter annotated `bytes` or `str` gets the body or content, as from the worker."""
+    if data is None:
+        return value
+    if isinstance(value, func.QueueMessage):
+        content = value.get_body()
+    elif callable(getattr(value, "read", None)):
+        content = value.read()
+    else:
+        return value
+    return content.decode("utf-8") if data == "str" else content
 
 
 async def _await(awaitable: Any) -> Any:

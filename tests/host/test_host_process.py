@@ -126,6 +126,21 @@ def test_new_blob_invokes_with_properties_and_leaves_a_receipt(sample_host: Samp
                for name in receipts)
 
 
+def test_hostile_blob_names_are_triggered_like_any_other(sample_host: SampleHost) -> None:
+    names = ["with space.txt", "ünïcødé-日本.txt", "semi;colon.txt", "$(touch pwned).txt", "back`tick`.txt",
+             "quote'\"s.txt", "-leading.txt", "a%20b.txt", "q?x=1#f.txt"]
+    for name in names:
+        sample_host.container.upload_blob(f"hostile/{name}", b"x")
+    prefix = f"{sample_host.container_name}/hostile/"
+
+    def seen() -> list[str]:
+        return sorted(r["name"][len(prefix):] for r in sample_host.records("on_blob") if r["name"].startswith(prefix))
+
+    wait_for(lambda: len(seen()) >= len(names), what="every hostile name")
+    time.sleep(0.7)  # a couple more scans: still once each
+    assert seen() == sorted(names)
+
+
 def test_the_function_can_stream_a_large_blob(sample_host: SampleHost) -> None:
     content = os.urandom(1024 * 1024) * 12  # 12 MiB: several ranged reads
     sample_host.container.upload_blob("read-large.bin", content, max_concurrency=4)

@@ -7,10 +7,13 @@ from pathlib import Path
 
 import azure.functions as func
 import pytest
+from azure.functions.queue import QueueMessage as FunctionsQueueMessage
 
 from local.host.bindings import BlobTrigger, HttpTrigger, QueueTrigger, TimerTrigger, read_functions
 from local.host.devhost import DevHost, HostConfig, default_host_id
+from local.host.invocation import Invoker
 from local.host.settings import AppSettings, HostOptions, StartupError, read_settings_file
+from local.host.storage import StorageAccounts
 from tests.host import sample_app
 
 SAMPLE_SETTINGS = {"SAMPLE_CONTAINER": "drop", "SAMPLE_QUEUE": "work", "SAMPLE_SCHEDULE": "*/5 * * * * *",
@@ -109,3 +112,33 @@ def test_host_id_is_a_sanitised_machine_name() -> None:
     assert default_host_id(AppSettings({"AzureFunctionsWebHost__hostid": "My_Laptop.Local"})) == "mylaptoplocal"
     long_name = "a" * 40
     assert default_host_id(AppSettings({"AzureFunctionsWebHost__hostid": long_name})) == "a" * 32
+
+
+def test_bindings_and_parameters_must_agree() -> None:
+    app = func.FunctionApp()
+
+    @app.queue_trigger(arg_name="msg", queue_name="jobs", connection="Storage")
+    def misnamed(message: func.QueueMessage) -> None: ...
+
+    with pytest.raises(StartupError, match=r"function 'misnamed': binding 'msg' has no parameter"):
+        read_functions(app, AppSettings({}))
+    other = func.FunctionApp()
+
+    @other.queue_trigger(arg_name="message", queue_name="jobs", connection="Storage")
+    def extra(message: func.QueueMessage, unbound: str) -> None: ...
+
+    with pytest.raises(StartupError, match=r"function 'extra': parameter 'unbound' has no binding"):
+        read_functions(other, AppSettings({}))
+
+
+def test_a_trigger_parameter_annotated_str_gets_the_body(tmp_path: Path) -> None:
+    app = func.FunctionApp()
+
+    @app.queue_trigger(arg_name="message", queue_name="jobs", connection="Storage")
+    def shout(message: str) -> str:
+        return message.upper()
+
+    [spec] = read_functions(app, AppSettings({}))
+    invoker = Invoker(StorageAccounts(AppSettings({})), "base64")
+    message = FunctionsQueueMessage(id="1", body=b"hello")  # type: ignore[no-untyped-call]
+    assert invoker.invoke(spec, message, reason="test") == "HELLO"
