@@ -41,7 +41,16 @@ def run(tasks: int, sequential: int, nodes: int, slots: int) -> dict[str, Any]:
             client = BatchClient(emulator.url, AzureNamedKeyCredential(emulator.account_name, emulator.account_key))
             client.create_pool(
                 m.BatchPoolCreateOptions(
-                    id="bench", vm_size="standard_d2s_v3", target_dedicated_nodes=nodes, task_slots_per_node=slots
+                    id="bench",
+                    vm_size="standard_d2s_v3",
+                    virtual_machine_configuration=m.VirtualMachineConfiguration(
+                        image_reference=m.BatchVmImageReference(
+                            publisher="canonical", offer="ubuntu-24_04-lts", sku="server", version="latest"
+                        ),
+                        node_agent_sku_id="batch.node.ubuntu 24.04",
+                    ),
+                    target_dedicated_nodes=nodes,
+                    task_slots_per_node=slots,
                 )
             )
             client.create_job(m.BatchJobCreateOptions(id="seq", pool_info=m.BatchPoolInfo(pool_id="bench")))

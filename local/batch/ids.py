@@ -114,3 +114,36 @@ def check_metadata(metadata: Any) -> None:
         raise invalid_property("metadata", metadata, "must be an array of {name, value}")
     if any(not m["name"] for m in metadata):
         raise BatchApiError(400, "EmptyMetadataKey", "The key for one of the metadata key-value pairs is empty.")
+
+
+def check_pool_spec(body: dict[str, Any], prefix: str = "") -> None:
+    """What Batch requires of a pool (or an auto pool's specification) before it allocates anything."""
+    if not body.get("vmSize"):
+        raise missing_property(prefix + "vmSize")
+    vm = body.get("virtualMachineConfiguration")
+    if not isinstance(vm, dict):
+        # Cloud service pools are retired: a pool must name its VM image.
+        raise missing_property(prefix + "virtualMachineConfiguration")
+    if not isinstance(vm.get("imageReference"), dict):
+        raise missing_property(prefix + "virtualMachineConfiguration.imageReference")
+    if not vm.get("nodeAgentSKUId"):
+        raise missing_property(prefix + "virtualMachineConfiguration.nodeAgentSKUId")
+    check_int(body.get("taskSlotsPerNode"), prefix + "taskSlotsPerNode", 1)
+    if (body.get("taskSlotsPerNode") or 1) > 256:
+        raise invalid_property(prefix + "taskSlotsPerNode", body["taskSlotsPerNode"], "the maximum is 256")
+    check_int(body.get("targetDedicatedNodes"), prefix + "targetDedicatedNodes", 0)
+    check_int(body.get("targetLowPriorityNodes"), prefix + "targetLowPriorityNodes", 0)
+    if body.get("enableAutoScale"):
+        if body.get("targetDedicatedNodes") is not None or body.get("targetLowPriorityNodes") is not None:
+            raise invalid_property(prefix + "targetDedicatedNodes", body.get("targetDedicatedNodes"),
+                                   "must not be specified when enableAutoScale is true")  # fmt: skip
+        if not body.get("autoScaleFormula"):
+            raise missing_property(prefix + "autoScaleFormula")
+    elif body.get("targetDedicatedNodes") is None and body.get("targetLowPriorityNodes") is None:
+        raise missing_property(prefix + "targetDedicatedNodes")
+    timeout = body.get("resizeTimeout")
+    if timeout is not None:
+        check_duration(timeout, prefix + "resizeTimeout")
+        if clock.duration_seconds(str(timeout)) < 300:
+            raise invalid_property(prefix + "resizeTimeout", timeout, "the minimum is 5 minutes")
+    check_metadata(body.get("metadata"))

@@ -283,12 +283,18 @@ class BatchService:
 
     @staticmethod
     def _check_etag(doc: Doc, if_match: str | None, if_none_match: str | None) -> None:
-        if if_match and if_match != "*" and if_match != doc.get("eTag"):
-            raise BatchApiError(412, "ConditionNotMet", "The condition specified using HTTP conditional header(s) "
-                                "is not met.")  # fmt: skip
-        if if_none_match and (if_none_match == "*" or if_none_match == doc.get("eTag")):
-            raise BatchApiError(412, "ConditionNotMet", "The condition specified using HTTP conditional header(s) "
-                                "is not met.")  # fmt: skip
+        def bare(tag: str) -> str:
+            # The SDK quotes ETags in conditional headers; Batch's own ETags are bare.
+            return tag.strip().removeprefix("W/").strip('"')
+
+        current = str(doc.get("eTag", ""))
+        unmet = BatchApiError(
+            412, "ConditionNotMet", "The condition specified using HTTP conditional header(s) is not met."
+        )
+        if if_match and if_match.strip() != "*" and bare(if_match) != current:
+            raise unmet
+        if if_none_match and (if_none_match.strip() == "*" or bare(if_none_match) == current):
+            raise unmet
 
     # ------------------------------------------------------------------ listing
 
@@ -339,12 +345,7 @@ class BatchService:
 
     def create_pool(self, body: Doc) -> Doc:
         pool_id = ids.check_id(body.get("id"))
-        if not body.get("vmSize"):
-            raise invalid_property("vmSize", None, "vmSize is required")
-        ids.check_int(body.get("taskSlotsPerNode"), "taskSlotsPerNode", 1)
-        ids.check_int(body.get("targetDedicatedNodes"), "targetDedicatedNodes", 0)
-        ids.check_int(body.get("targetLowPriorityNodes"), "targetLowPriorityNodes", 0)
-        ids.check_metadata(body.get("metadata"))
+        ids.check_pool_spec(body)
         self._check_packages(body.get("applicationPackageReferences"))
         with self.lock:
             if ids.key(pool_id) in self.pools:
@@ -646,8 +647,7 @@ class BatchService:
                 pool_id = f"{spec.get('autoPoolIdPrefix') or ''}{'_' if spec.get('autoPoolIdPrefix') else ''}" \
                           f"{str(uuid.uuid4()).upper()}"  # fmt: skip
                 pool_spec["id"] = pool_id[:64]
-                if not pool_spec.get("vmSize"):
-                    raise invalid_property("poolInfo.autoPoolSpecification.pool.vmSize", None, "required")
+                ids.check_pool_spec(pool_spec, "poolInfo.autoPoolSpecification.pool.")
                 self._add_pool(pool_spec)
                 job["executionInfo"]["poolId"] = pool_spec["id"]
             self._touch(job, moment)
@@ -1223,10 +1223,20 @@ class BatchService:
             if run is None or run.stop_reason is not None or self._stopping:
                 self._finish(job_key, task_key, attempt_number, None, None, launched=False)
                 return
-            try:
-                process = runner.launch(attempt)
-            except runner.Failure as launch_failure:
+        # Spawning takes milliseconds: do it outside the lock, then register it (or kill it if the
+        # task was terminated, deleted or requeued meanwhile).
+        try:
+            process = runner.launch(attempt)
+        except runner.Failure as launch_failure:
+            with self.lock:
                 self._finish(job_key, task_key, attempt_number, None, launch_failure, launched=False)
+            return
+        with self.lock:
+            run = self._current_run(job_key, task_key, attempt_number)
+            if run is None or run.stop_reason is not None or self._stopping:
+                runner.kill_tree(process.pid)
+                process.wait()
+                self._finish(job_key, task_key, attempt_number, None, None, launched=False)
                 return
             run.process_pid = process.pid
             task = self.tasks[job_key][task_key]

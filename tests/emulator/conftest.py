@@ -18,6 +18,16 @@ from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, gener
 from local.stack import AZURITE_ACCOUNT, AZURITE_KEY, Azurite, Emulator, start_azurite, start_emulator
 
 T = TypeVar("T")
+# What every pool needs on Azure Batch: a VM size and a VM image.
+VM: dict[str, Any] = {
+    "vm_size": "standard_d2s_v3",
+    "virtual_machine_configuration": m.VirtualMachineConfiguration(
+        image_reference=m.BatchVmImageReference(
+            publisher="canonical", offer="ubuntu-24_04-lts", sku="server", version="latest"
+        ),
+        node_agent_sku_id="batch.node.ubuntu 24.04",
+    ),
+}
 POOL_ID = "conformance-pool"
 POOL_NODES = 2
 POOL_SLOTS = 4
@@ -89,7 +99,7 @@ def batch(emulator: Emulator) -> BatchClient:
 @pytest.fixture(scope="session")
 def pool_id(batch: BatchClient) -> str:
     batch.create_pool(m.BatchPoolCreateOptions(
-        id=POOL_ID, vm_size="standard_d2s_v3", target_dedicated_nodes=POOL_NODES, task_slots_per_node=POOL_SLOTS,
+        id=POOL_ID, **VM, target_dedicated_nodes=POOL_NODES, task_slots_per_node=POOL_SLOTS,
     ))  # fmt: skip
     return POOL_ID
 

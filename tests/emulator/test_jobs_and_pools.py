@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from azure.batch import BatchClient
 from azure.batch import models as m
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 
-from tests.emulator.conftest import POOL_NODES, POOL_SLOTS, unique, wait_for_job_state, wait_for_task, wait_until
+from tests.emulator.conftest import POOL_NODES, POOL_SLOTS, VM, unique, wait_for_job_state, wait_for_task, wait_until
 
 
 def new_job(batch: BatchClient, pool_id: str, **kwargs: object) -> str:
@@ -21,14 +21,14 @@ def test_pool_lifecycle_resize_and_nodes(batch: BatchClient) -> None:
     batch.create_pool(
         m.BatchPoolCreateOptions(
             id=pool_id,
-            vm_size="Standard_D2s_v3",
+            **VM,
             target_dedicated_nodes=1,
             task_slots_per_node=3,
             metadata=[m.BatchMetadataItem(name="k", value="v")],
         )
     )
     with pytest.raises(ResourceExistsError) as raised:
-        batch.create_pool(m.BatchPoolCreateOptions(id=pool_id.upper(), vm_size="standard_d2s_v3"))
+        batch.create_pool(m.BatchPoolCreateOptions(id=pool_id.upper(), **VM, target_dedicated_nodes=0))
     assert raised.value.error is not None and raised.value.error.code == "PoolExists"
     assert batch.pool_exists(pool_id)
     pool = batch.get_pool(pool_id)
@@ -170,7 +170,7 @@ def test_tasks_wait_for_a_pool_that_does_not_exist_yet(batch: BatchClient) -> No
     batch.create_job(m.BatchJobCreateOptions(id=job_id, pool_info=m.BatchPoolInfo(pool_id=pool_id)))
     batch.create_task(job_id, m.BatchTaskCreateOptions(id="t", command_line="true"))
     assert batch.get_task(job_id, "t").state == m.BatchTaskState.ACTIVE
-    batch.create_pool(m.BatchPoolCreateOptions(id=pool_id, vm_size="standard_d2s_v3", target_dedicated_nodes=1))
+    batch.create_pool(m.BatchPoolCreateOptions(id=pool_id, **VM, target_dedicated_nodes=1))
     assert wait_for_task(batch, job_id, "t").execution_info.exit_code == 0  # type: ignore[union-attr]
     batch.begin_delete_pool(pool_id, polling_interval=0).result()  # type: ignore[arg-type]
 
@@ -179,7 +179,7 @@ def test_auto_pool_is_created_for_the_job_and_removed_with_it(batch: BatchClient
     job_id = unique("job")
     spec = m.BatchAutoPoolSpecification(
         auto_pool_id_prefix="auto", pool_lifetime_option=m.BatchPoolLifetimeOption.JOB, keep_alive=False,
-        pool=m.BatchPoolSpecification(vm_size="standard_d2s_v3", target_dedicated_nodes=1, task_slots_per_node=2),
+        pool=m.BatchPoolSpecification(**VM, target_dedicated_nodes=1, task_slots_per_node=2),
     )  # fmt: skip
     batch.create_job(m.BatchJobCreateOptions(id=job_id, pool_info=m.BatchPoolInfo(auto_pool_specification=spec)))
     job = batch.get_job(job_id)
@@ -218,3 +218,95 @@ def test_job_quota_answers_active_job_and_schedule_quota_reached(workdir: object
         client.create_job(m.BatchJobCreateOptions(id="j2", pool_info=m.BatchPoolInfo(pool_id="p")))
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(
+    ("change", "property_name"),
+    [
+        ({"virtual_machine_configuration": None}, "virtualMachineConfiguration"),
+        ({"target_dedicated_nodes": None}, "targetDedicatedNodes"),
+        ({"resize_timeout": "PT1M"}, "resizeTimeout"),
+        ({"task_slots_per_node": 0}, "taskSlotsPerNode"),
+    ],
+)
+def test_pool_validation_matches_what_batch_requires(
+    batch: BatchClient, change: dict[str, object], property_name: str
+) -> None:
+    options = {**VM, "target_dedicated_nodes": 1, **change}
+    with pytest.raises(HttpResponseError) as raised:
+        batch.create_pool(m.BatchPoolCreateOptions(id=unique("invalid"), **options))
+    assert raised.value.status_code == 400
+    error = raised.value.error
+    assert error is not None and error.code in ("MissingRequiredProperty", "InvalidPropertyValue")
+    assert any(detail.code == "PropertyName" and detail.message == property_name for detail in error.details)
+
+
+def test_deleting_a_pool_requeues_its_running_tasks(batch: BatchClient) -> None:
+    pool_id = unique("doomed")
+    batch.create_pool(m.BatchPoolCreateOptions(id=pool_id, **VM, target_dedicated_nodes=1))
+    job_id = new_job(batch, pool_id)
+    batch.create_task(job_id, m.BatchTaskCreateOptions(id="t", command_line="sleep 30"))
+    wait_until(lambda: batch.get_task(job_id, "t").state == m.BatchTaskState.RUNNING)
+    batch.begin_delete_pool(pool_id, polling_interval=0).result()  # type: ignore[arg-type]
+    task = wait_until(lambda: (t := batch.get_task(job_id, "t")).state == m.BatchTaskState.ACTIVE and t)
+    assert task.execution_info is not None and task.execution_info.requeue_count == 1
+
+
+def test_shrinking_a_pool_requeues_tasks_of_removed_nodes(batch: BatchClient) -> None:
+    pool_id = unique("shrink")
+    batch.create_pool(m.BatchPoolCreateOptions(id=pool_id, **VM, target_dedicated_nodes=1))
+    job_id = new_job(batch, pool_id)
+    batch.create_task(job_id, m.BatchTaskCreateOptions(id="t", command_line="sleep 1"))
+    wait_until(lambda: batch.get_task(job_id, "t").state == m.BatchTaskState.RUNNING)
+    batch.begin_resize_pool(pool_id, m.BatchPoolResizeOptions(target_dedicated_nodes=0), polling_interval=0).result()  # type: ignore[arg-type]
+    requeued = wait_until(lambda: (t := batch.get_task(job_id, "t")).state == m.BatchTaskState.ACTIVE and t)
+    assert requeued.execution_info is not None and requeued.execution_info.requeue_count == 1
+    batch.begin_resize_pool(pool_id, m.BatchPoolResizeOptions(target_dedicated_nodes=1), polling_interval=0).result()  # type: ignore[arg-type]
+    done = wait_for_task(batch, job_id, "t")
+    assert done.execution_info is not None and done.execution_info.exit_code == 0
+    batch.begin_delete_pool(pool_id, polling_interval=0).result()  # type: ignore[arg-type]
+
+
+def test_disable_and_enable_job(batch: BatchClient, pool_id: str) -> None:
+    job_id = new_job(batch, pool_id)
+    batch.create_task(job_id, m.BatchTaskCreateOptions(id="t", command_line="sleep 30"))
+    wait_until(lambda: batch.get_task(job_id, "t").state == m.BatchTaskState.RUNNING)
+    batch.begin_disable_job(
+        job_id, m.BatchJobDisableOptions(disable_tasks=m.DisableBatchJobOption.REQUEUE), polling_interval=0
+    ).result()  # type: ignore[arg-type]
+    assert batch.get_job(job_id).state == m.BatchJobState.DISABLED
+    task = wait_until(lambda: (t := batch.get_task(job_id, "t")).state == m.BatchTaskState.ACTIVE and t)
+    assert task.execution_info is not None and task.execution_info.requeue_count == 1
+    batch.create_task(job_id, m.BatchTaskCreateOptions(id="queued", command_line="true"))
+    assert batch.get_task(job_id, "queued").state == m.BatchTaskState.ACTIVE
+    batch.begin_enable_job(job_id, polling_interval=0).result()  # type: ignore[arg-type]
+    assert wait_for_task(batch, job_id, "queued").execution_info.exit_code == 0  # type: ignore[union-attr]
+    batch.terminate_task(job_id, "t")
+
+
+def test_if_match_guards_updates(batch: BatchClient, pool_id: str) -> None:
+    from azure.core import MatchConditions
+    from azure.core.exceptions import ResourceModifiedError
+
+    job_id = new_job(batch, pool_id)
+    stale = batch.get_job(job_id).etag
+    batch.update_job(job_id, m.BatchJobUpdateOptions(priority=3))
+    with pytest.raises(ResourceModifiedError) as raised:
+        batch.update_job(
+            job_id, m.BatchJobUpdateOptions(priority=4), etag=stale, match_condition=MatchConditions.IfNotModified
+        )
+    assert raised.value.status_code == 412
+    fresh = batch.get_job(job_id).etag
+    batch.update_job(
+        job_id, m.BatchJobUpdateOptions(priority=4), etag=fresh, match_condition=MatchConditions.IfNotModified
+    )
+    assert batch.get_job(job_id).priority == 4
+
+
+def test_operations_on_missing_jobs_are_404(batch: BatchClient) -> None:
+    with pytest.raises(ResourceNotFoundError) as raised:
+        batch.create_task("no-such-job", m.BatchTaskCreateOptions(id="t", command_line="true"))
+    assert raised.value.error is not None and raised.value.error.code == "JobNotFound"
+    with pytest.raises(m.CreateTasksError) as collection:
+        batch.create_tasks("no-such-job", [m.BatchTaskCreateOptions(id="t", command_line="true")])
+    assert [e.error.code for e in collection.value.errors] == ["JobNotFound"]

@@ -11,7 +11,7 @@ import pytest
 from azure.batch import models as m
 
 from local.stack import Emulator, start_emulator
-from tests.emulator.conftest import client_for, wait_for_task, wait_until
+from tests.emulator.conftest import VM, client_for, wait_for_task, wait_until
 
 
 def _gone(pid: int) -> bool:
@@ -31,9 +31,7 @@ def test_state_survives_a_crash_and_running_tasks_are_requeued(private_dir: Path
     first = start_emulator(private_dir)
     try:
         client = client_for(first)
-        client.create_pool(
-            m.BatchPoolCreateOptions(id="p", vm_size="standard_d2s_v3", target_dedicated_nodes=1, task_slots_per_node=2)
-        )
+        client.create_pool(m.BatchPoolCreateOptions(id="p", **VM, target_dedicated_nodes=1, task_slots_per_node=2))
         client.create_job(m.BatchJobCreateOptions(id="j", pool_info=m.BatchPoolInfo(pool_id="p")))
         client.create_task("j", m.BatchTaskCreateOptions(id="done", command_line="true"))
         wait_for_task(client, "j", "done")
@@ -68,7 +66,7 @@ def test_state_survives_a_crash_and_running_tasks_are_requeued(private_dir: Path
 def test_sigterm_stops_cleanly_and_kills_task_process_trees(private_dir: Path) -> None:
     server = start_emulator(private_dir)
     client = client_for(server)
-    client.create_pool(m.BatchPoolCreateOptions(id="p", vm_size="standard_d2s_v3", target_dedicated_nodes=1))
+    client.create_pool(m.BatchPoolCreateOptions(id="p", **VM, target_dedicated_nodes=1))
     client.create_job(m.BatchJobCreateOptions(id="j", pool_info=m.BatchPoolInfo(pool_id="p")))
     client.create_task(
         "j", m.BatchTaskCreateOptions(id="t", command_line="/bin/sh -c 'sleep 60 & echo $! > kid; wait'")
@@ -102,7 +100,7 @@ def test_injected_faults_are_retried_by_the_sdk_and_counted(private_dir: Path) -
             retry_status=20,
             raw_response_hook=lambda response: statuses.append(response.http_response.status_code),
         )
-        client.create_pool(m.BatchPoolCreateOptions(id="p", vm_size="standard_d2s_v3", target_dedicated_nodes=1))
+        client.create_pool(m.BatchPoolCreateOptions(id="p", **VM, target_dedicated_nodes=1))
         client.create_job(m.BatchJobCreateOptions(id="j", pool_info=m.BatchPoolInfo(pool_id="p")))
         client.create_tasks("j", [m.BatchTaskCreateOptions(id=f"t{i}", command_line="true") for i in range(5)])
         for index in range(5):

@@ -13,7 +13,7 @@ from azure.batch import models as m
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 
 from local.batch import clock
-from tests.emulator.conftest import unique, wait_for_task, wait_until
+from tests.emulator.conftest import VM, unique, wait_for_task, wait_until
 
 PY = "python3"
 
@@ -272,9 +272,7 @@ def test_create_tasks_treats_task_exists_as_success(batch: BatchClient, job_id: 
 
 def test_pool_slots_bound_concurrency(batch: BatchClient) -> None:
     pool_id = unique("pool")
-    batch.create_pool(
-        m.BatchPoolCreateOptions(id=pool_id, vm_size="standard_d2s_v3", target_dedicated_nodes=1, task_slots_per_node=2)
-    )
+    batch.create_pool(m.BatchPoolCreateOptions(id=pool_id, **VM, target_dedicated_nodes=1, task_slots_per_node=2))
     job_id = unique("job")
     batch.create_job(m.BatchJobCreateOptions(id=job_id, pool_info=m.BatchPoolInfo(pool_id=pool_id)))
     batch.create_tasks(job_id, [task(f"s{i}", "sleep 0.4") for i in range(6)])
