@@ -33,10 +33,7 @@ from local import stack as local_stack
 from shared.ids import normalise_etag, result_prefix
 
 PROJECT_ROOT = local_stack.PROJECT_ROOT
-STATE_DIR = PROJECT_ROOT / ".batchdrop"
-STACK_FILE = STATE_DIR / "stack.json"
-UP_WORKDIR = STATE_DIR / "stack"
-DEMO_WORKDIR = STATE_DIR / "demo"
+STATE_DIR_SETTING = "BATCHDROP_STATE_DIR"
 APPS_DIR = PROJECT_ROOT / "apps"
 SAMPLES_DIR = PROJECT_ROOT / "samples"
 DEFAULT_PIPELINES = SAMPLES_DIR / "pipelines.json"
@@ -55,8 +52,22 @@ AZURITE_STOP_SECONDS = 10.0
 AZURITE_CLOSED = "service successfully closed"
 FUNCTION_KEY_SETTING = "BATCHDROP_FUNCTION_KEY"
 # What each recorded process's command line contains: `down` never signals a reused pid.
-PROCESS_MARKERS = {"supervisor": "local.cli", "azurite": "azurite", "batch-emulator": "local.batch",
-                   "dev-host": "local.host"}  # fmt: skip
+PROCESS_MARKERS = {"supervisor": ("local.cli", "bin/batchdrop"), "azurite": ("azurite",),
+                   "batch-emulator": ("local.batch",), "dev-host": ("local.host",)}  # fmt: skip
+
+
+def state_dir() -> Path:
+    """`.batchdrop/` at the project root, or BATCHDROP_STATE_DIR (tests run their own stacks there)."""
+    override = os.environ.get(STATE_DIR_SETTING)
+    return Path(override).resolve() if override else PROJECT_ROOT / ".batchdrop"
+
+
+def stack_file() -> Path:
+    return state_dir() / "stack.json"
+
+
+def demo_workdir() -> Path:
+    return state_dir() / "demo"
 
 
 class CliError(Exception):
@@ -145,11 +156,11 @@ def _is_our_process(pid: int, name: str) -> bool:
         return False
     if not text:  # a zombie: exited, waiting to be reaped
         return False
-    return PROCESS_MARKERS.get(name, name) in text
+    return any(marker in text for marker in PROCESS_MARKERS.get(name, (name,)))
 
 
 def require_stack() -> StackInfo:
-    info = StackInfo.load(STACK_FILE)
+    info = StackInfo.load(stack_file())
     if info is None or not info.live_pids():
         raise CliError("no local stack is running: start one with `batchdrop up --detach` (or `batchdrop up`)")
     return info
@@ -327,9 +338,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         running: local_stack.Stack | None = None
         try:
             print("starting Azurite, the Batch emulator and the dev host ...", flush=True)
-            running, info = start_local_stack(UP_WORKDIR, Path(args.pipelines).resolve(), preferred_ports=True)
+            running, info = start_local_stack(
+                state_dir() / "stack", Path(args.pipelines).resolve(), preferred_ports=not args.random_ports
+            )
             info.supervisor_pid = os.getpid()
-            info.save(STACK_FILE)
+            info.save(stack_file())
             print("batchdrop is up:")
             print("\n".join(describe_stack(info)))
             print(f"  apps uploaded      {', '.join(name for name, _ in app_files(APPS_DIR))}")
@@ -354,7 +367,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def _refuse_if_running() -> None:
-    info = StackInfo.load(STACK_FILE)
+    info = StackInfo.load(stack_file())
     if info is None:
         return
     live = info.live_pids()
@@ -363,13 +376,13 @@ def _refuse_if_running() -> None:
             f"a local stack is already running (pids {', '.join(map(str, live.values()))}); "
             "use it, or stop it with `batchdrop down`"
         )
-    STACK_FILE.unlink(missing_ok=True)
+    stack_file().unlink(missing_ok=True)
 
 
 def _forget_stack(supervisor_pid: int) -> None:
-    info = StackInfo.load(STACK_FILE)
+    info = StackInfo.load(stack_file())
     if info is not None and info.supervisor_pid == supervisor_pid:
-        STACK_FILE.unlink(missing_ok=True)
+        stack_file().unlink(missing_ok=True)
 
 
 def _up_detached(args: argparse.Namespace) -> int:
@@ -379,9 +392,11 @@ def _up_detached(args: argparse.Namespace) -> int:
     into a closed pipe after this command has returned.
     """
     _refuse_if_running()
-    STATE_DIR.mkdir(parents=True, exist_ok=True)
-    log_path = STATE_DIR / "up.log"
+    state_dir().mkdir(parents=True, exist_ok=True)
+    log_path = state_dir() / "up.log"
     argv = [sys.executable, "-m", "local.cli", "up", "--pipelines", str(Path(args.pipelines).resolve())]
+    if args.random_ports:
+        argv.append("--random-ports")
     with log_path.open("ab") as log:
         supervisor = subprocess.Popen(
             argv, cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -394,7 +409,7 @@ def _up_detached(args: argparse.Namespace) -> int:
                 f"the stack did not start (exit {supervisor.returncode}); {_shown(log_path)} ends with:\n"
                 + _tail(log_path, 30)
             )
-        info = StackInfo.load(STACK_FILE)
+        info = StackInfo.load(stack_file())
         if info is not None and info.supervisor_pid == supervisor.pid:
             print(f"batchdrop is up in the background (pid {supervisor.pid}; `batchdrop down` stops it):")
             print("\n".join(describe_stack(info)))
@@ -413,7 +428,7 @@ def _tail(path: Path, lines: int) -> str:
 
 def cmd_down(args: argparse.Namespace) -> int:
     stopped_any = False
-    for path in (STACK_FILE, DEMO_WORKDIR / "stack.json"):
+    for path in (stack_file(), demo_workdir() / "stack.json"):
         info = StackInfo.load(path)
         if info is None:
             continue
@@ -785,17 +800,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not samples:
         raise CliError(f"no sample files in {args.samples}")
     expected = {path.name: expected_status(path) for path in samples}
-    demo_stack_file = DEMO_WORKDIR / "stack.json"
+    demo_stack_file = demo_workdir() / "stack.json"
     previous = StackInfo.load(demo_stack_file)
     if previous is not None and previous.live_pids():
         raise CliError("another `batchdrop demo` is running; wait for it, or stop it with `batchdrop down`")
-    shutil.rmtree(DEMO_WORKDIR, ignore_errors=True)
+    shutil.rmtree(demo_workdir(), ignore_errors=True)
     started = time.monotonic()
     running: local_stack.Stack | None = None
     with interruptible():
         try:
             print("batchdrop demo: starting Azurite, the Batch emulator and the dev host ...", flush=True)
-            running, info = start_local_stack(DEMO_WORKDIR, Path(args.pipelines).resolve(), preferred_ports=False)
+            running, info = start_local_stack(demo_workdir(), Path(args.pipelines).resolve(), preferred_ports=False)
             info.supervisor_pid = os.getpid()
             info.save(demo_stack_file)
             print("\n".join(describe_stack(info)))
@@ -815,8 +830,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     tail = str(result.manifest.get("stderr_tail") or "").strip().splitlines()
                     if result.status == "failed" and tail:
                         print(f"{result.input} (failed): stderr ends with: {tail[-1]}")
-                download_results(service, results, DEMO_WORKDIR / "results")
-                print(f"\nresults copied to {_shown(DEMO_WORKDIR / 'results')}/")
+                download_results(service, results, demo_workdir() / "results")
+                print(f"\nresults copied to {_shown(demo_workdir() / 'results')}/")
             if not complete:
                 _explain_timeout(info, wait, args.timeout)
                 return 1
@@ -862,6 +877,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--detach", action="store_true", help="leave the stack running in the background and return")
     up.add_argument("--pipelines", default=str(DEFAULT_PIPELINES), metavar="FILE",
                     help="pipelines file (default: samples/pipelines.json)")  # fmt: skip
+    up.add_argument("--random-ports", action="store_true",
+                    help="don't try the usual ports (7071 for the host, 10000-10002 for Azurite) first")  # fmt: skip
     up.set_defaults(handler=cmd_up)
 
     down = commands.add_parser("down", help="stop the local stack started by `up` (or a demo left behind)")

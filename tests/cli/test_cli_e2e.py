@@ -1,0 +1,122 @@
+"""`batchdrop` end to end as a user types it: a real stack (Azurite, the emulator, the dev host) per test."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from local.stack import AZURITE_KEY
+
+pytestmark = pytest.mark.e2e
+PROJECT = Path(__file__).resolve().parents[2]
+SAMPLES = PROJECT / "samples"
+
+
+def batchdrop(state: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "BATCHDROP_STATE_DIR": str(state)}
+    result = subprocess.run(
+        [sys.executable, "-m", "local.cli", *args],
+        cwd=PROJECT, env=env, capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+    # No command ever shows a key or a connection string.
+    for secret in (AZURITE_KEY, "AccountKey", "sig="):
+        assert secret not in result.stdout + result.stderr
+    return result
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    return tmp_path / "state"
+
+
+@pytest.fixture
+def running_stack(state: Path):  # type: ignore[no-untyped-def]
+    started = batchdrop(state, "up", "--detach", "--random-ports", timeout=200)
+    assert started.returncode == 0, started.stdout + started.stderr
+    try:
+        yield state
+    finally:
+        stopped = batchdrop(state, "down", timeout=60)
+        assert stopped.returncode == 0, stopped.stderr
+
+
+def wait_for_rows(state: Path, count: int, timeout: float = 90) -> list[list[str]]:
+    deadline = time.monotonic() + timeout
+    while True:
+        listed = batchdrop(state, "results")
+        assert listed.returncode == 0, listed.stderr
+        rows = [line.split() for line in listed.stdout.splitlines()[1:] if line.strip()]
+        if len(rows) >= count or time.monotonic() > deadline:
+            return rows
+        time.sleep(1)
+
+
+def test_up_drop_results_status_down(running_stack: Path, tmp_path: Path) -> None:
+    state = running_stack
+    hostile = "odd name; $(touch pwned) `x` 'q'.txt"
+
+    dropped = batchdrop(state, "drop", str(SAMPLES / "hello.txt"), str(SAMPLES / "fail-on-purpose.txt"))
+    dropped_as = batchdrop(state, "drop", str(SAMPLES / "cities.csv"), "--as", hostile)
+
+    assert dropped.returncode == 0 and dropped_as.returncode == 0, dropped.stderr + dropped_as.stderr
+    assert f"as input/{hostile}" in dropped_as.stdout
+    rows = wait_for_rows(state, 3)
+    listed = batchdrop(state, "results").stdout
+    assert ["hello.txt", "succeeded", "0", "preview.txt,", "report.json"] in rows
+    assert ["fail-on-purpose.txt", "failed", "3", "-"] in rows
+    assert any(line.startswith(hostile) and " succeeded " in line for line in listed.splitlines())
+    assert not (PROJECT / "pwned").exists()
+
+    status = batchdrop(state, "status")
+    assert status.returncode == 0, status.stderr
+    total = next(line for line in status.stdout.splitlines() if line.startswith("TOTAL")).split()
+    assert total[-1] == "3"  # collected
+
+    download = tmp_path / "download"
+    fetched = batchdrop(state, "results", "--download", str(download))
+    assert fetched.returncode == 0, fetched.stderr
+    assert (download / "hello.txt" / "report.json").is_file()
+    assert (download / hostile / "preview.txt").read_text().startswith("city,country")
+    assert "fails on purpose" in (download / "fail-on-purpose.txt" / "_logs" / "stderr.txt").read_text()
+
+
+def test_a_second_up_is_refused_while_one_runs(running_stack: Path) -> None:
+    again = batchdrop(running_stack, "up", "--detach", "--random-ports")
+
+    assert again.returncode == 1
+    assert "already running" in again.stderr
+
+
+def test_down_stops_every_process(state: Path) -> None:
+    started = batchdrop(state, "up", "--detach", "--random-ports", timeout=200)
+    assert started.returncode == 0, started.stderr
+    # "(pid N" appears once for the background process and once per server.
+    pids = [int(part.split()[0].rstrip(");")) for part in started.stdout.split("(pid ")[1:]]
+    assert len(pids) == 4
+
+    assert batchdrop(state, "down").returncode == 0
+
+    assert [pid for pid in pids if running(pid)] == []
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (a reparented process may wait for a pid 1 that never reaps it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_demo_passes_and_leaves_nothing_running(state: Path) -> None:
+    demo = batchdrop(state, "demo", timeout=300)
+
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert "demo passed: 4 manifests" in demo.stdout
+    assert "stopped the local stack." in demo.stdout
+    assert not (state / "demo" / "stack.json").exists()
