@@ -111,6 +111,7 @@ class BatchService:
         self.tasks: dict[str, dict[str, Doc]] = {}
         self.counts: dict[str, JobCounts] = {}
         self.ready: dict[str, deque[str]] = {}
+        self.waiting: dict[str, set[str]] = {}  # active tasks whose dependencies are not met yet
         self.runs: dict[tuple[str, str], Run] = {}
         self.retention: list[tuple[datetime, str, str, int]] = []
         self._seq = 0
@@ -1035,6 +1036,7 @@ class BatchService:
         info["failureInfo"] = failure.info()
         self._count(job_key, task, +1)
         self._save_task(job_key, task_key)
+        self._wake_dependents(job_key)
 
     def _stop_run(self, job_key: str, task_key: str, reason: str) -> None:
         run = self.runs.get((job_key, task_key))
@@ -1085,6 +1087,10 @@ class BatchService:
                 if task is None or task["state"] != "active" or (job_key, task_key) in self.runs:
                     queue.popleft()
                     continue
+                if task.get("dependsOn") and not self._dependencies_met(job_key, task):
+                    queue.popleft()
+                    self.waiting.setdefault(job_key, set()).add(task_key)
+                    continue
                 node_key = self._pick_node(pool_key, pool, int(task.get("requiredSlots") or 1))
                 if node_key is None:
                     break
@@ -1092,6 +1098,50 @@ class BatchService:
                 self._start(job_key, task_key, pool_key, node_key)
                 started += 1
         return started
+
+    def _dependencies_met(self, job_key: str, task: Doc) -> bool:
+        depends = task.get("dependsOn") or {}
+        wanted = [str(task_id) for task_id in depends.get("taskIds") or []]
+        for id_range in depends.get("taskIdRanges") or []:
+            wanted.extend(str(number) for number in range(int(id_range["start"]), int(id_range["end"]) + 1))
+        tasks = self.tasks[job_key]
+        for task_id in wanted:
+            dependency = tasks.get(ids.key(task_id))
+            if dependency is None or dependency["state"] != "completed":
+                return False
+            if self._dependency_action(dependency) != "satisfy":
+                return False
+        return True
+
+    @staticmethod
+    def _dependency_action(task: Doc) -> str:
+        """What a completed task means for tasks that depend on it (Batch: success satisfies, failure blocks)."""
+        info = task.get("executionInfo") or {}
+        if info.get("result") == "success":
+            return "satisfy"
+        conditions = task.get("exitConditions") or {}
+        exit_code = info.get("exitCode")
+        options: Doc | None = None
+        if exit_code is not None:
+            options = next((c.get("exitOptions") for c in conditions.get("exitCodes") or []
+                            if int(c.get("code", 0)) == exit_code), None)  # fmt: skip
+            if options is None:
+                options = next((c.get("exitOptions") for c in conditions.get("exitCodeRanges") or []
+                                if int(c.get("start", 0)) <= exit_code <= int(c.get("end", 0))), None)  # fmt: skip
+        else:
+            code = str((info.get("failureInfo") or {}).get("code", ""))
+            options = conditions.get("fileUploadError" if code.startswith("FileUpload") else "preProcessingError")
+        if options is None:
+            options = conditions.get("default")
+        return str((options or {}).get("dependencyAction") or "block").lower()
+
+    def _wake_dependents(self, job_key: str) -> None:
+        waiting = self.waiting.pop(job_key, None)
+        if waiting:
+            tasks = self.tasks.get(job_key, {})
+            ordered = sorted(waiting, key=lambda key: int(tasks[key]["_seq"]) if key in tasks else 0)
+            self.ready[job_key].extend(ordered)
+            self.wakeup.notify_all()
 
     def _start(self, job_key: str, task_key: str, pool_key: str, node_key: str) -> None:
         job = self.jobs[job_key]
@@ -1374,6 +1424,7 @@ class BatchService:
             node["totalTasksSucceeded"] += 1
         self._save_task(job_key, task_key)
         self._schedule_retention(job_key, task_key, task)
+        self._wake_dependents(job_key)
         if reason is None:
             self._apply_exit_conditions(job_key, task, failure, launched, upload_failed)
 
@@ -1480,6 +1531,7 @@ class BatchService:
         tasks = self.tasks.pop(job_key, {})
         self.counts.pop(job_key, None)
         self.ready.pop(job_key, None)
+        self.waiting.pop(job_key, None)
         for task_key in tasks:
             self.journal.delete("task", f"{job_key}/{task_key}")
         self.journal.delete("job", job_key)

@@ -300,3 +300,44 @@ def test_timestamps_are_monotonic_across_tasks(batch: BatchClient, job_id: str) 
     stamps = [t.state_transition_time for t in done]
     assert len(set(stamps)) == len(stamps)
     assert clock.parse(clock.stamp()) > max(stamps)  # type: ignore[type-var]
+
+
+def test_task_dependencies_wait_block_and_satisfy(batch: BatchClient, pool_id: str) -> None:
+    job_id = unique("deps")
+    batch.create_job(
+        m.BatchJobCreateOptions(id=job_id, pool_info=m.BatchPoolInfo(pool_id=pool_id), uses_task_dependencies=True)
+    )
+    satisfy = m.ExitConditions(default=m.ExitOptions(dependency_action=m.DependencyAction.SATISFY))
+    batch.create_tasks(
+        job_id,
+        [
+            task("after", "true", depends_on=m.BatchTaskDependencies(task_ids=["first"])),
+            task("first", "sleep 0.3"),
+            task("1", "true"),
+            task("2", "true"),
+            task(
+                "ranged",
+                "true",
+                depends_on=m.BatchTaskDependencies(task_id_ranges=[m.BatchTaskIdRange(start=1, end=2)]),
+            ),
+            task("bad", "false"),
+            task("blocked", "true", depends_on=m.BatchTaskDependencies(task_ids=["bad"])),
+            task("bad-but-ok", "false", exit_conditions=satisfy),
+            task("unblocked", "true", depends_on=m.BatchTaskDependencies(task_ids=["bad-but-ok"])),
+        ],
+    )
+    first = wait_for_task(batch, job_id, "first")
+    after = wait_for_task(batch, job_id, "after")
+    assert after.execution_info.start_time >= first.execution_info.end_time  # type: ignore[union-attr,operator]
+    assert wait_for_task(batch, job_id, "ranged").execution_info.exit_code == 0  # type: ignore[union-attr]
+    assert wait_for_task(batch, job_id, "unblocked").execution_info.exit_code == 0  # type: ignore[union-attr]
+    wait_for_task(batch, job_id, "bad")
+    time.sleep(0.3)
+    assert batch.get_task(job_id, "blocked").state == m.BatchTaskState.ACTIVE
+
+
+def test_dependencies_need_the_job_to_use_them(batch: BatchClient, job_id: str) -> None:
+    with pytest.raises(HttpResponseError) as raised:
+        batch.create_task(job_id, task("d", "true", depends_on=m.BatchTaskDependencies(task_ids=["x"])))
+    assert raised.value.status_code == 400
+    assert raised.value.error is not None and raised.value.error.code == "TaskDependenciesNotSpecifiedOnJob"
