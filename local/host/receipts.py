@@ -78,19 +78,22 @@ class Receipts:
         self.container = account.blobs.get_container_client(RECEIPTS_CONTAINER)
         self.dispatch_queue = account.queue(dispatch_queue_name(host_id))
         self.poison_queue = account.queue(POISON_QUEUE)
-        # One dispatch at a time in this process: the scan and an Event Grid push may race for a blob.
-        self._lock = threading.Lock()
+        # One dispatch at a time per receipt in this process: a scan and an Event Grid push may race
+        # for the same blob. Striped, so that different blobs dispatch in parallel.
+        self._locks = [threading.Lock() for _ in range(64)]
+        self._ready_lock = threading.Lock()
         self._ready = False
 
     def _ensure(self) -> None:
-        if self._ready:
-            return
-        try:
-            self.container.create_container()
-        except ResourceExistsError:
-            pass
-        ensure_queue(self.dispatch_queue)
-        self._ready = True
+        with self._ready_lock:
+            if self._ready:
+                return
+            try:
+                self.container.create_container()
+            except ResourceExistsError:
+                pass
+            ensure_queue(self.dispatch_queue)
+            self._ready = True
 
     def completed(self, function_id: str) -> set[BlobVersion]:
         """Blob versions this function has complete receipts for."""
@@ -108,10 +111,10 @@ class Receipts:
 
     def dispatch(self, function_id: str, blob: BlobVersion) -> bool:
         """Enqueue the blob for the function unless a complete receipt says it was; True if enqueued."""
-        with self._lock:
-            self._ensure()
-            receipt = self.container.get_blob_client(
-                receipt_name(self.host_id, function_id, blob.etag, blob.container, blob.name))
+        name = receipt_name(self.host_id, function_id, blob.etag, blob.container, blob.name)
+        self._ensure()
+        with self._locks[hash(name) % len(self._locks)]:
+            receipt = self.container.get_blob_client(name)
             try:
                 receipt.upload_blob(b"", metadata={_INCOMPLETE: "TRUE"}, overwrite=False)
             except ResourceExistsError:

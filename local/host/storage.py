@@ -9,10 +9,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from azure.core.exceptions import ResourceExistsError
+from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueClient, QueueServiceClient
 
 from .settings import AppSettings, StartupError
+
+# Scans dispatch with 16 threads and each queue runs up to 24 invocations: more than the
+# default 10 pooled connections per service, which urllib3 would warn about and reopen.
+POOL_CONNECTIONS = 64
+
+
+class _PooledTransport(RequestsTransport):  # type: ignore[misc]  # typed Any by azure-core
+    def _init_session(self, session: Any) -> None:
+        super()._init_session(session)
+        for protocol in ("http://", "https://"):
+            session.get_adapter(protocol).init_poolmanager(10, POOL_CONNECTIONS)
 
 
 @dataclass(frozen=True)
@@ -74,8 +86,9 @@ class StorageAccounts:
         for name in (connection, f"AzureWebJobs{connection}"):
             value = self._settings.get(name, "")
             if value and _looks_like_connection_string(value):
-                return StorageAccount(connection, BlobServiceClient.from_connection_string(value),
-                                      QueueServiceClient.from_connection_string(value))
+                return StorageAccount(
+                    connection, BlobServiceClient.from_connection_string(value, transport=_PooledTransport()),
+                    QueueServiceClient.from_connection_string(value, transport=_PooledTransport()))
         blob_uri, queue_uri = self._service_uris(connection)
         if not blob_uri or not queue_uri:
             raise StartupError(
@@ -83,8 +96,9 @@ class StorageAccounts:
                 f"string, or {connection}__blobServiceUri and {connection}__queueServiceUri "
                 "(identity-based connection)")
         credential = self._identity(connection)
-        return StorageAccount(connection, BlobServiceClient(blob_uri, credential=credential),
-                              QueueServiceClient(queue_uri, credential=credential))
+        return StorageAccount(
+            connection, BlobServiceClient(blob_uri, credential=credential, transport=_PooledTransport()),
+            QueueServiceClient(queue_uri, credential=credential, transport=_PooledTransport()))
 
     def _service_uris(self, connection: str) -> tuple[str | None, str | None]:
         settings = self._settings
