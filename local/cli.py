@@ -195,10 +195,7 @@ def start_local_stack(workdir: Path, pipelines: Path, preferred_ports: bool) -> 
         emulator = local_stack.start_emulator(workdir)
         started.append(emulator)
         settings = local_stack.app_settings(azurite, emulator, {"BATCHDROP_PIPELINES_FILE": str(pipelines)})
-        # Closed at once: Azurite waits for open keep-alive connections before it exits.
-        with BlobServiceClient.from_connection_string(azurite.connection_string) as service:
-            create_containers(service)
-            upload_apps(service.get_container_client(APPS), APPS_DIR)
+        prepare_storage(azurite.connection_string)
         host_port = PREFERRED_HOST_PORT if preferred_ports and _port_free(PREFERRED_HOST_PORT) else 0
         host = local_stack.start_host(workdir, HOST_APP, settings, port=host_port)
         started.append(host)
@@ -217,6 +214,14 @@ def start_local_stack(workdir: Path, pipelines: Path, preferred_ports: bool) -> 
         started_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     return running, info
+
+
+def prepare_storage(connection_string: str, apps_dir: Path = APPS_DIR) -> list[str]:
+    """Create batchdrop's containers and upload the application files; the uploaded blob names."""
+    # Closed at once: Azurite waits for open keep-alive connections before it exits.
+    with BlobServiceClient.from_connection_string(connection_string) as service:
+        create_containers(service)
+        return upload_apps(service.get_container_client(APPS), apps_dir)
 
 
 def create_containers(service: BlobServiceClient) -> None:
