@@ -147,3 +147,77 @@ def check_pool_spec(body: dict[str, Any], prefix: str = "") -> None:
         if clock.duration_seconds(str(timeout)) < 300:
             raise invalid_property(prefix + "resizeTimeout", timeout, "the minimum is 5 minutes")
     check_metadata(body.get("metadata"))
+
+
+# The JSON type of each property the emulator reads, so a wrong shape is a 400, never a crash.
+_SHAPES: dict[str, type | tuple[type, ...]] = {
+    "id": str,
+    "displayName": str,
+    "commandLine": str,
+    "vmSize": str,
+    "constraints": dict,
+    "poolInfo": dict,
+    "autoPoolSpecification": dict,
+    "pool": dict,
+    "virtualMachineConfiguration": dict,
+    "imageReference": dict,
+    "resourceFiles": list,
+    "outputFiles": list,
+    "environmentSettings": list,
+    "commonEnvironmentSettings": list,
+    "metadata": list,
+    "exitConditions": dict,
+    "exitCodes": list,
+    "exitCodeRanges": list,
+    "dependsOn": dict,
+    "taskIds": list,
+    "taskIdRanges": list,
+    "applicationPackageReferences": list,
+    "userIdentity": dict,
+    "taskSchedulingPolicy": dict,
+    "startTask": dict,
+    "maxTaskRetryCount": int,
+    "maxParallelTasks": int,
+    "priority": int,
+    "requiredSlots": int,
+    "taskSlotsPerNode": int,
+    "targetDedicatedNodes": int,
+    "targetLowPriorityNodes": int,
+    "enableAutoScale": bool,
+    "usesTaskDependencies": bool,
+    "allowTaskPreemption": bool,
+    "keepAlive": bool,
+    "maxWallClockTime": str,
+    "retentionTime": str,
+    "resizeTimeout": str,
+    "onAllTasksComplete": str,
+    "onTaskFailure": str,
+}
+
+
+def check_shape(value: Any, path: str = "") -> None:
+    """Reject a body whose properties have the wrong JSON type (400 InvalidPropertyValue)."""
+    if isinstance(value, dict):
+        for name, child in value.items():
+            where = f"{path}.{name}" if path else str(name)
+            expected = _SHAPES.get(str(name))
+            if child is not None and expected is not None:
+                wrong = isinstance(child, bool) and expected is int
+                if wrong or not isinstance(child, expected):
+                    kind = expected.__name__ if isinstance(expected, type) else "value"
+                    raise invalid_property(where, child, f"must be a JSON {_JSON_NAMES.get(kind, kind)}")
+            check_shape(child, where)
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            check_shape(child, f"{path}[{index}]")
+
+
+_JSON_NAMES = {"dict": "object", "list": "array", "str": "string", "int": "integer", "bool": "boolean"}
+
+
+def require_object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise BatchApiError(400, "InvalidRequestBody", "The specified Request Body is not syntactically valid.",
+                            {"Reason": "the body must be a JSON object"})  # fmt: skip
+    check_shape(body)
+    return body

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
-from local.batch import auth, clock
+from local.batch import auth, clock, ids
 from local.batch.errors import BatchApiError, conflict, not_found
 from local.batch.service import BatchService, Doc
 
@@ -73,6 +73,10 @@ class Request:
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise BatchApiError(400, "InvalidRequestBody", "The specified Request Body is not syntactically "
                                 "valid.") from None  # fmt: skip
+
+    def object(self) -> dict[str, Any]:
+        """The body as a JSON object with properties of the right JSON types (else 400)."""
+        return ids.require_object(self.json() if self.body else {})
 
     def header(self, name: str) -> str | None:
         lowered = name.lower()
@@ -179,7 +183,7 @@ class Api:
     # ---------------------------------------------------------------- pools
 
     def pool_add(self, request: Request) -> Response:
-        return _created(self.service.create_pool(request.json()))
+        return _created(self.service.create_pool(request.object()))
 
     def pool_list(self, request: Request) -> Response:
         return _page(request, "pools", self.service.list_pools(request.query))
@@ -197,15 +201,15 @@ class Api:
         return Response(202)
 
     def pool_patch(self, request: Request) -> Response:
-        self.service.update_pool(request.params["pool"], request.json(), replace=False)
+        self.service.update_pool(request.params["pool"], request.object(), replace=False)
         return Response(200, None, _entity_headers(self.service.get_pool(request.params["pool"])))
 
     def pool_update_properties(self, request: Request) -> Response:
-        self.service.update_pool(request.params["pool"], request.json(), replace=True)
+        self.service.update_pool(request.params["pool"], request.object(), replace=True)
         return Response(204)
 
     def pool_resize(self, request: Request) -> Response:
-        self.service.resize_pool(request.params["pool"], request.json())
+        self.service.resize_pool(request.params["pool"], request.object())
         return Response(202)
 
     def pool_stop_resize(self, request: Request) -> Response:
@@ -225,7 +229,7 @@ class Api:
     # ---------------------------------------------------------------- jobs
 
     def job_add(self, request: Request) -> Response:
-        return _created(self.service.create_job(request.json()))
+        return _created(self.service.create_job(request.object()))
 
     def job_list(self, request: Request) -> Response:
         return _page(request, "jobs", self.service.list_jobs(request.query))
@@ -235,13 +239,13 @@ class Api:
 
     def job_patch(self, request: Request) -> Response:
         self.service.update_job(
-            request.params["job"], request.json(), replace=False, if_match=request.header("If-Match")
+            request.params["job"], request.object(), replace=False, if_match=request.header("If-Match")
         )
         return Response(200, None, _entity_headers(self.service.get_job(request.params["job"])))
 
     def job_update(self, request: Request) -> Response:
         self.service.update_job(
-            request.params["job"], request.json(), replace=True, if_match=request.header("If-Match")
+            request.params["job"], request.object(), replace=True, if_match=request.header("If-Match")
         )
         return Response(200, None, _entity_headers(self.service.get_job(request.params["job"])))
 
@@ -250,13 +254,13 @@ class Api:
         return Response(202)
 
     def job_terminate(self, request: Request) -> Response:
-        body = request.json() if request.body else {}
+        body = request.object() if request.body else {}
         reason = body.get("terminateReason") if isinstance(body, dict) else None
         self.service.terminate_job(request.params["job"], reason, if_match=request.header("If-Match"))
         return Response(202)
 
     def job_disable(self, request: Request) -> Response:
-        body = request.json()
+        body = request.object()
         self.service.disable_job(request.params["job"], body.get("disableTasks") if isinstance(body, dict) else None)
         return Response(202)
 
@@ -271,20 +275,20 @@ class Api:
     # ---------------------------------------------------------------- tasks
 
     def task_add(self, request: Request) -> Response:
-        return _created(self.service.create_task(request.params["job"], request.json()))
+        return _created(self.service.create_task(request.params["job"], request.object()))
 
     def task_list(self, request: Request) -> Response:
         return _page(request, "tasks", self.service.list_tasks(request.params["job"], request.query))
 
     def task_add_collection(self, request: Request) -> Response:
-        results = self.service.create_task_collection(request.params["job"], request.json())
+        results = self.service.create_task_collection(request.params["job"], request.object())
         return Response(200, {"odata.metadata": f"{request.base_url}/$metadata#taskaddresult", "value": results})
 
     def task_get(self, request: Request) -> Response:
         return _element(request, "tasks", self.service.get_task(request.params["job"], request.params["task"]))
 
     def task_update(self, request: Request) -> Response:
-        self.service.update_task(request.params["job"], request.params["task"], request.json(),
+        self.service.update_task(request.params["job"], request.params["task"], request.object(),
                                  if_match=request.header("If-Match"))  # fmt: skip
         return Response(200, None, _entity_headers(self.service.get_task(request.params["job"],
                                                                           request.params["task"])))  # fmt: skip

@@ -89,3 +89,28 @@ def test_missing_api_version_is_400(emulator: Emulator) -> None:
         client.send_request(HttpRequest("GET", f"{emulator.url}/jobs"))
     assert raised.value.status_code == 400
     assert raised.value.error is not None and raised.value.error.code == "MissingRequiredQueryParameter"
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"{not json", "InvalidRequestBody"),
+        (b"[1, 2]", "InvalidRequestBody"),
+        (b'{"id": "j", "poolInfo": {"poolId": "p"}, "constraints": "PT1H"}', "InvalidPropertyValue"),
+        (b'{"id": "j", "poolInfo": {"poolId": "p"}, "priority": "high"}', "InvalidPropertyValue"),
+        (b'{"id": "j", "poolInfo": "p"}', "InvalidPropertyValue"),
+        (b'{"id": 7, "poolInfo": {"poolId": "p"}}', "InvalidPropertyValue"),
+    ],
+)
+def test_malformed_bodies_are_400_never_500(emulator: Emulator, body: bytes, code: str) -> None:
+    client = client_for(emulator)
+    request = HttpRequest(
+        "POST",
+        f"{emulator.url}/jobs?api-version={API_VERSION}",
+        content=body,
+        headers={"Content-Type": "application/json; odata=minimalmetadata"},
+    )
+    with pytest.raises(HttpResponseError) as raised:
+        client.send_request(request)
+    assert raised.value.status_code == 400
+    assert raised.value.error is not None and raised.value.error.code == code
