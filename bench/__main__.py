@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import queue
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.scenarios import SCENARIOS, ScenarioConfig
+from bench.scenarios import SCENARIOS, ScenarioConfig, run_in_child
 from local.stack import start_azurite, start_emulator
 
 RESULTS = Path(__file__).parent / "results" / "latest.json"
@@ -31,18 +32,23 @@ ROWS = [
 ]
 
 
-def _child(name: str, config: ScenarioConfig, results: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
-    results.put(SCENARIOS[name](config))
-
-
 def run_scenario(name: str, config: ScenarioConfig) -> dict[str, float]:
     context = multiprocessing.get_context("spawn")
     results: multiprocessing.Queue = context.Queue()  # type: ignore[type-arg]
-    process = context.Process(target=_child, args=(name, config, results))
+    process = context.Process(target=run_in_child, args=(name, config, results))
     process.start()
-    outcome: dict[str, float] = results.get(timeout=config.timeout_seconds)
-    process.join(timeout=30)
-    return outcome
+    deadline = time.monotonic() + config.timeout_seconds
+    while time.monotonic() < deadline:
+        try:
+            outcome: dict[str, float] = results.get(timeout=5)
+        except queue.Empty:
+            if not process.is_alive():
+                raise RuntimeError(f"scenario {name} died with exit code {process.exitcode}") from None
+            continue
+        process.join(timeout=30)
+        return outcome
+    process.kill()
+    raise RuntimeError(f"scenario {name} ran past {config.timeout_seconds} s")
 
 
 def table(report: dict[str, dict[str, float]]) -> str:

@@ -14,16 +14,17 @@ from pathlib import Path
 from typing import Any
 
 from azure.batch import BatchClient
-from azure.batch import models as batch_models
 from azure.core.credentials import AzureNamedKeyCredential
 from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueClient
 
 from bench.baseline import Baseline
 from local.stack import Emulator
+from shared.batch import AzureBatch
 from shared.collect import collect
 from shared.gateways import Gateways, build_gateways
 from shared.messages import decode_completion
+from shared.pipelines import PoolSpec
 from shared.poll import poll
 from shared.settings import load_settings
 from shared.storage import AzureBlobs
@@ -100,7 +101,7 @@ def _gateways(config: ScenarioConfig, names: dict[str, str], workdir: Path) -> G
     pipelines = {
         "pipelines": [
             {
-                "name": "bench",
+                "name": f"bench-{names['pool'][5:]}",
                 "command": COMMAND,
                 "outputs": ["**/*"],
                 "pool": {"id": names["pool"], "dedicated_nodes": config.nodes, "task_slots_per_node": config.slots},
@@ -176,6 +177,7 @@ def _run_batchdrop(
     manifests_done = time.monotonic() - started
     stats = emulator.stats()
     total = int(stats["total"])  # type: ignore[call-overload]
+    print(f"  {tag}: requests by operation {stats['requests']}", flush=True)
     emulator.reset_stats()
     poll(gw)  # steady state: the job holds every task, all collected
     poll_requests = int(emulator.stats()["total"])  # type: ignore[call-overload]
@@ -236,10 +238,9 @@ def baseline(config: ScenarioConfig) -> dict[str, float]:
     for role in ("staging", "results"):
         service.create_container(names[role])
     client = BatchClient(config.batch_url, AzureNamedKeyCredential(config.batch_account, config.batch_key))
-    client.create_pool(batch_models.BatchPoolCreateOptions(
-        id=names["pool"], vm_size="standard_d2s_v3", target_dedicated_nodes=config.nodes,
-        task_slots_per_node=config.slots,
-    ))  # fmt: skip
+    AzureBatch(client).ensure_pool(
+        PoolSpec(id=names["pool"], dedicated_nodes=config.nodes, task_slots_per_node=config.slots)
+    )
     naive = Baseline(client, service, AzureBlobs.from_connection_string(config.connection_string),
                      f"job-{names['pool']}", names["pool"], names, BASELINE_COMMAND)  # fmt: skip
     emulator = _emulator(config)
@@ -265,3 +266,8 @@ SCENARIOS: dict[str, Callable[[ScenarioConfig], dict[str, float]]] = {
     "batchdrop_sweep": batchdrop_sweep,
     "baseline": baseline,
 }
+
+
+def run_in_child(name: str, config: ScenarioConfig, results: Any) -> None:
+    """Entry point of a scenario's own process (so its peak RSS is its own)."""
+    results.put(SCENARIOS[name](config))

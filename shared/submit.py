@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -23,6 +24,9 @@ from shared.models import (
 from shared.pipelines import APP_DIR, OUTPUT_DIR, PipelineSpec, RoutingConflict, route
 
 logger = logging.getLogger(__name__)
+CLAIM_FRESH = timedelta(minutes=2)
+# One job creation at a time per process: concurrent first events for a new job make one Batch call.
+_job_creation = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -83,7 +87,7 @@ def sweep(gw: Gateways) -> SweepReport:
         if ids.task_id(container, blob.name, blob.etag) in known:
             continue
         try:
-            prepared = _claim(gw, blob)
+            prepared = _claim(gw, blob, take_over=True)
         except RejectedInput as rejection:
             gw.ledger.record_rejection(f"{container}/{blob.name}", str(rejection))
             rejected += 1
@@ -111,8 +115,13 @@ def sweep(gw: Gateways) -> SweepReport:
     return SweepReport(listed, submitted, skipped, rejected)
 
 
-def _claim(gw: Gateways, blob: BlobRef) -> tuple[InputRecord, PipelineSpec] | SubmitOutcome:
-    """Validate, route and claim the input's ledger row; an outcome when there is nothing to submit."""
+def _claim(
+    gw: Gateways, blob: BlobRef, take_over: bool = False
+) -> tuple[InputRecord, PipelineSpec] | SubmitOutcome:
+    """Validate, route and claim the input's ledger row; an outcome when there is nothing to submit.
+
+    `take_over` (the sweep) also finishes inputs that another submitter claimed but has not confirmed.
+    """
     task_id = ids.task_id(blob.container, blob.name, blob.etag)
     base = InputRecord(task_id, blob.container, blob.name, ids.normalise_etag(blob.etag), "", "", InputState.CLAIMED)
     reason = ids.check_blob_name(blob.name)
@@ -137,21 +146,30 @@ def _claim(gw: Gateways, blob: BlobRef) -> tuple[InputRecord, PipelineSpec] | Su
     stored, created = gw.ledger.claim_input(replace(base, pipeline=pipeline.name, job_id=job_id))
     if not created and stored.state is not InputState.CLAIMED:
         return SubmitOutcome(blob.name, "duplicate", stored.task_id, stored.job_id)
+    if not created and not take_over and _claim_is_fresh(gw, stored):
+        # Another instance is submitting this very input now; if it dies, the sweep finishes the job.
+        return SubmitOutcome(blob.name, "in-progress", stored.task_id, stored.job_id)
     return stored, pipeline
+
+
+def _claim_is_fresh(gw: Gateways, record: InputRecord) -> bool:
+    return record.updated_at is not None and gw.clock() - record.updated_at < CLAIM_FRESH
 
 
 def _ensure_job(gw: Gateways, record: InputRecord, pipeline: PipelineSpec) -> InputRecord:
     """Make sure the record's job exists in Batch and the ledger; late inputs move to an open job."""
     job = gw.ledger.get_job(record.job_id)
-    if job is not None and job.state is JobState.ACTIVE:
+    if job is None:
+        with _job_creation:
+            job = gw.ledger.get_job(record.job_id)
+            if job is None:
+                gw.batch.ensure_pool(pipeline.pool)
+                gw.batch.ensure_job(record.job_id, pipeline)
+                window_end = _window_end_of(gw, record.job_id, pipeline)
+                job, _ = gw.ledger.claim_job(JobRecord(record.job_id, pipeline.name, window_end))
+    if job.state is JobState.ACTIVE:
         return record
-    if job is not None:
-        return _move_to_open_job(gw, record, pipeline)
-    gw.batch.ensure_pool(pipeline.pool)
-    gw.batch.ensure_job(record.job_id, pipeline)
-    window_end = _window_end_of(gw, record.job_id, pipeline)
-    gw.ledger.claim_job(JobRecord(record.job_id, pipeline.name, window_end))
-    return record
+    return _move_to_open_job(gw, record, pipeline)
 
 
 def _window_end_of(gw: Gateways, job_id: str, pipeline: PipelineSpec) -> datetime:

@@ -148,3 +148,17 @@ def test_late_input_for_a_terminated_job_moves_to_an_open_job(world: World) -> N
 
 def first_created(world: World):  # type: ignore[no-untyped-def]
     return world.clock() - timedelta(hours=2)
+
+
+def test_a_fresh_claim_by_another_submitter_is_left_to_it_and_to_the_sweep(world: World) -> None:
+    blob = world.blobs.put("input", "a.txt")
+    world.batch.fail_next = [RuntimeError("the first submitter dies after claiming")]
+    with pytest.raises(RuntimeError):
+        submit(world.gw, blob)
+    (row,) = world.ledger.input_rows.values()
+    row.updated_at = world.clock()  # claimed just now
+    assert submit(world.gw, blob).action == "in-progress"
+    assert world.batch.all_tasks() == []
+    world.clock.advance(minutes=3)  # a stale claim is taken over by the next event ...
+    assert submit(world.gw, blob).action == "created"
+    assert len(world.batch.all_tasks()) == 1
