@@ -238,7 +238,11 @@ def _check_parameters(name: str, user_function: Callable[..., Any], trigger_arg:
 def read_functions(app: FunctionApp, settings: AppSettings) -> list[FunctionSpec]:
     """Every function of the app with its trigger and outputs; StartupError names what is wrong."""
     # get_functions() may be called once per app object: a second call raises.
-    functions = [_read_function(function, settings) for function in app.get_functions()]
+    try:
+        declared = app.get_functions()
+    except Exception as error:  # the library's own indexing checks (no trigger, duplicate names, ...)
+        raise StartupError(f"the app's functions cannot be read: {error}") from error
+    functions = [_read_function(function, settings) for function in declared]
     _check_unique(spec.name for spec in functions)
     return functions
 

@@ -102,6 +102,8 @@ class BlobTriggers:
                 missing = True
             except AzureError as error:
                 logger.warning("%s: scanning '%s' failed: %s", spec.name, trigger.container, error)
+            except Exception:
+                logger.exception("%s: scanning '%s' failed", spec.name, trigger.container)
             self.stopping.wait(self.scan_seconds)
 
     def _dispatch_all(self, spec: FunctionSpec, receipts: Receipts,

@@ -28,7 +28,7 @@ from .invocation import Invoker
 from .queues import QueueListener, queue_trigger_handler
 from .routes import Router
 from .server import HostServer, WebRequest
-from .settings import AppSettings, HostOptions
+from .settings import AppSettings, HostOptions, StartupError
 from .storage import StorageAccounts
 from .timers import Timers
 from .webhooks import BLOBS_PATH, EVENT_GRID_PATH, Webhooks, WebResponse, error_response, json_response
@@ -36,6 +36,7 @@ from .webhooks import BLOBS_PATH, EVENT_GRID_PATH, Webhooks, WebResponse, error_
 logger = logging.getLogger(__name__)
 
 HOST_ID_SETTING = "AzureFunctionsWebHost__hostid"
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,9 @@ class DevHost:
     """Build with the app (its get_functions() is called here, once), then start() and stop()."""
 
     def __init__(self, app: FunctionApp, config: HostConfig, settings: AppSettings) -> None:
+        if config.host not in LOOPBACK:
+            raise StartupError(f"--host {config.host}: the dev host enforces no function keys, so it "
+                               f"binds a loopback address only ({', '.join(sorted(LOOPBACK))})")
         self.config = config
         self.functions = read_functions(app, settings)
         self.host_id = config.host_id or default_host_id(settings)

@@ -97,6 +97,12 @@ class Timers:
         return trigger.schedule.next_after(first) - first >= dt.timedelta(minutes=1)
 
     def _run_forever(self, spec: FunctionSpec) -> None:
+        try:
+            self._run_schedule(spec)
+        except Exception:
+            logger.exception("%s: the timer stopped", spec.name)
+
+    def _run_schedule(self, spec: FunctionSpec) -> None:
         trigger = _trigger(spec)
         status = _ScheduleStatus(self._status_path(spec))
         now = _now()

@@ -20,7 +20,7 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import QueueClient
 
 from local.stack import PROJECT_ROOT
-from tests.host.conftest import SAMPLE_APP, SampleHost, StartSample, sample_settings, wait_for
+from tests.host.conftest import SAMPLE_APP, SampleHost, StartSample, read_records, sample_settings, wait_for
 
 
 def request(url: str, method: str = "GET", body: Any = None, headers: dict[str, str] | None = None,
@@ -241,8 +241,13 @@ def test_exactly_one_ready_line_and_a_clean_exit_on_sigterm(azurite: Any, tmp_pa
         assert process.stdout is not None
         line = process.stdout.readline()
         assert line.startswith("READY http://127.0.0.1:") and line.endswith("\n")
-        status, _, body = request(f"{line.split()[1]}/admin/host/status")
+        url = line.split()[1]
+        status, _, body = request(f"{url}/admin/host/status")
         assert status == 200 and json.loads(body)["state"] == "Running"
+        # The yearly timer ran once at startup (run_on_startup); the admin endpoint runs it again now.
+        wait_for(lambda: len(read_records(tmp_path, "tick")) == 1, 5, "the startup tick")
+        assert request(f"{url}/admin/functions/tick", "POST", {"input": ""})[0] == 202
+        wait_for(lambda: len(read_records(tmp_path, "tick")) == 2, 5, "the manual tick")
         process.terminate()
         assert process.wait(timeout=15) == 0
         assert process.stdout.read() == ""

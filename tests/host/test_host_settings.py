@@ -142,3 +142,34 @@ def test_a_trigger_parameter_annotated_str_gets_the_body(tmp_path: Path) -> None
     invoker = Invoker(StorageAccounts(AppSettings({})), "base64")
     message = FunctionsQueueMessage(id="1", body=b"hello")  # type: ignore[no-untyped-call]
     assert invoker.invoke(spec, message, reason="test") == "HELLO"
+
+
+def test_the_host_binds_loopback_only(tmp_path: Path) -> None:
+    with pytest.raises(StartupError, match="binds a loopback address only"):
+        DevHost(sample_app.build_app(), HostConfig(state_dir=tmp_path, host="0.0.0.0"), AppSettings(SAMPLE_SETTINGS))
+
+
+def test_the_libraries_own_indexing_errors_stop_the_host() -> None:
+    app = func.FunctionApp()
+
+    @app.route(route="a")
+    def twice(req: func.HttpRequest) -> str:
+        return "a"
+
+    app.get_functions()  # a second call raises inside azure.functions
+    with pytest.raises(StartupError, match="the app's functions cannot be read"):
+        read_functions(app, AppSettings({}))
+
+
+def test_async_functions_are_awaited() -> None:
+    app = func.FunctionApp()
+
+    @app.route(route="hello")
+    async def hello(req: func.HttpRequest) -> func.HttpResponse:
+        return func.HttpResponse(f"hello {req.params['who']}")
+
+    [spec] = read_functions(app, AppSettings({}))
+    invoker = Invoker(StorageAccounts(AppSettings({})), "base64")
+    request = func.HttpRequest(method="GET", url="http://127.0.0.1/api/hello?who=you", params={"who": "you"},
+                               body=b"")
+    assert invoker.invoke(spec, request, reason="test").get_body() == b"hello you"
