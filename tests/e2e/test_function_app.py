@@ -1,0 +1,123 @@
+"""function_app.py, unchanged, under the dev host, on Azurite and the Batch emulator: drop files, get results."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from azure.batch import BatchClient
+from azure.core.credentials import AzureNamedKeyCredential
+from azure.storage.blob import BlobServiceClient
+
+from local.stack import PROJECT_ROOT, Stack, app_settings, start_azurite, start_emulator, start_host
+
+pytestmark = pytest.mark.e2e
+
+INPUTS = {
+    "hello.txt": b"hello world\nsecond line\n",
+    "dir/with space ü.csv": b"a,b\n1,2\n",
+    "$(touch pwned) `id`; rm -rf ~": b"hostile name, harmless content\n",
+    "broken.txt": b"#fail\nthis one fails on purpose\n",
+}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    workdir = tmp_path_factory.mktemp("e2e")
+    azurite = start_azurite(workdir)
+    emulator = start_emulator(workdir)
+    running = Stack(azurite, emulator)
+    try:
+        service = BlobServiceClient.from_connection_string(azurite.connection_string)
+        for container in ("input", "apps", "staging", "results"):
+            service.create_container(container)
+        apps = service.get_container_client("apps")
+        apps.upload_blob("report/report.py", (PROJECT_ROOT / "apps/report/report.py").read_bytes())
+        settings = app_settings(azurite, emulator, {
+            "BATCHDROP_SWEEP_SCHEDULE": "*/10 * * * * *",
+            "BATCHDROP_POLL_SCHEDULE": "*/1 * * * * *",
+            "BATCHDROP_POLL_OVERLAP_SECONDS": "5",
+        })  # fmt: skip
+        running.host = start_host(workdir, "function_app:app", settings, ["--blob-scan-seconds", "1"])
+        yield running
+    finally:
+        running.stop()
+
+
+def manifests(service: BlobServiceClient) -> dict[str, dict[str, object]]:
+    results = service.get_container_client("results")
+    found = {}
+    for blob in results.list_blobs():
+        if blob.name.endswith("/_manifest.json"):
+            found[blob.name[: -len("/_manifest.json")]] = json.loads(results.download_blob(blob.name).readall())
+    return found
+
+
+def wait_for_manifests(
+    service: BlobServiceClient, names: set[str], timeout: float = 150
+) -> dict[str, dict[str, object]]:
+    deadline = time.monotonic() + timeout
+    found: dict[str, dict[str, object]] = {}
+    while time.monotonic() < deadline:
+        found = manifests(service)
+        if names <= set(found):
+            return found
+        time.sleep(1)
+    raise AssertionError(f"manifests after {timeout} s: {sorted(found)}; wanted {sorted(names)}")
+
+
+def post_event(stack: Stack, name: str) -> int:
+    assert stack.host is not None
+    event = [{
+        "id": f"evt-{name}", "eventType": "Microsoft.Storage.BlobCreated", "subject":
+        f"/blobServices/default/containers/input/blobs/{name}", "eventTime": datetime.now(UTC).isoformat(),
+        "dataVersion": "", "topic": "/subscriptions/x/storageAccounts/devstoreaccount1",
+        "data": {"url": f"{stack.azurite.blob_endpoint}/input/{urllib.request.quote(name)}", "api": "PutBlob"},
+    }]  # fmt: skip
+    request = urllib.request.Request(
+        f"{stack.host.url}/runtime/webhooks/EventGrid?functionName=ingest_event",
+        data=json.dumps(event).encode(),
+        headers={"aeg-event-type": "Notification", "Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+        return int(response.status)
+
+
+def test_dropped_files_get_exactly_one_manifest_each(stack: Stack) -> None:
+    service = BlobServiceClient.from_connection_string(stack.azurite.connection_string)
+    inputs = service.get_container_client("input")
+    for name, data in INPUTS.items():
+        inputs.upload_blob(name, data)
+    # Event Grid delivers the same uploads again, on top of the blob trigger and the sweep.
+    assert post_event(stack, "hello.txt") in (200, 202)
+    found = wait_for_manifests(service, set(INPUTS))
+
+    for name, data in INPUTS.items():
+        manifest = found[name]
+        assert manifest["input"] == name
+        if name == "broken.txt":
+            assert manifest["status"] == "failed"
+            assert manifest["exit_code"] == 3
+            assert manifest["stderr_tail"]
+        else:
+            assert manifest["status"] == "succeeded", manifest
+            report = json.loads(service.get_container_client("results").download_blob(f"{name}/report.json").readall())
+            assert report["bytes"] == len(data)
+    assert not (PROJECT_ROOT / "pwned").exists()
+
+    batch = BatchClient(stack.emulator.url, AzureNamedKeyCredential(stack.emulator.account_name,
+                                                                    stack.emulator.account_key))  # fmt: skip
+    task_ids = [task.id for job in batch.list_jobs() for task in batch.list_tasks(job.id, select=["id"])]
+    assert len(task_ids) == len(set(task_ids)) == len(INPUTS)
+
+    assert stack.host is not None
+    with urllib.request.urlopen(f"{stack.host.url}/api/status", timeout=30) as response:  # noqa: S310
+        status = json.load(response)
+    assert status["totals"]["collected"] == len(INPUTS)
+    assert status["totals"]["failed"] == 1
