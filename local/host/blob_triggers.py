@@ -22,6 +22,14 @@ logger = logging.getLogger(__name__)
 DISPATCH_THREADS = 16
 
 
+def _describe(received: ReceivedMessage) -> str:
+    try:
+        message = TriggerMessage.from_json(received.body)
+    except (ValueError, KeyError, TypeError):
+        return f"message {received.id}"
+    return f"blob {message.blob.container}/{message.blob.name} for {message.function_id}"
+
+
 def _trigger(spec: FunctionSpec) -> BlobTrigger:
     assert isinstance(spec.trigger, BlobTrigger)
     return spec.trigger
@@ -52,7 +60,7 @@ class BlobTriggers:
         for connection, receipts in self.receipts.items():
             listener = QueueListener(
                 f"blobtrigger[{connection}]", receipts.dispatch_queue, receipts.poison_queue,
-                self.options, self._handler(receipts), self.stopping)
+                self.options, self._handler(receipts), self.stopping, describe=_describe)
             listener.start()
             self.listeners.append(listener)
         for spec in self.functions.values():

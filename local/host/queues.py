@@ -55,7 +55,8 @@ class QueueListener:
     """Polls one queue and hands each message to `handle`; a raise means "retry, then poison"."""
 
     def __init__(self, label: str, queue: QueueClient, poison: QueueClient, options: HostOptions,
-                 handle: Handler, stopping: threading.Event, lease_seconds: int = LEASE_SECONDS) -> None:
+                 handle: Handler, stopping: threading.Event, lease_seconds: int = LEASE_SECONDS,
+                 describe: Callable[[ReceivedMessage], str] | None = None) -> None:
         self.label = label
         self.queue = queue
         self.poison = poison
@@ -63,6 +64,7 @@ class QueueListener:
         self.handle = handle
         self.stopping = stopping
         self.lease_seconds = lease_seconds
+        self.describe = describe or (lambda received: f"message {received.id}")
         self._leases: dict[str, _Lease] = {}
         self._changed = threading.Condition()
         self._threads: list[threading.Thread] = []
@@ -178,13 +180,13 @@ class QueueListener:
         if succeeded:
             self.queue.delete_message(received.id, pop_receipt=pop_receipt)
         elif received.dequeue_count >= self.options.max_dequeue_count:
-            logger.error("%s: message %s failed %d times; moving it to %s", self.label, received.id,
+            logger.error("%s: %s failed %d times; moving it to %s", self.label, self.describe(received),
                          received.dequeue_count, self.poison.queue_name)
             self._to_poison(received.id, received.content, pop_receipt)
         else:
             delay = self.options.retry_delay(received.dequeue_count)
-            logger.warning("%s: message %s failed (attempt %d of %d); retrying in %ss", self.label,
-                           received.id, received.dequeue_count, self.options.max_dequeue_count, delay)
+            logger.warning("%s: %s failed (attempt %d of %d); retrying in %ss", self.label,
+                           self.describe(received), received.dequeue_count, self.options.max_dequeue_count, delay)
             self.queue.update_message(received.id, pop_receipt=pop_receipt, visibility_timeout=int(delay))
 
     def _to_poison(self, message_id: str, content: str, pop_receipt: str) -> None:
