@@ -57,9 +57,12 @@ class Attempt:
     output_files: list[dict[str, Any]]
     wall_clock_seconds: float | None
     auto_storage_connection_string: str | None = None
+    task_dir_override: Path | None = None  # the start task runs in <node>/startup
 
     @property
     def task_dir(self) -> Path:
+        if self.task_dir_override is not None:
+            return self.task_dir_override
         return self.node_root / "workitems" / self.job_id / "job-1" / self.task_id
 
     @property

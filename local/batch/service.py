@@ -113,6 +113,7 @@ class BatchService:
         self.ready: dict[str, deque[str]] = {}
         self.waiting: dict[str, set[str]] = {}  # active tasks whose dependencies are not met yet
         self.runs: dict[tuple[str, str], Run] = {}
+        self.start_task_pids: dict[tuple[str, str], int] = {}
         self.retention: list[tuple[datetime, str, str, int]] = []
         self._seq = 0
         self._stopping = False
@@ -133,6 +134,7 @@ class BatchService:
         with self.lock:
             self._stopping = True
             pids = [run.process_pid for run in self.runs.values() if run.process_pid]
+            pids += list(self.start_task_pids.values())
             self.wakeup.notify_all()
         for pid in pids:
             runner.kill_tree(pid)
@@ -198,6 +200,9 @@ class BatchService:
                     node["stateTransitionTime"] = clock.stamp()
             if pool_key not in self.pools:
                 continue
+            for node_key, node in nodes.items():
+                if (node.get("startTaskInfo") or {}).get("state") == "running":
+                    self._launch_start_task(pool_key, node_key)
 
     def _kill_stale(self, pid: int, task: Doc) -> None:
         """Kill a task process group left by a previous emulator process, if it is still that task's."""
@@ -416,6 +421,8 @@ class BatchService:
                 nodes[ids.key(node_id)] = self._new_node(pool, node_id, dedicated)
                 mine.append(ids.key(node_id))
                 self._save_node(pool_key, ids.key(node_id))
+                if pool.get("startTask"):
+                    self._launch_start_task(pool_key, ids.key(node_id))
             if len(mine) > target:
                 # Remove idle nodes first; tasks on removed busy nodes are requeued (the default option).
                 mine.sort(key=lambda key: (nodes[key]["runningTasksCount"] > 0, key), reverse=False)
@@ -446,6 +453,82 @@ class BatchService:
             "nodeAgentInfo": {"version": "emulator", "lastUpdateTime": moment},
             "_seq": self._next_seq(),
         }
+
+    def _launch_start_task(self, pool_key: str, node_key: str) -> None:
+        """Run the pool's start task on a new node; with waitForSuccess the node takes no tasks until it succeeds."""
+        pool = self.pools[pool_key]
+        node = self.nodes[pool_key][node_key]
+        start_task = dict(pool["startTask"])
+        wait_for_success = start_task.get("waitForSuccess", True) is not False
+        moment = clock.stamp()
+        node["state"] = "waitingforstarttask" if wait_for_success else "idle"
+        node["stateTransitionTime"] = moment
+        node["startTask"] = copy.deepcopy(start_task)
+        node["startTaskInfo"] = {"state": "running", "startTime": moment, "retryCount": 0}
+        node_root = self.state_dir / "nodes" / str(node["id"])
+        startup = node_root / "startup"
+        env = self._base_environment(pool, node, node_root)
+        env.update({"AZ_BATCH_TASK_DIR": str(startup), "AZ_BATCH_TASK_WORKING_DIR": str(startup / "wd")})
+        for setting in start_task.get("environmentSettings") or []:
+            env[str(setting["name"])] = str(setting.get("value") or "")
+        attempt = runner.Attempt(
+            job_id="", task_id="", pool_id=str(pool["id"]), node_id=str(node["id"]), node_root=node_root,
+            command_line=str(start_task.get("commandLine") or ""), environment=env,
+            resource_files=copy.deepcopy(list(start_task.get("resourceFiles") or [])), output_files=[],
+            wall_clock_seconds=None, auto_storage_connection_string=self.auto_storage, task_dir_override=startup,
+        )  # fmt: skip
+        self._save_node(pool_key, node_key)
+        retries = int(start_task.get("maxTaskRetryCount") or 0)
+        self._executor.submit(self._run_start_task, pool_key, node_key, node["_seq"], attempt, retries)
+
+    def _run_start_task(
+        self, pool_key: str, node_key: str, node_seq: int, attempt: runner.Attempt, retries: int
+    ) -> None:
+        """Worker thread: run the start task (with its retries) and record startTaskInfo on the node."""
+        retry = 0
+        while True:
+            exit_code: int | None = None
+            failure: runner.Failure | None = None
+            try:
+                runner.prepare(attempt)
+                process = runner.launch(attempt)
+                with self.lock:
+                    self.start_task_pids[(pool_key, node_key)] = process.pid
+                exit_code, _ = runner.wait(process, None)
+                if exit_code != 0:
+                    failure = runner.Failure("usererror", "FailureExitCode",
+                                             "The task process exited with an unexpected exit code",
+                                             {"AdditionalErrorCode": "FailureExitCode"})  # fmt: skip
+            except runner.Failure as problem:
+                failure = problem
+            except Exception as problem:  # a worker thread's boundary: the node must not stay waiting forever
+                logger.exception("start task on node %s of pool %s crashed in the emulator", node_key, pool_key)
+                failure = runner.Failure("servererror", "Unknown", "An unknown error has occurred.",
+                                         {"Message": str(problem)[:500]})  # fmt: skip
+            with self.lock:
+                self.start_task_pids.pop((pool_key, node_key), None)
+                node = self.nodes.get(pool_key, {}).get(node_key)
+                if node is None or node["_seq"] != node_seq or self._stopping:
+                    return
+                info = node["startTaskInfo"]
+                if failure is not None and exit_code not in (None, 0) and retry < retries:
+                    retry += 1
+                    info["retryCount"] = retry
+                    info["lastRetryTime"] = clock.stamp()
+                    continue
+                moment = clock.stamp()
+                info.update({"state": "completed", "endTime": moment,
+                             "result": "success" if failure is None else "failure"})  # fmt: skip
+                if exit_code is not None:
+                    info["exitCode"] = exit_code
+                if failure is not None:
+                    info["failureInfo"] = failure.info()
+                if node["state"] == "waitingforstarttask":
+                    node["state"] = "idle" if failure is None else "starttaskfailed"
+                    node["stateTransitionTime"] = moment
+                self._save_node(pool_key, node_key)
+                self.wakeup.notify_all()
+                return
 
     def _remove_node(self, pool_key: str, node_key: str) -> None:
         for (job_key, task_key), run in list(self.runs.items()):
@@ -1179,36 +1262,47 @@ class BatchService:
         self._save_task(job_key, task_key)
         self._executor.submit(self._execute, job_key, task_key, attempt_number, attempt)
 
-    def _attempt(self, job: Doc, task: Doc, pool: Doc, node: Doc) -> runner.Attempt:
-        node_root = self.state_dir / "nodes" / str(node["id"])
-        task_dir = node_root / "workitems" / str(job["id"]) / "job-1" / str(task["id"])
+    def _base_environment(self, pool: Doc, node: Doc, node_root: Path) -> dict[str, str]:
+        """What any process on a Linux Batch node sees, before task-specific variables."""
         env: dict[str, str] = {}
-        for name in ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR", "SYSTEMROOT"):
+        for name in ("PATH", "LANG", "LC_ALL", "TZ", "TMPDIR"):
             if os.environ.get(name):
                 env[name] = os.environ[name]
         env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin")
-        env.update({
-            "HOME": str(node_root / "home"),
-            "USER": "_azbatch",
-            "AZ_BATCH_ACCOUNT_NAME": self.account_name,
-            "AZ_BATCH_ACCOUNT_URL": self.account_url,
-            "AZ_BATCH_POOL_ID": str(pool["id"]),
-            "AZ_BATCH_NODE_ID": str(node["id"]),
-            "AZ_BATCH_NODE_IS_DEDICATED": "true" if node["isDedicated"] else "false",
-            "AZ_BATCH_NODE_ROOT_DIR": str(node_root),
-            "AZ_BATCH_NODE_SHARED_DIR": str(node_root / "shared"),
-            "AZ_BATCH_NODE_STARTUP_DIR": str(node_root / "startup"),
-            "AZ_BATCH_NODE_STARTUP_WORKING_DIR": str(node_root / "startup" / "wd"),
-            "AZ_BATCH_NODE_MOUNTS_DIR": str(node_root / "fsmounts"),
-            "AZ_BATCH_JOB_ID": str(job["id"]),
-            "AZ_BATCH_TASK_ID": str(task["id"]),
-            "AZ_BATCH_TASK_DIR": str(task_dir),
-            "AZ_BATCH_TASK_WORKING_DIR": str(task_dir / "wd"),
-            "AZ_BATCH_TASK_USER": "_azbatch",
-            "AZ_BATCH_TASK_USER_IDENTITY": "PoolNonAdmin",
-            "AZ_BATCH_TASK_RETRY_COUNT": str(task["executionInfo"].get("retryCount", 0)),
-            "AZ_BATCH_RESERVED_EPHEMERAL_DISK_SPACE_BYTES": "1000000000",
-        })  # fmt: skip
+        env.update(
+            {
+                "HOME": str(node_root / "home"),
+                "USER": "_azbatch",
+                "AZ_BATCH_ACCOUNT_NAME": self.account_name,
+                "AZ_BATCH_ACCOUNT_URL": self.account_url,
+                "AZ_BATCH_POOL_ID": str(pool["id"]),
+                "AZ_BATCH_NODE_ID": str(node["id"]),
+                "AZ_BATCH_NODE_IS_DEDICATED": "true" if node["isDedicated"] else "false",
+                "AZ_BATCH_NODE_ROOT_DIR": str(node_root),
+                "AZ_BATCH_NODE_SHARED_DIR": str(node_root / "shared"),
+                "AZ_BATCH_NODE_STARTUP_DIR": str(node_root / "startup"),
+                "AZ_BATCH_NODE_STARTUP_WORKING_DIR": str(node_root / "startup" / "wd"),
+                "AZ_BATCH_NODE_MOUNTS_DIR": str(node_root / "fsmounts"),
+                "AZ_BATCH_TASK_USER": "_azbatch",
+                "AZ_BATCH_TASK_USER_IDENTITY": "PoolNonAdmin",
+                "AZ_BATCH_RESERVED_EPHEMERAL_DISK_SPACE_BYTES": "1000000000",
+            }
+        )
+        return env
+
+    def _attempt(self, job: Doc, task: Doc, pool: Doc, node: Doc) -> runner.Attempt:
+        node_root = self.state_dir / "nodes" / str(node["id"])
+        task_dir = node_root / "workitems" / str(job["id"]) / "job-1" / str(task["id"])
+        env = self._base_environment(pool, node, node_root)
+        env.update(
+            {
+                "AZ_BATCH_JOB_ID": str(job["id"]),
+                "AZ_BATCH_TASK_ID": str(task["id"]),
+                "AZ_BATCH_TASK_DIR": str(task_dir),
+                "AZ_BATCH_TASK_WORKING_DIR": str(task_dir / "wd"),
+                "AZ_BATCH_TASK_RETRY_COUNT": str(task["executionInfo"].get("retryCount", 0)),
+            }
+        )
         references = list(pool.get("applicationPackageReferences") or []) + list(
             task.get("applicationPackageReferences") or []
         )

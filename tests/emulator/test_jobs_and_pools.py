@@ -310,3 +310,40 @@ def test_operations_on_missing_jobs_are_404(batch: BatchClient) -> None:
     with pytest.raises(m.CreateTasksError) as collection:
         batch.create_tasks("no-such-job", [m.BatchTaskCreateOptions(id="t", command_line="true")])
     assert [e.error.code for e in collection.value.errors] == ["JobNotFound"]
+
+
+def test_start_task_runs_before_tasks_when_wait_for_success(batch: BatchClient, containers: object) -> None:
+    pool_id = unique("started")
+    start = m.BatchStartTask(
+        command_line="/bin/sh -c 'sleep 0.3; echo ready > $AZ_BATCH_NODE_SHARED_DIR/marker; echo $PWD'",
+        environment_settings=[m.EnvironmentSetting(name="X", value="1")],
+        wait_for_success=True,
+    )
+    batch.create_pool(m.BatchPoolCreateOptions(id=pool_id, **VM, target_dedicated_nodes=1, start_task=start))
+    assert next(iter(batch.list_nodes(pool_id))).state == m.BatchNodeState.WAITING_FOR_START_TASK
+    job_id = new_job(batch, pool_id)
+    batch.create_task(job_id, m.BatchTaskCreateOptions(id="t", command_line="cat ../../../../../shared/marker"))
+    done = wait_for_task(batch, job_id, "t")
+    assert done.execution_info is not None and done.execution_info.exit_code == 0
+    assert b"".join(batch.download_task_file(job_id, "t", "stdout.txt")) == b"ready\n"
+    node = next(iter(batch.list_nodes(pool_id)))
+    assert node.start_task_info is not None and node.start_task_info.exit_code == 0
+    assert node.start_task_info.state == m.BatchStartTaskState.COMPLETED
+    batch.begin_delete_pool(pool_id, polling_interval=0).result()  # type: ignore[arg-type]
+
+
+def test_failed_start_task_makes_the_node_unusable_for_tasks(batch: BatchClient) -> None:
+    pool_id = unique("broken")
+    start = m.BatchStartTask(command_line="false", wait_for_success=True, max_task_retry_count=1)
+    batch.create_pool(m.BatchPoolCreateOptions(id=pool_id, **VM, target_dedicated_nodes=1, start_task=start))
+    node = wait_until(
+        lambda: (n := next(iter(batch.list_nodes(pool_id)))).state == m.BatchNodeState.START_TASK_FAILED and n
+    )
+    assert node.start_task_info is not None and node.start_task_info.retry_count == 1
+    assert node.start_task_info.failure_info is not None
+    assert node.start_task_info.failure_info.code == "FailureExitCode"
+    job_id = new_job(batch, pool_id)
+    batch.create_task(job_id, m.BatchTaskCreateOptions(id="t", command_line="true"))
+    __import__("time").sleep(0.3)
+    assert batch.get_task(job_id, "t").state == m.BatchTaskState.ACTIVE
+    batch.begin_delete_pool(pool_id, polling_interval=0).result()  # type: ignore[arg-type]
