@@ -19,12 +19,12 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient, ContainerClient
@@ -68,6 +68,9 @@ def stack_file() -> Path:
 
 def demo_workdir() -> Path:
     return state_dir() / "demo"
+
+
+ServiceT = TypeVar("ServiceT", bound=local_stack.Service)
 
 
 class CliError(Exception):
@@ -186,19 +189,26 @@ def start_local_stack(workdir: Path, pipelines: Path, preferred_ports: bool) -> 
         raise CliError(f"pipelines file {pipelines} does not exist")
     workdir.mkdir(parents=True, exist_ok=True)
     started: list[local_stack.Service] = []
+
+    def start(starter: Callable[[], ServiceT]) -> ServiceT:
+        # A server's pid is known only once its start returns: hold Ctrl-C until then, so it can be stopped.
+        with deferred_interrupts() as received:
+            service = starter()
+            started.append(service)
+        if received:
+            raise Interrupted(received[0])
+        return service
+
     try:
         azurite_ports = None
         if preferred_ports and all(_port_free(port) for port in PREFERRED_AZURITE_PORTS):
             azurite_ports = PREFERRED_AZURITE_PORTS
-        azurite = local_stack.start_azurite(workdir, azurite_ports)
-        started.append(azurite)
-        emulator = local_stack.start_emulator(workdir)
-        started.append(emulator)
+        azurite = start(lambda: local_stack.start_azurite(workdir, azurite_ports))
+        emulator = start(lambda: local_stack.start_emulator(workdir))
         settings = local_stack.app_settings(azurite, emulator, {"BATCHDROP_PIPELINES_FILE": str(pipelines)})
         prepare_storage(azurite.connection_string)
         host_port = PREFERRED_HOST_PORT if preferred_ports and _port_free(PREFERRED_HOST_PORT) else 0
-        host = local_stack.start_host(workdir, HOST_APP, settings, port=host_port)
-        started.append(host)
+        host = start(lambda: local_stack.start_host(workdir, HOST_APP, settings, port=host_port))
     except BaseException:
         for service_started in reversed(started):
             stop_service(service_started)
@@ -255,6 +265,23 @@ def upload_apps(container: ContainerClient, apps_dir: Path) -> list[str]:
     if not names:
         raise CliError(f"{_shown(apps_dir)} holds no application files to upload")
     return names
+
+
+@contextlib.contextmanager
+def deferred_interrupts() -> Iterator[list[str]]:
+    """Record Ctrl-C and SIGTERM instead of raising; the caller raises once it is safe."""
+    received: list[str] = []
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        received.append(signal.Signals(signum).name)
+
+    previous_int = signal.signal(signal.SIGINT, hold)
+    previous_term = signal.signal(signal.SIGTERM, hold)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGINT, previous_int)
+        signal.signal(signal.SIGTERM, previous_term)
 
 
 def _raise_interrupted(signum: int, frame: FrameType | None) -> NoReturn:
@@ -316,9 +343,15 @@ def stop_service(service: local_stack.Service) -> None:
 
 
 def stop_stack(running: local_stack.Stack) -> None:
-    """Stop in reverse start order: the host still needs storage and Batch while it stops."""
-    for service in reversed(running.services()):
-        stop_service(service)
+    """Stop in reverse start order (the host still needs storage and Batch while it stops), deaf to a second Ctrl-C."""
+    previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous_term = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        for service in reversed(running.services()):
+            stop_service(service)
+    finally:
+        signal.signal(signal.SIGINT, previous_int)
+        signal.signal(signal.SIGTERM, previous_term)
 
 
 def describe_stack(info: StackInfo) -> list[str]:
