@@ -19,7 +19,8 @@ What it does, and where it differs from the Functions host:
   `azure-webjobs-hosts/blobreceipts/<hostId>/Host.Functions.<name>/<"etag">/<container>/<blob>` and
   a message on `azure-webjobs-blobtrigger-<hostId>`; that queue runs the function (5 tries, then
   `webjobs-blobtrigger-poison`), all in the trigger's own storage account. The host id is the
-  setting AzureFunctionsWebHost__hostid, else the machine name: hosts sharing one share the work.
+  setting AzureFunctionsWebHost__hostid, else the machine name plus a digest of --state-dir (so a
+  restart with the same state directory keeps its receipts; hosts sharing an id share the work).
   The function gets a `func.blob.InputStream` that downloads only as it is read.
   `POST /runtime/webhooks/blobs?functionName=Host.Functions.<name>` takes Event Grid pushes.
 - Queue triggers: batches of host.json batchSize, invisible 60 s and renewed while running; a

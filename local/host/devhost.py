@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import signal
@@ -52,12 +53,19 @@ class HostConfig:
     shutdown_seconds: float = 5.0
 
 
-def default_host_id(settings: AppSettings) -> str:
-    """As the Functions host derives it locally: the machine name, lowercased, at most 32 characters."""
+def default_host_id(settings: AppSettings, state_dir: Path) -> str:
+    """AzureFunctionsWebHost__hostid if set, else the machine name and a digest of the state directory.
+
+    The Functions host uses the machine (or site) name, so that instances of one app share work.
+    Here two hosts on one machine are usually different apps or tests against one storage account,
+    so each state directory is its own host; a restart with the same directory keeps its receipts.
+    """
     configured = settings.get(HOST_ID_SETTING)
-    raw = configured or socket.gethostname()
-    host_id = re.sub(r"[^a-z0-9-]", "", raw.lower())[:32].strip("-")
-    return host_id or "localhost"
+    if configured:
+        return re.sub(r"[^a-z0-9-]", "", configured.lower())[:32].strip("-") or "localhost"
+    machine = re.sub(r"[^a-z0-9-]", "", socket.gethostname().lower())[:23].strip("-") or "localhost"
+    digest = hashlib.sha256(str(state_dir.resolve()).encode("utf-8")).hexdigest()[:8]
+    return f"{machine}-{digest}"
 
 
 class DevHost:
@@ -69,7 +77,7 @@ class DevHost:
                                f"binds a loopback address only ({', '.join(sorted(LOOPBACK))})")
         self.config = config
         self.functions = read_functions(app, settings)
-        self.host_id = config.host_id or default_host_id(settings)
+        self.host_id = config.host_id or default_host_id(settings, config.state_dir)
         self.stopping = threading.Event()
         self.accounts = StorageAccounts(settings)
         options = config.options

@@ -104,10 +104,9 @@ def start_sample(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -> 
         record_dir.mkdir(parents=True, exist_ok=True)
         container = container or f"in-{token}"
         queue = queue or f"q-{token}"
-        # Hosts sharing a host id share the blob-trigger queue and receipts (as on Azure); tests that
-        # run side by side must not take each other's blobs, so each host gets its own unless told.
-        env = {**sample_settings(azurite, record_dir, container, queue),
-               "AzureFunctionsWebHost__hostid": f"test-{token}", **(settings or {})}
+        # Each workdir (state directory) is its own host id, so side-by-side hosts do not take each
+        # other's blob-trigger messages; a test that restarts "the same" host passes the id itself.
+        env = {**sample_settings(azurite, record_dir, container, queue), **(settings or {})}
         service = start_host(workdir, SAMPLE_APP, env, extra_args)
         started.append(service)
         return SampleHost(service, azurite, workdir, record_dir, container, queue)

@@ -108,10 +108,14 @@ def test_a_missing_connection_fails_at_startup(tmp_path: Path) -> None:
         DevHost(sample_app.build_app(), HostConfig(state_dir=tmp_path), AppSettings(settings))
 
 
-def test_host_id_is_a_sanitised_machine_name() -> None:
-    assert default_host_id(AppSettings({"AzureFunctionsWebHost__hostid": "My_Laptop.Local"})) == "mylaptoplocal"
-    long_name = "a" * 40
-    assert default_host_id(AppSettings({"AzureFunctionsWebHost__hostid": long_name})) == "a" * 32
+def test_host_id_is_the_setting_or_stable_per_state_directory(tmp_path: Path) -> None:
+    configured = AppSettings({"AzureFunctionsWebHost__hostid": "My_Laptop.Local"})
+    assert default_host_id(configured, tmp_path) == "mylaptoplocal"
+    assert default_host_id(AppSettings({"AzureFunctionsWebHost__hostid": "a" * 40}), tmp_path) == "a" * 32
+    derived = default_host_id(AppSettings({}), tmp_path / "one")
+    assert derived == default_host_id(AppSettings({}), tmp_path / "one")
+    assert derived != default_host_id(AppSettings({}), tmp_path / "two")
+    assert len(derived) <= 32 and derived.replace("-", "").isalnum() and derived.islower()
 
 
 def test_bindings_and_parameters_must_agree() -> None:
