@@ -10,6 +10,7 @@ from typing import TypeVar
 
 from azure.batch import BatchClient
 from azure.batch import models as batch_models
+from azure.batch.models._models import BatchJobTerminateOptions  # not re-exported in 15.1
 from azure.core.credentials import AzureNamedKeyCredential, TokenCredential
 from azure.core.exceptions import (
     AzureError,
@@ -173,7 +174,9 @@ class AzureBatch:
     def terminate_job(self, job_id: str) -> None:
         def terminate() -> None:
             try:
-                self._client.begin_terminate_job(job_id, polling_interval=1).result()
+                # SDK 15.1 fails to serialise a terminate request whose options are absent or empty.
+                options = BatchJobTerminateOptions(termination_reason="batchdrop: window closed, all collected")
+                self._client.begin_terminate_job(job_id, options, polling_interval=1).result()
             except (ResourceNotFoundError, ResourceExistsError):
                 pass  # already gone or already completed: the end state we want
 
