@@ -115,9 +115,7 @@ def sweep(gw: Gateways) -> SweepReport:
     return SweepReport(listed, submitted, skipped, rejected)
 
 
-def _claim(
-    gw: Gateways, blob: BlobRef, take_over: bool = False
-) -> tuple[InputRecord, PipelineSpec] | SubmitOutcome:
+def _claim(gw: Gateways, blob: BlobRef, take_over: bool = False) -> tuple[InputRecord, PipelineSpec] | SubmitOutcome:
     """Validate, route and claim the input's ledger row; an outcome when there is nothing to submit.
 
     `take_over` (the sweep) also finishes inputs that another submitter claimed but has not confirmed.

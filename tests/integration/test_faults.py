@@ -98,7 +98,9 @@ def test_job_quota_waits_and_loses_nothing(
         submit_blob(world.gw, world.names["input"], "waiting.txt")
     (row,) = world.gw.ledger.inputs()
     assert row.state is InputState.CLAIMED  # recorded, not lost
-    batch.begin_terminate_job("someone-elses", BatchJobTerminateOptions(termination_reason="done"), polling_interval=1).result()
+    batch.begin_terminate_job(
+        "someone-elses", BatchJobTerminateOptions(termination_reason="done"), polling_interval=1
+    ).result()
     assert sweep(world.gw).submitted == 1
     assert world.run_until_manifests(["waiting.txt"])["waiting.txt"]["status"] == "succeeded"
 
