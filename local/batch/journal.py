@@ -21,6 +21,7 @@ class Journal:
         self.path = path
         self._lock = threading.Lock()
         self._file: IO[str] | None = None
+        self.writes_since_compaction = 0
 
     def load(self) -> dict[Key, dict[str, Any]]:
         documents: dict[Key, dict[str, Any]] = {}
@@ -54,7 +55,10 @@ class Journal:
             for (kind, key), doc in documents.items():
                 target.write(json.dumps({"op": "put", "kind": kind, "key": key, "doc": doc}) + "\n")
         os.replace(temporary, self.path)
+        if self._file is not None:
+            self._file.close()
         self._file = self.path.open("a", encoding="utf-8")
+        self.writes_since_compaction = 0
 
     def put(self, kind: str, key: str, doc: dict[str, Any]) -> None:
         self._write({"op": "put", "kind": kind, "key": key, "doc": doc})
@@ -69,6 +73,7 @@ class Journal:
         with self._lock:
             self._file.write(line)
             self._file.flush()
+            self.writes_since_compaction += 1
 
     def close(self) -> None:
         with self._lock:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
-from local.batch import auth, clock, ids
+from local.batch import auth, clock, ids, odata
 from local.batch.errors import BatchApiError, conflict, not_found
 from local.batch.service import BatchService, Doc
 
@@ -106,8 +106,10 @@ def _created(doc: Doc) -> Response:
 
 
 def _element(request: Request, entity_set: str, doc: Doc) -> Response:
-    body = {"odata.metadata": f"{request.base_url}/$metadata#{entity_set}/@Element", **doc}
-    return Response(200, body, _entity_headers(doc))
+    headers = _entity_headers(doc)
+    selected = odata.project(doc, odata.parse_select(request.query.get("$select")))
+    body = {"odata.metadata": f"{request.base_url}/$metadata#{entity_set}/@Element", **selected}
+    return Response(200, body, headers)
 
 
 def _page(request: Request, entity_set: str, result: tuple[list[Doc], str | None]) -> Response:

@@ -78,6 +78,11 @@ def _succeeded(task: Doc) -> bool:
     return (task.get("executionInfo") or {}).get("result") == "success"
 
 
+def _remove_trees(paths: list[Path]) -> None:
+    for path in paths:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def public(doc: Doc) -> Doc:
     """The REST representation: internal fields (leading underscore) removed, deep-copied."""
     return {name: copy.deepcopy(value) for name, value in doc.items() if not name.startswith("_")}
@@ -1603,6 +1608,10 @@ class BatchService:
                     self._release_auto_pool(job)
             elif state == "deleting" and not any(run_job == job_key for run_job, _ in self.runs):
                 self._remove_job(job_key)
+        live = sum(len(tasks) for tasks in self.tasks.values()) + len(self.jobs) + len(self.pools)
+        if self.journal.writes_since_compaction > 20 * live + 10_000:
+            # Superseded lines only cost disk and start-up time; rewrite the snapshot now and then.
+            self.journal.open(self._snapshot())
         for pool_key, pool in list(self.pools.items()):
             if pool["state"] == "deleting" and not any(run.pool_key == pool_key for run in self.runs.values()):
                 self.pools.pop(pool_key, None)
@@ -1632,8 +1641,9 @@ class BatchService:
         self._release_auto_pool(job)
         nodes_dir = self.state_dir / "nodes"
         if nodes_dir.is_dir():
-            for node_dir in nodes_dir.iterdir():
-                shutil.rmtree(node_dir / "workitems" / str(job["id"]), ignore_errors=True)
+            doomed = [node_dir / "workitems" / str(job["id"]) for node_dir in nodes_dir.iterdir()]
+            # Removing a job's files can take a while: not under the lock.
+            self._executor.submit(_remove_trees, doomed)
 
     def _dispatch_loop(self) -> None:
         with self.wakeup:

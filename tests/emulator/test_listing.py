@@ -117,3 +117,11 @@ def test_stats_count_requests_by_operation_and_reset(emulator: Emulator, batch: 
     with urllib.request.urlopen(f"{emulator.url}/_emulator/stats", timeout=10) as response:
         stats = __import__("json").load(response)
     assert stats == {"total": 3, "requests": {"Job_Get": 2, "Job_List": 1}}
+
+
+def test_select_applies_to_single_gets_too(batch: BatchClient, finished_job: str, pool_id: str) -> None:
+    task = batch.get_task(finished_job, "bad-2", select=["id", "state", "stateTransitionTime", "executionInfo"])
+    assert set(task.as_dict()) - {"odata.metadata"} == {"id", "state", "stateTransitionTime", "executionInfo"}
+    assert task.execution_info is not None and task.execution_info.exit_code == 3
+    assert set(batch.get_job(finished_job, select=["id", "state"]).as_dict()) - {"odata.metadata"} == {"id", "state"}
+    assert set(batch.get_pool(pool_id, select=["id"]).as_dict()) - {"odata.metadata"} == {"id"}
