@@ -162,16 +162,16 @@ class Invoker:
         invocation_id = str(uuid.uuid4())
         token = current_function.set(spec.name)
         try:
-            kwargs: dict[str, Any] = {spec.trigger.arg_name: _as_declared(trigger_value, spec.trigger_data)}
-            outputs = {output.arg_name: OutValue[Any]() for output in spec.queue_outputs
-                       if output.arg_name != "$return"}
-            kwargs.update(outputs)
-            parameters = inspect.signature(spec.user_function).parameters
-            if "context" in parameters and "context" not in kwargs:
-                kwargs["context"] = InvocationContext(invocation_id, spec.name, retry_count)
             logger.info("Executing 'Functions.%s' (Reason='%s', Id=%s)", spec.name, reason, invocation_id)
             started = time.monotonic()
+            outputs = {output.arg_name: OutValue[Any]() for output in spec.queue_outputs
+                       if output.arg_name != "$return"}
             try:
+                # Inside the try: reading a blob for a `bytes` parameter can fail like the function.
+                kwargs: dict[str, Any] = {spec.trigger.arg_name: _as_declared(trigger_value, spec.trigger_data),
+                                          **outputs}
+                if "context" in inspect.signature(spec.user_function).parameters and "context" not in kwargs:
+                    kwargs["context"] = InvocationContext(invocation_id, spec.name, retry_count)
                 result = spec.user_function(**kwargs)
                 if inspect.isawaitable(result):
                     result = asyncio.run(_await(result))

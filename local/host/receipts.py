@@ -13,7 +13,7 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+from azure.core.exceptions import ResourceExistsError
 
 from .storage import StorageAccount, encode_message, ensure_queue
 
@@ -125,14 +125,6 @@ class Receipts:
             self.dispatch_queue.send_message(encode_message(message.encode("utf-8"), self.message_encoding))
             receipt.set_blob_metadata({})
             return True
-
-    def has_receipt(self, function_id: str, blob: BlobVersion) -> bool:
-        receipt = self.container.get_blob_client(
-            receipt_name(self.host_id, function_id, blob.etag, blob.container, blob.name))
-        try:
-            return not _is_incomplete(receipt.get_blob_properties().metadata)
-        except ResourceNotFoundError:
-            return False
 
 
 def _is_incomplete(metadata: dict[str, str] | None) -> bool:

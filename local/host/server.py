@@ -35,7 +35,12 @@ class _Handler(BaseHTTPRequestHandler):
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             self._send(error_response(411, "send a Content-Length; chunked bodies are not supported"))
             return
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            self._send(error_response(400, "Content-Length is not a number"))
+            return
+        body = self.rfile.read(length)
         parts = urlsplit(self.path)
         query: dict[str, str] = {}
         for name, value in parse_qsl(parts.query, keep_blank_values=True):
