@@ -22,6 +22,8 @@ from azure.storage.queue import QueueClient
 from local.stack import PROJECT_ROOT
 from tests.host.conftest import SAMPLE_APP, SampleHost, StartSample, read_records, sample_settings, wait_for
 
+pytestmark = pytest.mark.integration
+
 
 def request(url: str, method: str = "GET", body: Any = None, headers: dict[str, str] | None = None,
             ) -> tuple[int, dict[str, str], bytes]:
@@ -232,10 +234,15 @@ def test_sigterm_releases_a_message_whose_function_is_still_running(start_sample
 
 
 def test_exactly_one_ready_line_and_a_clean_exit_on_sigterm(azurite: Any, tmp_path: Path) -> None:
-    env = {**os.environ, **sample_settings(azurite, tmp_path, "in-ready", "q-ready", "0 0 0 1 1 *")}
+    settings = sample_settings(azurite, tmp_path, "in-ready", "q-ready", "0 0 0 1 1 *")
+    # As `func start`: the settings file fills in what the environment does not set.
+    from_file = {name: settings.pop(name) for name in ("SAMPLE_CONTAINER", "SAMPLE_SCHEDULE", "SAMPLE_RECORD_DIR")}
+    settings_file = tmp_path / "local.settings.json"
+    settings_file.write_text(json.dumps({"IsEncrypted": False, "Values": {**from_file, "SAMPLE_QUEUE": "Not Valid!"}}))
+    env = {**os.environ, **settings}
     process = subprocess.Popen(
         [sys.executable, "-m", "local.host", "--app", SAMPLE_APP, "--host", "127.0.0.1", "--port", "0",
-         "--state-dir", str(tmp_path / "state")],
+         "--state-dir", str(tmp_path / "state"), "--settings", str(settings_file)],
         cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         assert process.stdout is not None
