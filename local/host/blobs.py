@@ -27,16 +27,25 @@ class _BlobRange(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def _download(self, length: int) -> bytes:
+        data: bytes = self._blob.download_blob(
+            offset=self._position, length=length, etag=self._etag,
+            match_condition=MatchConditions.IfNotModified).readall()
+        self._position += len(data)
+        return data
+
     def readinto(self, buffer: Any) -> int:
         wanted = min(len(buffer), self._length - self._position)
         if wanted <= 0:
             return 0
-        data = self._blob.download_blob(
-            offset=self._position, length=wanted, etag=self._etag,
-            match_condition=MatchConditions.IfNotModified).readall()
+        data = self._download(wanted)
         buffer[: len(data)] = data
-        self._position += len(data)
         return len(data)
+
+    def readall(self) -> bytes:
+        # One (SDK-parallelised) download for read(), not one request per 8 KiB.
+        remaining = self._length - self._position
+        return self._download(remaining) if remaining > 0 else b""
 
 
 class BlobInputStream(InputStream):

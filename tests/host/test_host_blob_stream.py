@@ -28,12 +28,14 @@ class FakeBlob:
         self.content = content
         self.etag = etag
         self.bytes_served = 0
+        self.requests = 0
 
     def download_blob(self, offset: int, length: int, etag: str, match_condition: Any) -> Downloaded:
         if etag != self.etag:
             raise RuntimeError("ConditionNotMet")
         chunk = self.content[offset: offset + length]
         self.bytes_served += len(chunk)
+        self.requests += 1
         return Downloaded(chunk)
 
 
@@ -64,6 +66,12 @@ def test_properties_are_there_and_content_is_fetched_only_as_read() -> None:
     assert blob.bytes_served == len(content)
 
 
-def test_read_all_returns_the_whole_blob() -> None:
+def test_read_all_returns_the_whole_blob_in_few_requests() -> None:
     blob = FakeBlob(b"hello world", '"0x2"')
     assert BlobInputStream(blob, properties(11, '"0x2"')).read() == b"hello world"  # type: ignore[arg-type]
+    content = b"z" * (3 * CHUNK_BYTES)
+    large = FakeBlob(content, '"0x3"')
+    stream = BlobInputStream(large, properties(len(content), '"0x3"'))  # type: ignore[arg-type]
+    assert stream.read(5) == b"zzzzz"
+    assert stream.read() == content[5:]
+    assert large.requests == 2
