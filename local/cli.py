@@ -519,8 +519,10 @@ def cmd_drop(args: argparse.Namespace) -> int:
     if args.as_name is not None and len(paths) != 1:
         raise CliError("--as NAME names one file; drop several files under their own names")
     for path in paths:
-        if not path.is_file():
+        if not path.exists():
             raise CliError(f"{path}: no such file")
+        if not path.is_file():
+            raise CliError(f"{path}: not a file (drop the files inside a directory one by one, or with a glob)")
     names = [args.as_name] if args.as_name is not None else [path.name for path in paths]
     for name in names:
         if not name or name.endswith("/") or name.startswith("/"):
