@@ -51,6 +51,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--latency-ms", type=float, default=0.0, help="added to every API request")
     parser.add_argument("--job-quota", type=int, default=None, help="active jobs allowed before 409")
     parser.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES)
+    parser.add_argument(
+        "--auth-failure-status",
+        type=int,
+        choices=(401, 403),
+        default=401,
+        help="status for AuthenticationFailed (Batch's error table lists 403; azure-core maps only 401 "
+        "to ClientAuthenticationError)",
+    )
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
@@ -62,8 +70,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")  # fmt: skip
+    logging.basicConfig(
+        level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
     # The storage SDK logs every request at INFO; the emulator's log is for the emulator.
     logging.getLogger("azure").setLevel(logging.WARNING)
     state_dir: Path = args.state_dir.resolve()
@@ -80,8 +89,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         latency_ms=args.latency_ms,
         random=random.Random(args.fault_seed),  # noqa: S311 - fault injection, not security
     )
-    server = EmulatorServer((args.host, args.port), service, args.account_name, args.account_key, faults,
-                            args.max_body_bytes)  # fmt: skip
+    server = EmulatorServer(
+        (args.host, args.port),
+        service,
+        args.account_name,
+        args.account_key,
+        faults,
+        args.max_body_bytes,
+        args.auth_failure_status,
+    )
     service.account_url = server.url
     service.start()
     stopping = threading.Event()

@@ -16,9 +16,11 @@ def check_id(value: Any, name: str = "id") -> str:
         raise missing_property(name)
     if not isinstance(value, str) or not _ID.match(value):
         raise invalid_property(
-            name, value, "The id can contain any combination of alphanumeric characters including hyphens "
-            "and underscores, and cannot contain more than 64 characters."
-        )  # fmt: skip
+            name,
+            value,
+            "The id can contain any combination of alphanumeric characters including hyphens "
+            "and underscores, and cannot contain more than 64 characters.",
+        )
     return value
 
 
@@ -67,10 +69,11 @@ def check_resource_files(files: Any, name: str = "resourceFiles") -> None:
         sources = [k for k in ("httpUrl", "storageContainerUrl", "autoStorageContainerName") if resource.get(k)]
         if len(sources) != 1:
             raise BatchApiError(
-                400, "InvalidPropertyValue",
+                400,
+                "InvalidPropertyValue",
                 "Exactly one of httpUrl, storageContainerUrl and autoStorageContainerName must be specified.",
                 {"PropertyName": where},
-            )  # fmt: skip
+            )
         if sources[0] == "httpUrl" and not resource.get("filePath"):
             raise missing_property(f"{where}.filePath")
         check_relative_path(resource.get("filePath"), f"{where}.filePath")
@@ -135,8 +138,11 @@ def check_pool_spec(body: dict[str, Any], prefix: str = "") -> None:
     check_int(body.get("targetLowPriorityNodes"), prefix + "targetLowPriorityNodes", 0)
     if body.get("enableAutoScale"):
         if body.get("targetDedicatedNodes") is not None or body.get("targetLowPriorityNodes") is not None:
-            raise invalid_property(prefix + "targetDedicatedNodes", body.get("targetDedicatedNodes"),
-                                   "must not be specified when enableAutoScale is true")  # fmt: skip
+            raise invalid_property(
+                prefix + "targetDedicatedNodes",
+                body.get("targetDedicatedNodes"),
+                "must not be specified when enableAutoScale is true",
+            )
         if not body.get("autoScaleFormula"):
             raise missing_property(prefix + "autoScaleFormula")
     elif body.get("targetDedicatedNodes") is None and body.get("targetLowPriorityNodes") is None:
@@ -217,7 +223,11 @@ _JSON_NAMES = {"dict": "object", "list": "array", "str": "string", "int": "integ
 
 def require_object(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
-        raise BatchApiError(400, "InvalidRequestBody", "The specified Request Body is not syntactically valid.",
-                            {"Reason": "the body must be a JSON object"})  # fmt: skip
+        raise BatchApiError(
+            400,
+            "InvalidRequestBody",
+            "The specified Request Body is not syntactically valid.",
+            {"Reason": "the body must be a JSON object"},
+        )
     check_shape(body)
     return body

@@ -88,9 +88,12 @@ def prepare(attempt: Attempt) -> None:
         node_dirs(attempt.node_root)
         attempt.working_dir.mkdir(parents=True, exist_ok=True)
     except OSError as problem:
-        raise Failure("servererror", "ResourceDirectoryCreateFailed",
-                      "Failure encountered creating resource directory for the task.",
-                      {"Message": str(problem)}) from None  # fmt: skip
+        raise Failure(
+            "servererror",
+            "ResourceDirectoryCreateFailed",
+            "Failure encountered creating resource directory for the task.",
+            {"Message": str(problem)},
+        ) from None
     for resource in attempt.resource_files:
         _download(attempt, resource)
 
@@ -98,8 +101,12 @@ def prepare(attempt: Attempt) -> None:
 def _target(working_dir: Path, relative: str) -> Path:
     target = (working_dir / relative).resolve()
     if not target.is_relative_to(working_dir.resolve()):
-        raise Failure("usererror", "ResourceFileCreateFailed", "Failure encountered creating resource file.",
-                      {"FilePath": relative, "Message": "the path leaves the task working directory"})  # fmt: skip
+        raise Failure(
+            "usererror",
+            "ResourceFileCreateFailed",
+            "Failure encountered creating resource file.",
+            {"FilePath": relative, "Message": "the path leaves the task working directory"},
+        )
     return target
 
 
@@ -113,11 +120,15 @@ def _blob_failure(status: int | None, source: str, file_path: str, message: str)
     if status == 404:
         return Failure("usererror", "BlobNotFound", "One of the specified Azure Blob(s) is not found.", details)
     if status in (401, 403):
-        return Failure("usererror", "BlobAccessDenied",
-                       "Access for one of the specified Azure Blob(s) is denied.", details)  # fmt: skip
-    return Failure("servererror", "BlobDownloadMiscError",
-                   "Miscellaneous error encountered while downloading one of the specified Azure Blob(s).",
-                   details)  # fmt: skip
+        return Failure(
+            "usererror", "BlobAccessDenied", "Access for one of the specified Azure Blob(s) is denied.", details
+        )
+    return Failure(
+        "servererror",
+        "BlobDownloadMiscError",
+        "Miscellaneous error encountered while downloading one of the specified Azure Blob(s).",
+        details,
+    )
 
 
 def _redact(url: str) -> str:
@@ -191,11 +202,19 @@ def launch(attempt: Attempt) -> subprocess.Popen[bytes]:
     try:
         argv = shlex.split(attempt.command_line)
     except ValueError as problem:
-        raise Failure("usererror", "CommandLaunchFailed", "Failed to launch the specified command line.",
-                      {"Message": str(problem)}) from None  # fmt: skip
+        raise Failure(
+            "usererror",
+            "CommandLaunchFailed",
+            "Failed to launch the specified command line.",
+            {"Message": str(problem)},
+        ) from None
     if not argv:
-        raise Failure("usererror", "CommandLaunchFailed", "Failed to launch the specified command line.",
-                      {"Message": "the command line is empty"})  # fmt: skip
+        raise Failure(
+            "usererror",
+            "CommandLaunchFailed",
+            "Failed to launch the specified command line.",
+            {"Message": "the command line is empty"},
+        )
     stdout = (attempt.task_dir / "stdout.txt").open("wb")
     stderr = (attempt.task_dir / "stderr.txt").open("wb")
     try:
@@ -209,11 +228,19 @@ def launch(attempt: Attempt) -> subprocess.Popen[bytes]:
             start_new_session=True,
         )
     except FileNotFoundError:
-        raise Failure("usererror", "CommandProgramNotFound", "The specified command program is not found.",
-                      {"Message": f"{argv[0]}: not found"}) from None  # fmt: skip
+        raise Failure(
+            "usererror",
+            "CommandProgramNotFound",
+            "The specified command program is not found.",
+            {"Message": f"{argv[0]}: not found"},
+        ) from None
     except OSError as problem:
-        raise Failure("usererror", "CommandLaunchFailed", "Failed to launch the specified command line.",
-                      {"Message": str(problem)}) from None  # fmt: skip
+        raise Failure(
+            "usererror",
+            "CommandLaunchFailed",
+            "Failed to launch the specified command line.",
+            {"Message": str(problem)},
+        ) from None
     finally:
         stdout.close()
         stderr.close()
@@ -311,11 +338,16 @@ def upload_outputs(attempt: Attempt, succeeded: bool) -> None:
                         client.upload_blob(blob_name, data, overwrite=True, content_settings=settings)
         except (AzureError, OSError, ValueError) as problem:
             status = getattr(problem, "status_code", None)
-            raise Failure("usererror", "FileUploadMiscError",
-                          "Miscellaneous error encountered while uploading one of the output files.",
-                          {"FilePattern": pattern, "Destination": _redact(container_url),
-                           "Message": f"{status or ''} {getattr(problem, 'reason', None) or problem}".strip()[:500]},
-                          ) from None  # fmt: skip
+            raise Failure(
+                "usererror",
+                "FileUploadMiscError",
+                "Miscellaneous error encountered while uploading one of the output files.",
+                {
+                    "FilePattern": pattern,
+                    "Destination": _redact(container_url),
+                    "Message": f"{status or ''} {getattr(problem, 'reason', None) or problem}".strip()[:500],
+                },
+            ) from None
 
 
 def run(attempt: Attempt) -> subprocess.Popen[bytes]:

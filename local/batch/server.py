@@ -71,8 +71,9 @@ class Request:
         try:
             return json.loads(self.body)
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise BatchApiError(400, "InvalidRequestBody", "The specified Request Body is not syntactically "
-                                "valid.") from None  # fmt: skip
+            raise BatchApiError(
+                400, "InvalidRequestBody", "The specified Request Body is not syntactically valid."
+            ) from None
 
     def object(self) -> dict[str, Any]:
         """The body as a JSON object with properties of the right JSON types (else 400)."""
@@ -133,8 +134,7 @@ class Api:
         def route(method: str, template: str, operation: str, handler: Handler) -> None:
             pattern = template
             for name in re.findall(r"\{(\w+)\}", template):
-                pattern = pattern.replace("{" + name + "}", r"(?P<path>.+)" if name == "path" else
-                                          segment.format(name))  # fmt: skip
+                pattern = pattern.replace("{" + name + "}", r"(?P<path>.+)" if name == "path" else segment.format(name))
             self.routes.append((method, re.compile("^" + pattern + "$", re.IGNORECASE), operation, handler))
 
         route("POST", "/pools", "Pool_Add", Api.pool_add)
@@ -290,23 +290,23 @@ class Api:
         return _element(request, "tasks", self.service.get_task(request.params["job"], request.params["task"]))
 
     def task_update(self, request: Request) -> Response:
-        self.service.update_task(request.params["job"], request.params["task"], request.object(),
-                                 if_match=request.header("If-Match"))  # fmt: skip
-        return Response(200, None, _entity_headers(self.service.get_task(request.params["job"],
-                                                                          request.params["task"])))  # fmt: skip
+        self.service.update_task(
+            request.params["job"], request.params["task"], request.object(), if_match=request.header("If-Match")
+        )
+        return Response(
+            200, None, _entity_headers(self.service.get_task(request.params["job"], request.params["task"]))
+        )
 
     def task_delete(self, request: Request) -> Response:
         self.service.delete_task(request.params["job"], request.params["task"], if_match=request.header("If-Match"))
         return Response(200)
 
     def task_terminate(self, request: Request) -> Response:
-        self.service.terminate_task(request.params["job"], request.params["task"],
-                                    if_match=request.header("If-Match"))  # fmt: skip
+        self.service.terminate_task(request.params["job"], request.params["task"], if_match=request.header("If-Match"))
         return Response(204)
 
     def task_reactivate(self, request: Request) -> Response:
-        self.service.reactivate_task(request.params["job"], request.params["task"],
-                                     if_match=request.header("If-Match"))  # fmt: skip
+        self.service.reactivate_task(request.params["job"], request.params["task"], if_match=request.header("If-Match"))
         return Response(204)
 
     def task_subtasks(self, request: Request) -> Response:
@@ -353,12 +353,25 @@ class Api:
                     _stat, properties = self._file_properties(path)
                 except OSError:
                     continue
-                entry: Doc = {"name": name, "url": self._file_url(request, name), "isDirectory": path.is_dir(),
-                              "properties": properties, "_seq": index}  # fmt: skip
+                entry: Doc = {
+                    "name": name,
+                    "url": self._file_url(request, name),
+                    "isDirectory": path.is_dir(),
+                    "properties": properties,
+                    "_seq": index,
+                }
                 entries.append(entry)
-        return _page(request, "files", BatchService.page(
-            entries, request.query.get("$filter"), None, request.query.get("maxresults"),
-            request.query.get("$skiptoken")))  # fmt: skip
+        return _page(
+            request,
+            "files",
+            BatchService.page(
+                entries,
+                request.query.get("$filter"),
+                None,
+                request.query.get("maxresults"),
+                request.query.get("$skiptoken"),
+            ),
+        )
 
     def _file_headers(self, request: Request, path: Path, name: str) -> dict[str, str]:
         stat, properties = self._file_properties(path)
@@ -381,13 +394,15 @@ class Api:
         if byte_range:
             found = re.fullmatch(r"bytes=(\d*)-(\d*)", byte_range.strip())
             if not found or (not found.group(1) and not found.group(2)):
-                raise BatchApiError(416, "InvalidRange", "The range specified is invalid for the current size of "
-                                    "the resource.")  # fmt: skip
+                raise BatchApiError(
+                    416, "InvalidRange", "The range specified is invalid for the current size of the resource."
+                )
             start = int(found.group(1)) if found.group(1) else max(0, len(data) - int(found.group(2)))
             end = int(found.group(2)) if found.group(1) and found.group(2) else len(data) - 1
             if start >= len(data) and len(data) > 0:
-                raise BatchApiError(416, "InvalidRange", "The range specified is invalid for the current size of "
-                                    "the resource.")  # fmt: skip
+                raise BatchApiError(
+                    416, "InvalidRange", "The range specified is invalid for the current size of the resource."
+                )
             data = data[start : end + 1]
         return Response(200, data, headers)
 
@@ -423,8 +438,10 @@ class EmulatorServer(ThreadingHTTPServer):
         account_key: str,
         faults: Faults | None = None,
         max_body_bytes: int = MAX_BODY_BYTES,
+        auth_failure_status: int = 401,
     ) -> None:
         super().__init__(address, _RequestHandler)
+        self.auth_failure_status = auth_failure_status
         self.service = service
         self.api = Api(service)
         self.account_name = account_name
@@ -518,20 +535,33 @@ class _RequestHandler(BaseHTTPRequestHandler):
         if faults.latency_ms > 0:
             time.sleep(faults.latency_ms / 1000.0)
         try:
-            problem = auth.verify(self.command, self.path, dict(self.headers.items()), self.server.account_name,
-                                  self.server.account_key)  # fmt: skip
+            problem = auth.verify(
+                self.command, self.path, dict(self.headers.items()), self.server.account_name, self.server.account_key
+            )
             if problem is not None:
-                raise BatchApiError(401, "AuthenticationFailed", "Server failed to authenticate the request. Make "
-                                    "sure the value of Authorization header is formed correctly including the "
-                                    "signature.", {"AuthenticationErrorDetail": problem})  # fmt: skip
+                raise BatchApiError(
+                    self.server.auth_failure_status,
+                    "AuthenticationFailed",
+                    "Server failed to authenticate the request. Make "
+                    "sure the value of Authorization header is formed correctly including the "
+                    "signature.",
+                    {"AuthenticationErrorDetail": problem},
+                )
             if body is None:
-                raise BatchApiError(413, "RequestBodyTooLarge", "The request body is too large and exceeds the "
-                                    "maximum permissible limit.",
-                                    {"MaxLimit": str(self.server.max_body_bytes)})  # fmt: skip
+                raise BatchApiError(
+                    413,
+                    "RequestBodyTooLarge",
+                    "The request body is too large and exceeds the maximum permissible limit.",
+                    {"MaxLimit": str(self.server.max_body_bytes)},
+                )
             if matched is None:
-                raise BatchApiError(501, "NotImplemented", f"The Batch emulator does not implement {self.command} "
-                                    f"{path}. See docs/emulator.md for the supported operations.",
-                                    {"Method": self.command, "Path": path})  # fmt: skip
+                raise BatchApiError(
+                    501,
+                    "NotImplemented",
+                    f"The Batch emulator does not implement {self.command} "
+                    f"{path}. See docs/emulator.md for the supported operations.",
+                    {"Method": self.command, "Path": path},
+                )
             if "api-version" not in query:
                 raise BatchApiError(
                     400,
@@ -548,12 +578,14 @@ class _RequestHandler(BaseHTTPRequestHandler):
             response = Response(error.status, error.body(f"{base_url}/{ERROR_METADATA}"), dict(error.headers))
         except Exception as crash:  # the request boundary: answer 500 with the reason, never drop the connection
             logger.exception("%s %s (%s) failed inside the emulator", self.command, path, operation)
-            internal = BatchApiError(500, "InternalError", f"The emulator failed handling {operation}: "
-                                     f"{type(crash).__name__}: {crash}")  # fmt: skip
+            internal = BatchApiError(
+                500, "InternalError", f"The emulator failed handling {operation}: {type(crash).__name__}: {crash}"
+            )
             response = Response(500, internal.body(f"{base_url}/{ERROR_METADATA}"))
         self._send(response, request_id)
-        logger.debug("%s %s -> %d in %.1f ms", self.command, path, response.status,
-                     (time.perf_counter() - started) * 1000)  # fmt: skip
+        logger.debug(
+            "%s %s -> %d in %.1f ms", self.command, path, response.status, (time.perf_counter() - started) * 1000
+        )
 
     def _emulator_endpoint(self, path: str) -> None:
         if self.command == "GET" and path == "/_emulator/stats":
@@ -599,12 +631,23 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
 def _fault(status: int) -> BatchApiError:
     if status == 429:
-        return BatchApiError(429, "TooManyRequests", "The emulator injected a throttling fault (--fault-rate).",
-                             headers={"Retry-After": "1"})  # fmt: skip
+        return BatchApiError(
+            429,
+            "TooManyRequests",
+            "The emulator injected a throttling fault (--fault-rate).",
+            headers={"Retry-After": "1"},
+        )
     if status == 503:
-        return BatchApiError(503, "ServerBusy", "The server is currently unable to receive requests. Please retry "
-                             "your request. (injected by --fault-rate)", headers={"Retry-After": "1"})  # fmt: skip
+        return BatchApiError(
+            503,
+            "ServerBusy",
+            "The server is currently unable to receive requests. Please retry your request. (injected by --fault-rate)",
+            headers={"Retry-After": "1"},
+        )
     if status == 500:
-        return BatchApiError(500, "InternalError", "The server encountered an internal error. Please retry the "
-                             "request. (injected by --fault-rate)")  # fmt: skip
+        return BatchApiError(
+            500,
+            "InternalError",
+            "The server encountered an internal error. Please retry the request. (injected by --fault-rate)",
+        )
     return BatchApiError(status, "InjectedFault", f"The emulator injected HTTP {status} (--fault-rate).")

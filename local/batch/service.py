@@ -59,8 +59,13 @@ class Counts:
     failed: int = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {"active": self.active, "running": self.running, "completed": self.completed,
-                "succeeded": self.succeeded, "failed": self.failed}  # fmt: skip
+        return {
+            "active": self.active,
+            "running": self.running,
+            "completed": self.completed,
+            "succeeded": self.succeeded,
+            "failed": self.failed,
+        }
 
 
 @dataclass
@@ -386,9 +391,19 @@ class BatchService:
             "taskSchedulingPolicy": body.get("taskSchedulingPolicy") or {"nodeFillType": "spread"},
             "_seq": self._next_seq(),
         }
-        for name in ("displayName", "virtualMachineConfiguration", "networkConfiguration", "startTask",
-                     "applicationPackageReferences", "userAccounts", "metadata", "mountConfiguration",
-                     "upgradePolicy", "autoScaleFormula", "autoScaleEvaluationInterval"):  # fmt: skip
+        for name in (
+            "displayName",
+            "virtualMachineConfiguration",
+            "networkConfiguration",
+            "startTask",
+            "applicationPackageReferences",
+            "userAccounts",
+            "metadata",
+            "mountConfiguration",
+            "upgradePolicy",
+            "autoScaleFormula",
+            "autoScaleEvaluationInterval",
+        ):
             if body.get(name) is not None:
                 pool[name] = copy.deepcopy(body[name])
         if pool["enableAutoScale"]:
@@ -477,11 +492,19 @@ class BatchService:
         for setting in start_task.get("environmentSettings") or []:
             env[str(setting["name"])] = str(setting.get("value") or "")
         attempt = runner.Attempt(
-            job_id="", task_id="", pool_id=str(pool["id"]), node_id=str(node["id"]), node_root=node_root,
-            command_line=str(start_task.get("commandLine") or ""), environment=env,
-            resource_files=copy.deepcopy(list(start_task.get("resourceFiles") or [])), output_files=[],
-            wall_clock_seconds=None, auto_storage_connection_string=self.auto_storage, task_dir_override=startup,
-        )  # fmt: skip
+            job_id="",
+            task_id="",
+            pool_id=str(pool["id"]),
+            node_id=str(node["id"]),
+            node_root=node_root,
+            command_line=str(start_task.get("commandLine") or ""),
+            environment=env,
+            resource_files=copy.deepcopy(list(start_task.get("resourceFiles") or [])),
+            output_files=[],
+            wall_clock_seconds=None,
+            auto_storage_connection_string=self.auto_storage,
+            task_dir_override=startup,
+        )
         self._save_node(pool_key, node_key)
         retries = int(start_task.get("maxTaskRetryCount") or 0)
         self._executor.submit(self._run_start_task, pool_key, node_key, node["_seq"], attempt, retries)
@@ -501,15 +524,19 @@ class BatchService:
                     self.start_task_pids[(pool_key, node_key)] = process.pid
                 exit_code, _ = runner.wait(process, None)
                 if exit_code != 0:
-                    failure = runner.Failure("usererror", "FailureExitCode",
-                                             "The task process exited with an unexpected exit code",
-                                             {"AdditionalErrorCode": "FailureExitCode"})  # fmt: skip
+                    failure = runner.Failure(
+                        "usererror",
+                        "FailureExitCode",
+                        "The task process exited with an unexpected exit code",
+                        {"AdditionalErrorCode": "FailureExitCode"},
+                    )
             except runner.Failure as problem:
                 failure = problem
             except Exception as problem:  # a worker thread's boundary: the node must not stay waiting forever
                 logger.exception("start task on node %s of pool %s crashed in the emulator", node_key, pool_key)
-                failure = runner.Failure("servererror", "Unknown", "An unknown error has occurred.",
-                                         {"Message": str(problem)[:500]})  # fmt: skip
+                failure = runner.Failure(
+                    "servererror", "Unknown", "An unknown error has occurred.", {"Message": str(problem)[:500]}
+                )
             with self.lock:
                 self.start_task_pids.pop((pool_key, node_key), None)
                 node = self.nodes.get(pool_key, {}).get(node_key)
@@ -522,8 +549,9 @@ class BatchService:
                     info["lastRetryTime"] = clock.stamp()
                     continue
                 moment = clock.stamp()
-                info.update({"state": "completed", "endTime": moment,
-                             "result": "success" if failure is None else "failure"})  # fmt: skip
+                info.update(
+                    {"state": "completed", "endTime": moment, "result": "success" if failure is None else "failure"}
+                )
                 if exit_code is not None:
                     info["exitCode"] = exit_code
                 if failure is not None:
@@ -552,8 +580,13 @@ class BatchService:
 
     def list_pools(self, query: dict[str, str]) -> tuple[list[Doc], str | None]:
         with self.lock:
-            return self.page(self.pools.values(), query.get("$filter"), query.get("$select"),
-                             query.get("maxresults"), query.get("$skiptoken"))  # fmt: skip
+            return self.page(
+                self.pools.values(),
+                query.get("$filter"),
+                query.get("$select"),
+                query.get("maxresults"),
+                query.get("$skiptoken"),
+            )
 
     def delete_pool(self, pool_id: str) -> None:
         with self.lock:
@@ -574,11 +607,14 @@ class BatchService:
         with self.lock:
             pool = self._pool(pool_id)
             if pool["state"] == "deleting":
-                raise conflict("PoolBeingDeleted", "The specified pool has been marked for deletion and is being "
-                               "reclaimed.")  # fmt: skip
+                raise conflict(
+                    "PoolBeingDeleted", "The specified pool has been marked for deletion and is being reclaimed."
+                )
             if pool.get("enableAutoScale"):
-                raise conflict("AutoScalingEnabled", "The specified pool has automatic scaling enabled; it cannot "
-                               "be resized manually.")  # fmt: skip
+                raise conflict(
+                    "AutoScalingEnabled",
+                    "The specified pool has automatic scaling enabled; it cannot be resized manually.",
+                )
             if body.get("targetDedicatedNodes") is not None:
                 pool["targetDedicatedNodes"] = int(body["targetDedicatedNodes"])
             if body.get("targetLowPriorityNodes") is not None:
@@ -597,8 +633,13 @@ class BatchService:
         ids.check_metadata(body.get("metadata"))
         with self.lock:
             pool = self._pool(pool_id)
-            for name in ("startTask", "applicationPackageReferences", "metadata", "displayName",
-                         "taskSchedulingPolicy"):  # fmt: skip
+            for name in (
+                "startTask",
+                "applicationPackageReferences",
+                "metadata",
+                "displayName",
+                "taskSchedulingPolicy",
+            ):
                 if name in body:
                     pool[name] = copy.deepcopy(body[name])
                 elif replace and name in ("startTask", "applicationPackageReferences", "metadata"):
@@ -613,8 +654,13 @@ class BatchService:
         with self.lock:
             self._pool(pool_id)
             nodes = self.nodes.get(ids.key(pool_id), {})
-            return self.page(nodes.values(), query.get("$filter"), query.get("$select"),
-                             query.get("maxresults"), query.get("$skiptoken"))  # fmt: skip
+            return self.page(
+                nodes.values(),
+                query.get("$filter"),
+                query.get("$select"),
+                query.get("maxresults"),
+                query.get("$skiptoken"),
+            )
 
     def get_node(self, pool_id: str, node_id: str) -> Doc:
         with self.lock:
@@ -630,10 +676,28 @@ class BatchService:
             for pool_key, pool in self.pools.items():
                 entry: Doc = {"poolId": pool["id"]}
                 for dedicated, name in ((True, "dedicated"), (False, "lowPriority")):
-                    counts = dict.fromkeys(("creating", "idle", "offline", "preempted", "rebooting", "reimaging",
-                                            "running", "starting", "startTaskFailed", "leavingPool", "unknown",
-                                            "unusable", "waitingForStartTask", "deallocated", "deallocating",
-                                            "total", "upgradingOS"), 0)  # fmt: skip
+                    counts = dict.fromkeys(
+                        (
+                            "creating",
+                            "idle",
+                            "offline",
+                            "preempted",
+                            "rebooting",
+                            "reimaging",
+                            "running",
+                            "starting",
+                            "startTaskFailed",
+                            "leavingPool",
+                            "unknown",
+                            "unusable",
+                            "waitingForStartTask",
+                            "deallocated",
+                            "deallocating",
+                            "total",
+                            "upgradingOS",
+                        ),
+                        0,
+                    )
                     for node in self.nodes.get(pool_key, {}).values():
                         if bool(node["isDedicated"]) == dedicated:
                             counts[str(node["state"])] = counts.get(str(node["state"]), 0) + 1
@@ -648,11 +712,15 @@ class BatchService:
         missing = [ref for ref in references if self._package_dir(ref) is None]
         if missing:
             raise BatchApiError(
-                409, "InvalidApplicationPackageReferences",
+                409,
+                "InvalidApplicationPackageReferences",
                 "One or more of the specified application package references are invalid.",
-                {str(ref.get("applicationId")): f"{ref.get('version') or 'default'} not found under "
-                 f"{self.packages_dir}" for ref in missing},
-            )  # fmt: skip
+                {
+                    str(ref.get("applicationId")): f"{ref.get('version') or 'default'} not found under "
+                    f"{self.packages_dir}"
+                    for ref in missing
+                },
+            )
 
     def _package_dir(self, reference: Doc) -> Path | None:
         application = str(reference.get("applicationId") or "")
@@ -677,8 +745,12 @@ class BatchService:
         job_id = ids.check_id(body.get("id"))
         pool_info = body.get("poolInfo")
         if not isinstance(pool_info, dict) or not (pool_info.get("poolId") or pool_info.get("autoPoolSpecification")):
-            raise BatchApiError(400, "MissingRequiredProperty", "A required property was not specified in the "
-                                "request body.", {"PropertyName": "poolInfo"})  # fmt: skip
+            raise BatchApiError(
+                400,
+                "MissingRequiredProperty",
+                "A required property was not specified in the request body.",
+                {"PropertyName": "poolInfo"},
+            )
         constraints = body.get("constraints") or {}
         ids.check_duration(constraints.get("maxWallClockTime"), "constraints.maxWallClockTime")
         ids.check_int(constraints.get("maxTaskRetryCount"), "constraints.maxTaskRetryCount", -1)
@@ -686,14 +758,20 @@ class BatchService:
         ids.check_int(body.get("priority"), "priority", -1000)
         ids.check_metadata(body.get("metadata"))
         ids.check_environment(body.get("commonEnvironmentSettings"), "commonEnvironmentSettings")
-        for name, allowed in (("onAllTasksComplete", ("noaction", "terminatejob")),
-                              ("onTaskFailure", ("noaction", "performexitoptionsjobaction"))):  # fmt: skip
+        for name, allowed in (
+            ("onAllTasksComplete", ("noaction", "terminatejob")),
+            ("onTaskFailure", ("noaction", "performexitoptionsjobaction")),
+        ):
             value = body.get(name)
             if value is not None and str(value).lower() not in allowed:
                 raise invalid_property(name, value, f"must be one of {', '.join(allowed)}")
         if body.get("jobManagerTask") is not None:
-            raise BatchApiError(400, "UnsupportedProperty", "The emulator does not run job manager tasks.",
-                                {"PropertyName": "jobManagerTask"})  # fmt: skip
+            raise BatchApiError(
+                400,
+                "UnsupportedProperty",
+                "The emulator does not run job manager tasks.",
+                {"PropertyName": "jobManagerTask"},
+            )
         with self.lock:
             job_key = ids.key(job_id)
             if job_key in self.jobs:
@@ -724,8 +802,14 @@ class BatchService:
                 "executionInfo": {"startTime": moment},
                 "_seq": self._next_seq(),
             }
-            for name in ("displayName", "metadata", "commonEnvironmentSettings", "networkConfiguration",
-                         "jobPreparationTask", "jobReleaseTask"):  # fmt: skip
+            for name in (
+                "displayName",
+                "metadata",
+                "commonEnvironmentSettings",
+                "networkConfiguration",
+                "jobPreparationTask",
+                "jobReleaseTask",
+            ):
                 if body.get(name) is not None:
                     job[name] = copy.deepcopy(body[name])
             if pool_info.get("poolId"):
@@ -733,8 +817,10 @@ class BatchService:
             else:
                 spec = pool_info["autoPoolSpecification"]
                 pool_spec = dict(spec.get("pool") or {})
-                pool_id = f"{spec.get('autoPoolIdPrefix') or ''}{'_' if spec.get('autoPoolIdPrefix') else ''}" \
-                          f"{str(uuid.uuid4()).upper()}"  # fmt: skip
+                pool_id = (
+                    f"{spec.get('autoPoolIdPrefix') or ''}{'_' if spec.get('autoPoolIdPrefix') else ''}"
+                    f"{str(uuid.uuid4()).upper()}"
+                )
                 pool_spec["id"] = pool_id[:64]
                 ids.check_pool_spec(pool_spec, "poolInfo.autoPoolSpecification.pool.")
                 self._add_pool(pool_spec)
@@ -754,8 +840,13 @@ class BatchService:
 
     def list_jobs(self, query: dict[str, str]) -> tuple[list[Doc], str | None]:
         with self.lock:
-            return self.page(self.jobs.values(), query.get("$filter"), query.get("$select"),
-                             query.get("maxresults"), query.get("$skiptoken"))  # fmt: skip
+            return self.page(
+                self.jobs.values(),
+                query.get("$filter"),
+                query.get("$select"),
+                query.get("maxresults"),
+                query.get("$skiptoken"),
+            )
 
     def update_job(self, job_id: str, body: Doc, replace: bool, if_match: str | None = None) -> None:
         constraints = body.get("constraints")
@@ -781,12 +872,15 @@ class BatchService:
                     job["executionInfo"]["poolId"] = body["poolInfo"]["poolId"]
             if replace:
                 job["priority"] = int(body.get("priority") or 0)
-                job["maxParallelTasks"] = int(body["maxParallelTasks"]) if body.get("maxParallelTasks") is not None \
-                    else -1  # fmt: skip
+                job["maxParallelTasks"] = (
+                    int(body["maxParallelTasks"]) if body.get("maxParallelTasks") is not None else -1
+                )
                 job["allowTaskPreemption"] = bool(body.get("allowTaskPreemption") or False)
                 merged = constraints or {}
-                job["constraints"] = {"maxWallClockTime": merged.get("maxWallClockTime") or clock.UNLIMITED,
-                                      "maxTaskRetryCount": int(merged.get("maxTaskRetryCount") or 0)}  # fmt: skip
+                job["constraints"] = {
+                    "maxWallClockTime": merged.get("maxWallClockTime") or clock.UNLIMITED,
+                    "maxTaskRetryCount": int(merged.get("maxTaskRetryCount") or 0),
+                }
                 job["onAllTasksComplete"] = str(body.get("onAllTasksComplete") or "noaction").lower()
                 if body.get("metadata") is not None:
                     job["metadata"] = copy.deepcopy(body["metadata"])
@@ -814,8 +908,9 @@ class BatchService:
         if state == "completed":
             raise conflict("JobCompleted", "The specified job is already in a completed state.")
         if state == "deleting":
-            raise conflict("JobBeingDeleted", "The specified job has been marked for deletion and is being "
-                           "garbage collected.")  # fmt: skip
+            raise conflict(
+                "JobBeingDeleted", "The specified job has been marked for deletion and is being garbage collected."
+            )
         if state == "terminating":
             raise conflict("JobBeingTerminated", "The specified job is being terminated.")
 
@@ -902,8 +997,12 @@ class BatchService:
             raise BatchApiError(400, "InvalidRequestBody", "The specified Request Body is not syntactically valid.")
         task_id = ids.check_id(body.get("id"))
         if not body.get("commandLine"):
-            raise BatchApiError(400, "MissingRequiredProperty", "A required property was not specified in the "
-                                "request body.", {"PropertyName": "commandLine"})  # fmt: skip
+            raise BatchApiError(
+                400,
+                "MissingRequiredProperty",
+                "A required property was not specified in the request body.",
+                {"PropertyName": "commandLine"},
+            )
         ids.check_resource_files(body.get("resourceFiles"))
         ids.check_output_files(body.get("outputFiles"))
         ids.check_environment(body.get("environmentSettings"), "environmentSettings")
@@ -913,11 +1012,18 @@ class BatchService:
         ids.check_int(constraints.get("maxTaskRetryCount"), "constraints.maxTaskRetryCount", -1)
         ids.check_int(body.get("requiredSlots"), "requiredSlots", 1)
         if body.get("dependsOn") and not job.get("usesTaskDependencies"):
-            raise BatchApiError(400, "TaskDependenciesNotSpecifiedOnJob", "The specified job does not have "
-                                "usesTaskDependencies set, so tasks cannot depend on other tasks.")  # fmt: skip
+            raise BatchApiError(
+                400,
+                "TaskDependenciesNotSpecifiedOnJob",
+                "The specified job does not have usesTaskDependencies set, so tasks cannot depend on other tasks.",
+            )
         if body.get("multiInstanceSettings"):
-            raise BatchApiError(400, "UnsupportedProperty", "The emulator does not run multi-instance tasks.",
-                                {"PropertyName": "multiInstanceSettings"})  # fmt: skip
+            raise BatchApiError(
+                400,
+                "UnsupportedProperty",
+                "The emulator does not run multi-instance tasks.",
+                {"PropertyName": "multiInstanceSettings"},
+            )
         self._check_packages(body.get("applicationPackageReferences"))
         return task_id
 
@@ -928,8 +1034,9 @@ class BatchService:
         if state == "terminating":
             raise conflict("JobBeingTerminated", "The specified job is being terminated.")
         if state == "deleting":
-            raise conflict("JobBeingDeleted", "The specified job has been marked for deletion and is being "
-                           "garbage collected.")  # fmt: skip
+            raise conflict(
+                "JobBeingDeleted", "The specified job has been marked for deletion and is being garbage collected."
+            )
 
     def _add_task(self, job_key: str, body: Doc) -> Doc:
         job = self.jobs[job_key]
@@ -950,13 +1057,23 @@ class BatchService:
                 "maxTaskRetryCount": int(retry if retry is not None else job["constraints"]["maxTaskRetryCount"]),
             },
             "requiredSlots": int(body.get("requiredSlots") or 1),
-            "userIdentity": copy.deepcopy(body.get("userIdentity") or
-                                          {"autoUser": {"scope": "pool", "elevationLevel": "nonadmin"}}),
+            "userIdentity": copy.deepcopy(
+                body.get("userIdentity") or {"autoUser": {"scope": "pool", "elevationLevel": "nonadmin"}}
+            ),
             "executionInfo": {"retryCount": 0, "requeueCount": 0},
             "_seq": self._next_seq(),
-        }  # fmt: skip
-        for name in ("displayName", "exitConditions", "resourceFiles", "outputFiles", "environmentSettings",
-                     "affinityInfo", "containerSettings", "dependsOn", "applicationPackageReferences"):  # fmt: skip
+        }
+        for name in (
+            "displayName",
+            "exitConditions",
+            "resourceFiles",
+            "outputFiles",
+            "environmentSettings",
+            "affinityInfo",
+            "containerSettings",
+            "dependsOn",
+            "applicationPackageReferences",
+        ):
             if body.get(name) is not None:
                 task[name] = copy.deepcopy(body[name])
         self._touch(task, moment)
@@ -982,13 +1099,23 @@ class BatchService:
     def create_task_collection(self, job_id: str, body: Any) -> list[Doc]:
         values = body.get("value") if isinstance(body, dict) else None
         if not isinstance(values, list):
-            raise BatchApiError(400, "InvalidRequestBody", "The specified Request Body is not syntactically valid.",
-                                {"Reason": "the body must be an object with a 'value' array"})  # fmt: skip
+            raise BatchApiError(
+                400,
+                "InvalidRequestBody",
+                "The specified Request Body is not syntactically valid.",
+                {"Reason": "the body must be an object with a 'value' array"},
+            )
         if len(values) > 100:
-            raise BatchApiError(400, "TooManyTasksInCollection" if False else "InvalidPropertyValue",
-                                "A task collection can hold at most 100 tasks.",
-                                {"PropertyName": "value", "PropertyValue": str(len(values)),
-                                 "Reason": "The maximum number of tasks in a collection is 100."})  # fmt: skip
+            raise BatchApiError(
+                400,
+                "TooManyTasksInCollection" if False else "InvalidPropertyValue",
+                "A task collection can hold at most 100 tasks.",
+                {
+                    "PropertyName": "value",
+                    "PropertyValue": str(len(values)),
+                    "Reason": "The maximum number of tasks in a collection is 100.",
+                },
+            )
         results: list[Doc] = []
         with self.lock:
             job = self._job(job_id)
@@ -1004,12 +1131,23 @@ class BatchService:
                         raise conflict("TaskExists", "The specified task already exists.")
                     task = self._add_task(job_key, item)
                     seen.add(task_key)
-                    results.append({"status": "success", "taskId": task["id"], "eTag": task["eTag"],
-                                    "lastModified": task["lastModified"], "location": task["url"]})  # fmt: skip
+                    results.append(
+                        {
+                            "status": "success",
+                            "taskId": task["id"],
+                            "eTag": task["eTag"],
+                            "lastModified": task["lastModified"],
+                            "location": task["url"],
+                        }
+                    )
                 except BatchApiError as problem:
-                    results.append({"status": "clienterror" if problem.status < 500 else "servererror",
-                                    "taskId": task_id,
-                                    "error": error_dict(problem.code, problem.message, problem.values)})  # fmt: skip
+                    results.append(
+                        {
+                            "status": "clienterror" if problem.status < 500 else "servererror",
+                            "taskId": task_id,
+                            "error": error_dict(problem.code, problem.message, problem.values),
+                        }
+                    )
             self.wakeup.notify_all()
         return results
 
@@ -1020,8 +1158,13 @@ class BatchService:
     def list_tasks(self, job_id: str, query: dict[str, str]) -> tuple[list[Doc], str | None]:
         with self.lock:
             self._job(job_id)
-            return self.page(self.tasks[ids.key(job_id)].values(), query.get("$filter"), query.get("$select"),
-                             query.get("maxresults"), query.get("$skiptoken"))  # fmt: skip
+            return self.page(
+                self.tasks[ids.key(job_id)].values(),
+                query.get("$filter"),
+                query.get("$select"),
+                query.get("maxresults"),
+                query.get("$skiptoken"),
+            )
 
     def update_task(self, job_id: str, task_id: str, body: Doc, if_match: str | None = None) -> None:
         constraints = body.get("constraints") or {}
@@ -1059,11 +1202,17 @@ class BatchService:
             self._check_etag(task, if_match, None)
             self._check_job_accepts_tasks(self.jobs[job_key])
             if task["state"] != "completed":
-                raise conflict("TaskNotCompleted", "The specified task is not in a completed state, and the "
-                               "requested operation can be performed only on completed tasks.")  # fmt: skip
+                raise conflict(
+                    "TaskNotCompleted",
+                    "The specified task is not in a completed state, and the "
+                    "requested operation can be performed only on completed tasks.",
+                )
             if _succeeded(task):
-                raise conflict("TaskSucceeded", "The specified task has already completed successfully, and the "
-                               "requested operation cannot be performed on successful tasks.")  # fmt: skip
+                raise conflict(
+                    "TaskSucceeded",
+                    "The specified task has already completed successfully, and the "
+                    "requested operation cannot be performed on successful tasks.",
+                )
             self._count(job_key, task, -1)
             info = task["executionInfo"]
             task["executionInfo"] = {"retryCount": 0, "requeueCount": int(info.get("requeueCount", 0))}
@@ -1211,11 +1360,19 @@ class BatchService:
         exit_code = info.get("exitCode")
         options: Doc | None = None
         if exit_code is not None:
-            options = next((c.get("exitOptions") for c in conditions.get("exitCodes") or []
-                            if int(c.get("code", 0)) == exit_code), None)  # fmt: skip
+            options = next(
+                (c.get("exitOptions") for c in conditions.get("exitCodes") or [] if int(c.get("code", 0)) == exit_code),
+                None,
+            )
             if options is None:
-                options = next((c.get("exitOptions") for c in conditions.get("exitCodeRanges") or []
-                                if int(c.get("start", 0)) <= exit_code <= int(c.get("end", 0))), None)  # fmt: skip
+                options = next(
+                    (
+                        c.get("exitOptions")
+                        for c in conditions.get("exitCodeRanges") or []
+                        if int(c.get("start", 0)) <= exit_code <= int(c.get("end", 0))
+                    ),
+                    None,
+                )
         else:
             code = str((info.get("failureInfo") or {}).get("code", ""))
             options = conditions.get("fileUploadError" if code.startswith("FileUpload") else "preProcessingError")
@@ -1352,12 +1509,23 @@ class BatchService:
         try:
             self._execute_attempt(job_key, task_key, attempt_number, attempt)
         except Exception as problem:  # the boundary of a worker thread: record, never lose the slot
-            logger.exception("task %s/%s attempt %d crashed in the emulator", attempt.job_id, attempt.task_id,
-                             attempt_number)  # fmt: skip
+            logger.exception(
+                "task %s/%s attempt %d crashed in the emulator", attempt.job_id, attempt.task_id, attempt_number
+            )
             with self.lock:
-                self._finish(job_key, task_key, attempt_number, None,
-                             runner.Failure("servererror", "Unknown", "An unknown scheduling error has occurred.",
-                                            {"Message": str(problem)[:500]}), launched=False)  # fmt: skip
+                self._finish(
+                    job_key,
+                    task_key,
+                    attempt_number,
+                    None,
+                    runner.Failure(
+                        "servererror",
+                        "Unknown",
+                        "An unknown scheduling error has occurred.",
+                        {"Message": str(problem)[:500]},
+                    ),
+                    launched=False,
+                )
 
     def _execute_attempt(self, job_key: str, task_key: str, attempt_number: int, attempt: runner.Attempt) -> None:
         started = time.monotonic()
@@ -1408,22 +1576,26 @@ class BatchService:
             task = self.tasks[job_key][task_key]
             retries = int(task["constraints"]["maxTaskRetryCount"])
             retry_count = int(task["executionInfo"].get("retryCount", 0))
-            if (exit_code != 0 and not timed_out and reason is None
-                    and (retries == -1 or retry_count < retries)):  # fmt: skip
+            if exit_code != 0 and not timed_out and reason is None and (retries == -1 or retry_count < retries):
                 self._retry(job_key, task_key, attempt_number, exit_code)
                 return
         failure: runner.Failure | None = None
         if reason == "terminate":
             failure = runner.Failure("usererror", "TaskEnded", TASK_ENDED_BY_USER)
         elif timed_out:
-            failure = runner.Failure("usererror", "TaskEnded",
-                                     "The task exceeded its maximum wall clock time and was ended.",
-                                     {"Message": f"maxWallClockTime {task['constraints']['maxWallClockTime']} "
-                                                 "was exceeded"})  # fmt: skip
+            failure = runner.Failure(
+                "usererror",
+                "TaskEnded",
+                "The task exceeded its maximum wall clock time and was ended.",
+                {"Message": f"maxWallClockTime {task['constraints']['maxWallClockTime']} was exceeded"},
+            )
         elif exit_code != 0:
-            failure = runner.Failure("usererror", "FailureExitCode",
-                                     "The task process exited with an unexpected exit code",
-                                     {"AdditionalErrorCode": "FailureExitCode"})  # fmt: skip
+            failure = runner.Failure(
+                "usererror",
+                "FailureExitCode",
+                "The task process exited with an unexpected exit code",
+                {"AdditionalErrorCode": "FailureExitCode"},
+            )
         upload_failed = False
         try:
             runner.upload_outputs(attempt, succeeded=failure is None)

@@ -98,9 +98,14 @@ def batch(emulator: Emulator) -> BatchClient:
 
 @pytest.fixture(scope="session")
 def pool_id(batch: BatchClient) -> str:
-    batch.create_pool(m.BatchPoolCreateOptions(
-        id=POOL_ID, **VM, target_dedicated_nodes=POOL_NODES, task_slots_per_node=POOL_SLOTS,
-    ))  # fmt: skip
+    batch.create_pool(
+        m.BatchPoolCreateOptions(
+            id=POOL_ID,
+            **VM,
+            target_dedicated_nodes=POOL_NODES,
+            task_slots_per_node=POOL_SLOTS,
+        )
+    )
     return POOL_ID
 
 
@@ -132,10 +137,12 @@ class Containers:
 
     def sas_url(self, container: str, *, read: bool = True, write: bool = True, blob: str | None = None) -> str:
         sas = generate_container_sas(
-            AZURITE_ACCOUNT, container, account_key=AZURITE_KEY,
+            AZURITE_ACCOUNT,
+            container,
+            account_key=AZURITE_KEY,
             permission=ContainerSasPermissions(read=read, write=write, list=True, create=write),
             expiry=datetime.now(UTC) + timedelta(hours=1),
-        )  # fmt: skip
+        )
         base = f"{self.azurite.blob_endpoint}/{container}"
         return f"{base}/{blob}?{sas}" if blob else f"{base}?{sas}"
 

@@ -13,10 +13,13 @@ NONE = m.ExitOptions(job_action=m.BatchJobActionKind.NONE)
 
 def failure_job(batch: BatchClient, pool_id: str) -> str:
     job_id = unique("exit")
-    batch.create_job(m.BatchJobCreateOptions(
-        id=job_id, pool_info=m.BatchPoolInfo(pool_id=pool_id),
-        task_failure_mode=m.BatchTaskFailureMode.PERFORM_EXIT_OPTIONS_JOB_ACTION,
-    ))  # fmt: skip
+    batch.create_job(
+        m.BatchJobCreateOptions(
+            id=job_id,
+            pool_info=m.BatchPoolInfo(pool_id=pool_id),
+            task_failure_mode=m.BatchTaskFailureMode.PERFORM_EXIT_OPTIONS_JOB_ACTION,
+        )
+    )
     return job_id
 
 
@@ -62,9 +65,15 @@ def test_pre_processing_error_uses_its_own_exit_options(
     job_id = failure_job(batch, pool_id)
     missing = containers.sas_url(containers.create("in"), blob="missing")
     conditions = m.ExitConditions(pre_processing_error=NONE, default=TERMINATE)
-    batch.create_task(job_id, m.BatchTaskCreateOptions(
-        id="t", command_line="true", exit_conditions=conditions,
-        resource_files=[m.ResourceFile(http_url=missing, file_path="x")]))  # fmt: skip
+    batch.create_task(
+        job_id,
+        m.BatchTaskCreateOptions(
+            id="t",
+            command_line="true",
+            exit_conditions=conditions,
+            resource_files=[m.ResourceFile(http_url=missing, file_path="x")],
+        ),
+    )
     info = wait_for_task(batch, job_id, "t").execution_info
     assert info is not None and info.failure_info is not None and info.failure_info.code == "BlobNotFound"
     assert batch.get_job(job_id).state == m.BatchJobState.ACTIVE

@@ -17,10 +17,11 @@ def output(
 ) -> m.OutputFile:
     return m.OutputFile(
         file_pattern=pattern,
-        destination=m.OutputFileDestination(container=m.OutputFileBlobContainerDestination(
-            container_url=container_url, path=path)),
+        destination=m.OutputFileDestination(
+            container=m.OutputFileBlobContainerDestination(container_url=container_url, path=path)
+        ),
         upload_options=m.OutputFileUploadConfiguration(upload_condition=condition),
-    )  # fmt: skip
+    )
 
 
 def test_resource_files_download_by_url_and_by_container_prefix(
@@ -85,9 +86,14 @@ def test_output_files_follow_patterns_paths_and_conditions(
     done = wait_for_task(batch, job_id, "t1")
     assert done.execution_info is not None and done.execution_info.result == m.BatchTaskExecutionResult.SUCCESS
     assert containers.names(target) == [
-        "alllogs/stderr.txt", "alllogs/stdout.txt", "logs/t1/stdout.txt",
-        "renamed/report-final.txt", "results/t1/a.txt", "results/t1/sub/b.json", "results/t1/sub/deeper/c.txt",
-    ]  # fmt: skip
+        "alllogs/stderr.txt",
+        "alllogs/stdout.txt",
+        "logs/t1/stdout.txt",
+        "renamed/report-final.txt",
+        "results/t1/a.txt",
+        "results/t1/sub/b.json",
+        "results/t1/sub/deeper/c.txt",
+    ]
     assert containers.read(target, "results/t1/sub/deeper/c.txt") == b"c"
     assert containers.read(target, "logs/t1/stdout.txt") == b"to stdout\n"
 
@@ -142,8 +148,12 @@ def test_task_files_list_download_and_properties(batch: BatchClient, job_id: str
 
 
 def test_retention_time_cleans_up_task_files(batch: BatchClient, job_id: str) -> None:
-    batch.create_task(job_id, m.BatchTaskCreateOptions(
-        id="short", command_line="true", constraints=m.BatchTaskConstraints(retention_time="PT1S")))  # fmt: skip
+    batch.create_task(
+        job_id,
+        m.BatchTaskCreateOptions(
+            id="short", command_line="true", constraints=m.BatchTaskConstraints(retention_time="PT1S")
+        ),
+    )
     wait_for_task(batch, job_id, "short")
 
     def cleaned() -> bool:
@@ -164,10 +174,16 @@ def test_application_packages_map_to_the_packages_directory(batch: BatchClient, 
     package.mkdir(parents=True, exist_ok=True)
     (package / "tool.sh").write_text("#!/bin/sh\necho from package\n")
     (package / "tool.sh").chmod(0o755)
-    batch.create_task(job_id, m.BatchTaskCreateOptions(
-        id="app", command_line="/bin/sh -c '$AZ_BATCH_APP_PACKAGE_reporter_1_2/tool.sh'",
-        application_package_references=[m.BatchApplicationPackageReference(application_id="reporter",
-                                                                           version="1.2")]))  # fmt: skip
+    batch.create_task(
+        job_id,
+        m.BatchTaskCreateOptions(
+            id="app",
+            command_line="/bin/sh -c '$AZ_BATCH_APP_PACKAGE_reporter_1_2/tool.sh'",
+            application_package_references=[
+                m.BatchApplicationPackageReference(application_id="reporter", version="1.2")
+            ],
+        ),
+    )
     done = wait_for_task(batch, job_id, "app")
     assert done.execution_info is not None and done.execution_info.exit_code == 0
     assert b"".join(batch.download_task_file(job_id, "app", "stdout.txt")) == b"from package\n"

@@ -129,16 +129,18 @@ def test_delete_job_is_a_long_running_operation(batch: BatchClient, pool_id: str
 
 def test_task_counts_have_task_and_slot_counts(batch: BatchClient, pool_id: str) -> None:
     job_id = new_job(batch, pool_id)
-    batch.create_tasks(job_id, [
-        m.BatchTaskCreateOptions(id="ok", command_line="true"),
-        m.BatchTaskCreateOptions(id="bad", command_line="false"),
-    ])  # fmt: skip
+    batch.create_tasks(
+        job_id,
+        [
+            m.BatchTaskCreateOptions(id="ok", command_line="true"),
+            m.BatchTaskCreateOptions(id="bad", command_line="false"),
+        ],
+    )
     wait_for_task(batch, job_id, "ok")
     wait_for_task(batch, job_id, "bad")
     counts = batch.get_job_task_counts(job_id)
     assert counts.task_counts.as_dict() == {"active": 0, "running": 0, "completed": 2, "succeeded": 1, "failed": 1}
-    assert counts.task_slot_counts.as_dict() == {"active": 0, "running": 0, "completed": 2, "succeeded": 1,
-                                                 "failed": 1}  # fmt: skip
+    assert counts.task_slot_counts.as_dict() == {"active": 0, "running": 0, "completed": 2, "succeeded": 1, "failed": 1}
 
 
 def test_on_all_tasks_complete_terminates_the_job(batch: BatchClient, pool_id: str) -> None:
@@ -178,9 +180,11 @@ def test_tasks_wait_for_a_pool_that_does_not_exist_yet(batch: BatchClient) -> No
 def test_auto_pool_is_created_for_the_job_and_removed_with_it(batch: BatchClient) -> None:
     job_id = unique("job")
     spec = m.BatchAutoPoolSpecification(
-        auto_pool_id_prefix="auto", pool_lifetime_option=m.BatchPoolLifetimeOption.JOB, keep_alive=False,
+        auto_pool_id_prefix="auto",
+        pool_lifetime_option=m.BatchPoolLifetimeOption.JOB,
+        keep_alive=False,
         pool=m.BatchPoolSpecification(**VM, target_dedicated_nodes=1, task_slots_per_node=2),
-    )  # fmt: skip
+    )
     batch.create_job(m.BatchJobCreateOptions(id=job_id, pool_info=m.BatchPoolInfo(auto_pool_specification=spec)))
     job = batch.get_job(job_id)
     assert job.execution_info is not None and job.execution_info.pool_id

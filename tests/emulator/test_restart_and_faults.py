@@ -35,13 +35,22 @@ def test_state_survives_a_crash_and_running_tasks_are_requeued(private_dir: Path
         client.create_job(m.BatchJobCreateOptions(id="j", pool_info=m.BatchPoolInfo(pool_id="p")))
         client.create_task("j", m.BatchTaskCreateOptions(id="done", command_line="true"))
         wait_for_task(client, "j", "done")
-        client.create_task("j", m.BatchTaskCreateOptions(
-            id="interrupted", command_line="/bin/sh -c 'echo $$ >> ../pids; sleep 2'"))  # fmt: skip
-        running = wait_until(lambda: (t := client.get_task("j", "interrupted")).state == m.BatchTaskState.RUNNING
-                             and t)  # fmt: skip
+        client.create_task(
+            "j", m.BatchTaskCreateOptions(id="interrupted", command_line="/bin/sh -c 'echo $$ >> ../pids; sleep 2'")
+        )
+        running = wait_until(lambda: (t := client.get_task("j", "interrupted")).state == m.BatchTaskState.RUNNING and t)
         assert running.node_info is not None
-        pids_file = (private_dir / "batch" / "nodes" / running.node_info.node_id / "workitems" / "j" / "job-1"
-                     / "interrupted" / "pids")  # fmt: skip
+        pids_file = (
+            private_dir
+            / "batch"
+            / "nodes"
+            / running.node_info.node_id
+            / "workitems"
+            / "j"
+            / "job-1"
+            / "interrupted"
+            / "pids"
+        )
         wait_until(lambda: pids_file.exists() and pids_file.read_text().strip())
         orphan = int(pids_file.read_text().split()[0])
     finally:

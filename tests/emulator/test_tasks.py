@@ -230,9 +230,16 @@ def test_update_and_delete_task(batch: BatchClient, job_id: str) -> None:
 
 def test_task_collection_reports_each_task(batch: BatchClient, job_id: str) -> None:
     batch.create_task(job_id, task("exists", "true"))
-    result = batch.create_task_collection(job_id, m.BatchTaskGroup(task_values=[
-        task("new-1", "true"), task("exists", "true"), task("bad id!", "true"),
-    ]))  # fmt: skip
+    result = batch.create_task_collection(
+        job_id,
+        m.BatchTaskGroup(
+            task_values=[
+                task("new-1", "true"),
+                task("exists", "true"),
+                task("bad id!", "true"),
+            ]
+        ),
+    )
     by_id = {r.task_id: r for r in result.result_values}
     assert by_id["new-1"].status == m.BatchTaskAddStatus.SUCCESS and by_id["new-1"].etag
     assert by_id["exists"].status == m.BatchTaskAddStatus.CLIENT_ERROR
@@ -257,9 +264,15 @@ def test_create_tasks_halves_chunks_on_request_body_too_large(batch: BatchClient
     assert len(result.result_values) == 120
     assert all(r.status == m.BatchTaskAddStatus.SUCCESS for r in result.result_values)
     with pytest.raises(HttpResponseError) as raised:
-        batch.create_task_collection(job_id, m.BatchTaskGroup(task_values=[
-            task(f"huge-{i}", "true", environment_settings=[m.EnvironmentSetting(name="PAD", value=padding)])
-            for i in range(100)]))  # fmt: skip
+        batch.create_task_collection(
+            job_id,
+            m.BatchTaskGroup(
+                task_values=[
+                    task(f"huge-{i}", "true", environment_settings=[m.EnvironmentSetting(name="PAD", value=padding)])
+                    for i in range(100)
+                ]
+            ),
+        )
     assert raised.value.status_code == 413
     assert raised.value.error is not None and raised.value.error.code == "RequestBodyTooLarge"
 
