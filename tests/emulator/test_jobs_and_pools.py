@@ -319,7 +319,7 @@ def test_operations_on_missing_jobs_are_404(batch: BatchClient) -> None:
 def test_start_task_runs_before_tasks_when_wait_for_success(batch: BatchClient, containers: object) -> None:
     pool_id = unique("started")
     start = m.BatchStartTask(
-        command_line="/bin/sh -c 'sleep 0.3; echo ready > $AZ_BATCH_NODE_SHARED_DIR/marker; echo $PWD'",
+        command_line="/bin/sh -c 'sleep 2; echo ready > $AZ_BATCH_NODE_SHARED_DIR/marker; echo $PWD'",
         environment_settings=[m.EnvironmentSetting(name="X", value="1")],
         wait_for_success=True,
     )

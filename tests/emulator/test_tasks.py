@@ -23,7 +23,7 @@ def task(task_id: str, command: str, **kwargs: object) -> m.BatchTaskCreateOptio
 
 
 def test_task_runs_through_the_states_batch_documents(batch: BatchClient, job_id: str) -> None:
-    batch.create_task(job_id, task("t1", f"{PY} -c \"import time; time.sleep(0.3); print('done')\""))
+    batch.create_task(job_id, task("t1", f"{PY} -c \"import time; time.sleep(1); print('done')\""))
     created = batch.get_task(job_id, "t1")
     assert created.state in (m.BatchTaskState.ACTIVE, m.BatchTaskState.PREPARING, m.BatchTaskState.RUNNING)
     assert created.creation_time is not None and created.etag and created.url.endswith(f"/jobs/{job_id}/tasks/t1")
