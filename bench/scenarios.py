@@ -120,7 +120,7 @@ def _gateways(config: ScenarioConfig, names: dict[str, str], workdir: Path) -> G
         "BATCHDROP_PIPELINES_FILE": str(pipelines_file),
         "BATCHDROP_INPUT_CONTAINER": names["input"],
         "BATCHDROP_APPS_CONTAINER": names["apps"],
-        "BATCHDROP_STAGING_CONTAINER": names["staging"],
+        "BATCHDROP_STAGING_PREFIX": f"st{names['pool'][5:]}",
         "BATCHDROP_RESULTS_CONTAINER": names["results"],
         "BATCHDROP_COMPLETIONS_QUEUE": names["queue"],
         "BATCHDROP_LEDGER_TABLE": names["table"],

@@ -49,6 +49,8 @@ def collect(gw: Gateways, event: CompletionEvent) -> CollectOutcome:
     manifest = _manifest(gw, record, task, outputs, logs)
     gw.blobs.write_json(gw.settings.results_container, manifest_name, manifest)
     _mark_collected(gw, record, str(manifest["status"]))
+    # Everything is published: the task's staging container has served its purpose.
+    gw.blobs.delete_container(ids.staging_container(gw.settings.staging_prefix, record.task_id))
     logger.info(
         "published %s: %s", record.name, manifest["status"], extra={"job_id": record.job_id, "task_id": record.task_id}
     )
@@ -57,11 +59,11 @@ def collect(gw: Gateways, event: CompletionEvent) -> CollectOutcome:
 
 def _publish_outputs(gw: Gateways, record: InputRecord, result_prefix: str) -> tuple[list[str], dict[str, str]]:
     settings = gw.settings
-    staging = ids.staging_prefix(record.job_id, record.task_id)
+    staging = ids.staging_container(settings.staging_prefix, record.task_id)
     outputs: list[str] = []
     logs: dict[str, str] = {}
-    for blob in gw.blobs.list_blobs(settings.staging_container, staging):
-        relative = blob.name[len(staging) :]
+    for blob in gw.blobs.list_blobs(staging):
+        relative = blob.name
         if relative.startswith("out/"):
             target = result_prefix + relative[len("out/") :]
             outputs.append(target)
@@ -70,7 +72,7 @@ def _publish_outputs(gw: Gateways, record: InputRecord, result_prefix: str) -> t
             logs[relative[len("logs/") :]] = target
         else:
             continue
-        gw.blobs.copy(settings.staging_container, blob.name, settings.results_container, target)
+        gw.blobs.copy(staging, blob.name, settings.results_container, target)
     return sorted(outputs), logs
 
 

@@ -64,8 +64,10 @@ def _escape_segment(segment: str) -> str:
     return segment
 
 
-def staging_prefix(job: str, task: str) -> str:
-    return f"{job}/{task}/"
+def staging_container(prefix: str, task: str) -> str:
+    """The task's own staging container: a SAS for it lets the task write nowhere else."""
+    digest = hashlib.sha256(task.encode()).hexdigest()[: 62 - len(prefix)]
+    return f"{prefix}-{digest}"
 
 
 def check_blob_name(name: str) -> str | None:

@@ -67,6 +67,9 @@ class BlobPort(Protocol):
 
     def read_tail(self, container: str, name: str, max_bytes: int) -> str: ...
 
+    def delete_container(self, container: str) -> None:
+        """Delete a container and its blobs; a missing container is success."""
+
 
 class QueuePort(Protocol):
     def send(self, events: Iterable[CompletionEvent]) -> None: ...

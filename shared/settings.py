@@ -37,7 +37,7 @@ class Settings(BaseSettings):
 
     input_container: str = Field("input", alias="BATCHDROP_INPUT_CONTAINER")
     apps_container: str = Field("apps", alias="BATCHDROP_APPS_CONTAINER")
-    staging_container: str = Field("staging", alias="BATCHDROP_STAGING_CONTAINER")
+    staging_prefix: str = Field("staging", alias="BATCHDROP_STAGING_PREFIX", pattern=r"^[a-z0-9][a-z0-9-]{2,20}$")
     results_container: str = Field("results", alias="BATCHDROP_RESULTS_CONTAINER")
     completions_queue: str = Field("completions", alias="BATCHDROP_COMPLETIONS_QUEUE")
     ledger_table: str = Field("ledger", alias="BATCHDROP_LEDGER_TABLE")

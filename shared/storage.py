@@ -145,6 +145,16 @@ class AzureBlobs:
         except AzureError as error:
             raise TransientError(f"copy {source_container}/{source_name}: {type(error).__name__}") from None
 
+    def delete_container(self, container: str) -> None:
+        try:
+            self._service.delete_container(container)
+        except ResourceNotFoundError:
+            pass
+        except AzureError as error:
+            # A leftover staging container costs storage, not correctness: log it and go on.
+            logger.warning("could not delete container %s: %s", container, type(error).__name__)
+        self._ensured.discard(container)
+
     def read_json(self, container: str, name: str) -> dict[str, object] | None:
         try:
             data = self._service.get_blob_client(container, name).download_blob().readall()

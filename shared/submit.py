@@ -199,12 +199,10 @@ def _task_spec(gw: Gateways, record: InputRecord, pipeline: PipelineSpec) -> Tas
         ResourceFile(gw.blobs.read_url(settings.apps_container, app_file, valid_seconds), f"{APP_DIR}/{app_file}")
         for app_file in pipeline.app_files
     ]
-    staging = ids.staging_prefix(record.job_id, record.task_id)
-    write_url = gw.blobs.write_url(settings.staging_container, valid_seconds)
-    outputs = [_output_file(pattern, write_url, f"{staging}out") for pattern in pipeline.outputs]
+    write_url = gw.blobs.write_url(ids.staging_container(settings.staging_prefix, record.task_id), valid_seconds)
+    outputs = [_output_file(pattern, write_url, "out") for pattern in pipeline.outputs]
     outputs += [
-        OutputFile(f"../{log}", write_url, f"{staging}logs/{log}", "taskCompletion")
-        for log in ("stdout.txt", "stderr.txt")
+        OutputFile(f"../{log}", write_url, f"logs/{log}", "taskCompletion") for log in ("stdout.txt", "stderr.txt")
     ]
     return TaskSpec(
         task_id=record.task_id,

@@ -9,6 +9,7 @@ import pytest
 from azure.functions.queue import QueueMessage
 from azure.functions.timer import TimerRequest
 
+from shared import ids
 from shared.triggers import api, boundary, collector, ingest, timers
 from tests.unit.fakes import World, make_world
 
@@ -74,7 +75,7 @@ def test_sweep_poll_collect_through_their_triggers(world: World) -> None:
     timer = TimerRequest(past_due=False)
     user_function(timers.bp, "sweep")(timer)
     ((job_id, task_id),) = world.batch.all_tasks()
-    world.blobs.put("staging", f"{job_id}/{task_id}/out/report.json", b"{}")
+    world.blobs.put(ids.staging_container("staging", task_id), "out/report.json", b"{}")
     world.batch.finish(job_id, task_id)
     user_function(timers.bp, "poll")(timer)
     event = world.queue.drain()[0]

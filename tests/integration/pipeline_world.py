@@ -96,7 +96,7 @@ def make_pipeline_world(
     names = {
         "input": f"input-{namespace}",
         "apps": f"apps-{namespace}",
-        "staging": f"staging-{namespace}",
+        "staging": f"st{namespace}",
         "results": f"results-{namespace}",
         "queue": f"completions-{namespace}",
         "table": f"ledger{namespace}",
@@ -124,7 +124,7 @@ def make_pipeline_world(
         "BATCHDROP_PIPELINES_FILE": str(pipelines_file),
         "BATCHDROP_INPUT_CONTAINER": names["input"],
         "BATCHDROP_APPS_CONTAINER": names["apps"],
-        "BATCHDROP_STAGING_CONTAINER": names["staging"],
+        "BATCHDROP_STAGING_PREFIX": names["staging"],
         "BATCHDROP_RESULTS_CONTAINER": names["results"],
         "BATCHDROP_COMPLETIONS_QUEUE": names["queue"],
         "BATCHDROP_LEDGER_TABLE": names["table"],
@@ -133,7 +133,7 @@ def make_pipeline_world(
     values.update(settings)
     gw = build_gateways(load_settings(**values))
     blob_service = BlobServiceClient.from_connection_string(azurite.connection_string)
-    for role in ("input", "apps", "staging", "results"):
+    for role in ("input", "apps", "results"):
         blob_service.create_container(names[role])
     blob_service.get_container_client(names["apps"]).upload_blob("echo/app.py", APP.encode())
     return PipelineWorld(gw, blob_service, names, emulator)

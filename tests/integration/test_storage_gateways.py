@@ -89,3 +89,22 @@ def test_queue_sends_json_and_counts_poison(azurite: Azurite, namespace: str) ->
     assert message is not None and message.content == '{"job_id": "job-1", "task_id": "t-1"}'
     service.get_queue_client(f"c{namespace}-poison").send_message("x")
     assert queue.poison_count() == 1
+
+
+def test_a_task_write_url_reaches_only_its_own_staging_container(
+    azurite: Azurite, blobs: AzureBlobs, namespace: str
+) -> None:
+    from shared import ids
+
+    mine = ids.staging_container(f"st{namespace}", "task-a")
+    theirs = ids.staging_container(f"st{namespace}", "task-b")
+    assert mine != theirs
+    blobs.ensure_container(theirs)
+    blobs.ensure_container(f"results-{namespace}")
+    url = blobs.write_url(mine, 60)
+    ContainerClient.from_container_url(url).upload_blob("out/ok.txt", b"mine")
+    for target in (theirs, f"results-{namespace}"):
+        forged = url.replace(f"/{mine}?", f"/{target}?")
+        with pytest.raises(HttpResponseError) as refused:
+            ContainerClient.from_container_url(forged).upload_blob("out/evil.txt", b"x")
+        assert refused.value.status_code == 403

@@ -197,6 +197,9 @@ class FakeBlobs:
         self.copies += 1
         self.put(target_container, target_name, data)
 
+    def delete_container(self, container: str) -> None:
+        self.containers.pop(container, None)
+
     def read_json(self, container: str, name: str) -> dict[str, object] | None:
         found = self.containers.get(container, {}).get(name)
         if not found:

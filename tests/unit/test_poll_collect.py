@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+from shared import ids
 from shared.collect import collect
 from shared.errors import RejectedInput, TransientError
 from shared.messages import decode_completion
@@ -20,12 +21,12 @@ def world(tmp_path: Path) -> World:
 
 def run_task(world: World, outcome: SubmitOutcome, exit_code: int = 0, stderr: bytes = b"") -> None:
     """What a node does: write outputs and logs into the task's staging prefix, then complete."""
-    staging = f"{outcome.job_id}/{outcome.task_id}/"
+    staging = ids.staging_container("staging", outcome.task_id)
     if exit_code == 0:
-        world.blobs.put("staging", staging + "out/report.json", b'{"bytes": 1}')
-        world.blobs.put("staging", staging + "out/sub/preview.txt", b"x")
-    world.blobs.put("staging", staging + "logs/stdout.txt", b"hello")
-    world.blobs.put("staging", staging + "logs/stderr.txt", stderr)
+        world.blobs.put(staging, "out/report.json", b'{"bytes": 1}')
+        world.blobs.put(staging, "out/sub/preview.txt", b"x")
+    world.blobs.put(staging, "logs/stdout.txt", b"hello")
+    world.blobs.put(staging, "logs/stderr.txt", stderr)
     world.batch.finish(outcome.job_id, outcome.task_id, exit_code)
 
 

@@ -87,12 +87,12 @@ def test_task_gets_expiring_read_urls_and_its_own_staging_paths(world: World) ->
     assert spec.resource_files[0].url.startswith("mem://input/a.txt?sp=r")
     assert spec.resource_files[1].file_path == "app/report/report.py"
     paths = {output.pattern: output.path for output in spec.output_files}
-    staging = f"{outcome.job_id}/{outcome.task_id}/"
-    assert paths == {
-        "out/**/*": staging + "out",
-        "../stdout.txt": staging + "logs/stdout.txt",
-        "../stderr.txt": staging + "logs/stderr.txt",
-    }
+    assert paths == {"out/**/*": "out", "../stdout.txt": "logs/stdout.txt", "../stderr.txt": "logs/stderr.txt"}
+    # The task can write into its own staging container and nowhere else.
+    own = ids.staging_container("staging", outcome.task_id)
+    assert {output.container_url.split("?")[0] for output in spec.output_files} == {f"mem://{own}"}
+    other = submit(world.gw, world.blobs.put("input", "b.txt"))
+    assert ids.staging_container("staging", other.task_id) != own
     expiry = spec.resource_files[0].url.split("se=")[1].split("&")[0]
     max_hours = world.gw.settings.sas_max_hours
     assert expiry <= (world.clock() + timedelta(hours=max_hours)).isoformat()
