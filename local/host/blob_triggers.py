@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from typing import TypeVar
 
 from azure.core.exceptions import AzureError, ResourceNotFoundError
 
@@ -17,9 +18,34 @@ from .settings import HostOptions
 from .storage import StorageAccounts
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
 
 # Parallel dispatches during a scan: a drop of a thousand files is dispatched in seconds, not minutes.
 DISPATCH_THREADS = 16
+
+
+def _in_parallel(work: Callable[[T], R], items: list[T], workers: int) -> list[R | None]:
+    """work(item) for each item on up to `workers` daemon threads (a SIGTERM never waits for them)."""
+    results: list[R | None] = [None] * len(items)
+    pending = iter(range(len(items)))
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while True:
+            with lock:
+                index = next(pending, None)
+            if index is None:
+                return
+            results[index] = work(items[index])
+
+    threads = [threading.Thread(target=worker, name="dispatch", daemon=True)
+               for _ in range(min(workers, len(items)))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
 
 
 def _describe(received: ReceivedMessage) -> str:
@@ -53,8 +79,6 @@ class BlobTriggers:
                 self.receipts[connection] = Receipts(accounts.get(connection), host_id,
                                                      options.message_encoding)
         self.listeners: list[QueueListener] = []
-        self._pool: ThreadPoolExecutor | None = None
-        self._pool_lock = threading.Lock()
 
     def start(self) -> None:
         for connection, receipts in self.receipts.items():
@@ -128,12 +152,7 @@ class BlobTriggers:
                                version.name, error)
                 return None
 
-        if len(versions) <= 1:
-            return [dispatch(version) for version in versions]
-        with self._pool_lock:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=DISPATCH_THREADS, thread_name_prefix="dispatch")
-        return list(self._pool.map(dispatch, versions))
+        return _in_parallel(dispatch, versions, DISPATCH_THREADS)
 
     def _handler(self, receipts: Receipts) -> Handler:
         blobs = receipts.account.blobs
