@@ -52,10 +52,19 @@ def local_input_path(name: str) -> str:
     return f"input/{base}"
 
 
+MAX_RESULT_PREFIX = 700  # leaves 324 of Azure's 1,024 characters for the output names below it
+
+
 def result_prefix(name: str) -> str:
-    """The folder in `results` for one input; dot segments are escaped so no path resolves upward."""
+    """The folder in `results` for one input; dot segments are escaped so no path resolves upward.
+
+    A name too long to have outputs below it gets `_long-names/<digest>/`; its manifest names the input.
+    """
     segments = [_escape_segment(segment) for segment in name.split("/")]
-    return "/".join(segments) + "/"
+    prefix = "/".join(segments) + "/"
+    if len(prefix) > MAX_RESULT_PREFIX:
+        return f"_long-names/{hashlib.sha256(name.encode()).hexdigest()[:40]}/"
+    return prefix
 
 
 def _escape_segment(segment: str) -> str:

@@ -46,6 +46,13 @@ def test_job_ids_group_by_pipeline_and_window() -> None:
     assert len(ids.job_id("p" * 40, early, 1440)) <= 64
 
 
+def test_long_names_publish_under_a_digest_folder() -> None:
+    long_name = "d/" + "x" * 1020
+    prefix = ids.result_prefix(long_name)
+    assert prefix.startswith("_long-names/") and len(prefix) < 60
+    assert prefix != ids.result_prefix(long_name[:-1] + "y")
+
+
 def test_result_prefix_never_climbs_out_of_its_folder() -> None:
     prefix = ids.result_prefix("../../etc/passwd")
     assert ".." not in prefix.split("/")
