@@ -1,0 +1,42 @@
+"""A queue message stays leased while its function runs longer than the visibility timeout."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Any
+
+import pytest
+from azure.storage.queue import QueueClient
+
+from local.host.queues import QueueListener, ReceivedMessage
+from local.host.settings import HostOptions
+from tests.host.conftest import wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_long_invocation_keeps_its_message_and_deletes_it_once_done(azurite: Any) -> None:
+    name = f"lease-{uuid.uuid4().hex[:8]}"
+    queue = QueueClient.from_connection_string(azurite.connection_string, name)
+    poison = QueueClient.from_connection_string(azurite.connection_string, f"{name}-poison")
+    handled: list[tuple[bytes, int]] = []
+    stopping = threading.Event()
+
+    def slow(received: ReceivedMessage) -> None:
+        handled.append((received.body, received.dequeue_count))
+        time.sleep(4.5)  # three lease periods: without renewal it would be delivered again
+
+    listener = QueueListener("lease-test", queue, poison, HostOptions(message_encoding="none"), slow, stopping,
+                             lease_seconds=2)
+    listener.start()
+    try:
+        wait_for(lambda: queue.get_queue_properties(), 5, "the listener to create the queue")
+        queue.send_message("long job")
+        wait_for(lambda: handled, 5, "the handler to start")
+        wait_for(lambda: listener.in_flight == 0, 10, "the handler to finish")
+        assert handled == [(b"long job", 1)]
+        assert list(queue.peek_messages()) == []
+    finally:
+        stopping.set()
