@@ -1,9 +1,10 @@
 """OData `$filter` and `$select` as Batch list operations accept them.
 
-Filters compare properties (paths such as `executionInfo/exitCode`) with literals using
-eq ne gt ge lt le, combine with and/or/not and parentheses, and call `startswith(prop,'x')`.
-Strings compare case-insensitively (Batch ids and enum values are case-insensitive);
-`datetime'...'` literals compare as instants.
+Each list accepts the properties and operators Batch documents for it ("OData filters in Azure Batch"):
+a comparison `property op literal` (eq ne gt ge lt le), `startswith(property,'prefix')`, combined with
+`and` / `or` and parentheses. Property names are case-sensitive; string values compare
+case-insensitively; `DateTime'...'` literals (W3C or RFC 1123) compare as instants. Anything else
+(an unknown property, an operator the property does not allow, a literal of the wrong type) is 400.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 from local.batch import clock
@@ -19,17 +21,70 @@ from local.batch.errors import BatchApiError, invalid_query
 
 Predicate = Callable[[dict[str, Any]], bool]
 
+_ORDERED = frozenset({"eq", "ne", "ge", "gt", "le", "lt"})
+_EQUALITY = frozenset({"eq", "ne"})
+_STRING_ORDERED = _ORDERED | {"startswith"}
+
+# property -> (type, allowed operations), per list, from Batch's "OData filters" reference.
+FilterSpec = dict[str, tuple[str, frozenset[str]]]
+TASK_FILTERS: FilterSpec = {
+    "id": ("String", _STRING_ORDERED),
+    "state": ("String", _EQUALITY),
+    "stateTransitionTime": ("DateTime", _ORDERED),
+    "creationTime": ("DateTime", _ORDERED),
+    "lastModifiedTime": ("DateTime", _ORDERED),
+    "executionInfo/startTime": ("DateTime", _ORDERED),
+    "executionInfo/endTime": ("DateTime", _ORDERED),
+    "executionInfo/exitCode": ("Int", _ORDERED),
+    "executionInfo/result": ("String", _EQUALITY),
+}
+JOB_FILTERS: FilterSpec = {
+    "id": ("String", _STRING_ORDERED),
+    "state": ("String", _EQUALITY),
+    "stateTransitionTime": ("DateTime", _ORDERED),
+    "creationTime": ("DateTime", _ORDERED),
+    "lastModified": ("DateTime", _ORDERED),
+    "executionInfo/startTime": ("DateTime", _ORDERED),
+    "executionInfo/endTime": ("DateTime", _ORDERED),
+    "executionInfo/poolId": ("String", _STRING_ORDERED),
+}
+POOL_FILTERS: FilterSpec = {
+    "id": ("String", _STRING_ORDERED),
+    "state": ("String", _EQUALITY),
+    "stateTransitionTime": ("DateTime", _ORDERED),
+    "allocationState": ("String", frozenset({"eq"})),
+    "allocationStateTransitionTime": ("DateTime", _ORDERED),
+    "creationTime": ("DateTime", _ORDERED),
+    "enableAutoScale": ("Boolean", _EQUALITY),
+    "lastModified": ("DateTime", _ORDERED),
+    "vmSize": ("String", _EQUALITY),
+    "enableInterNodeCommunication": ("Boolean", _EQUALITY),
+}
+NODE_FILTERS: FilterSpec = {
+    "state": ("String", _EQUALITY),
+    "stateTransitionTime": ("DateTime", _ORDERED),
+    "lastBootTime": ("DateTime", _ORDERED),
+    "allocationTime": ("DateTime", _ORDERED),
+    "startTaskInfo/state": ("String", frozenset({"eq"})),
+    "startTaskInfo/result": ("String", _EQUALITY),
+    "startTaskInfo/exitCode": ("Int", _ORDERED),
+    "startTaskInfo/startTime": ("DateTime", _ORDERED),
+    "startTaskInfo/endTime": ("DateTime", _ORDERED),
+}
+FILE_FILTERS: FilterSpec = {"name": ("String", frozenset({"startswith"}))}
+# The documented name differs from the property Batch returns.
+_ALIASES = {"lastModifiedTime": "lastModified"}
+
 _TOKEN = re.compile(
     r"""\s*(?:
         (?P<datetime>datetime'[^']*')
       | (?P<string>'(?:[^']|'')*')
-      | (?P<number>-?\d+(?:\.\d+)?)
+      | (?P<number>-?\d+)
       | (?P<punct>[(),])
       | (?P<word>[A-Za-z_][A-Za-z0-9_/.]*)
     )""",
-    re.VERBOSE,
+    re.VERBOSE | re.IGNORECASE,
 )
-_COMPARISONS = {"eq", "ne", "gt", "ge", "lt", "le"}
 
 
 @dataclass(frozen=True)
@@ -63,15 +118,29 @@ def lookup(doc: dict[str, Any], path: str) -> Any:
     return value
 
 
+def _datetime_literal(text: str) -> datetime:
+    try:
+        return clock.parse(text)
+    except ValueError:
+        pass
+    try:
+        moment = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"{text!r} is neither a W3C nor an RFC 1123 date-time") from None
+    return moment
+
+
 class _Literal:
-    def __init__(self, value: Any) -> None:
+    def __init__(self, value: Any, kind: str) -> None:
         self.value = value
+        self.kind = kind
 
 
 class _Parser:
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, spec: FilterSpec) -> None:
         self.tokens = _tokenize(text)
         self.position = 0
+        self.spec = spec
 
     def peek(self) -> _Token | None:
         return self.tokens[self.position] if self.position < len(self.tokens) else None
@@ -90,13 +159,18 @@ class _Parser:
 
     def parse(self) -> Predicate:
         predicate = self.or_expr()
-        if self.peek() is not None:
-            raise ValueError(f"unexpected {self.peek().text!r}")  # type: ignore[union-attr]
+        token = self.peek()
+        if token is not None:
+            raise ValueError(f"unexpected {token.text!r}")
         return predicate
+
+    def _keyword(self, word: str) -> bool:
+        token = self.peek()
+        return token is not None and token.kind == "word" and token.text.lower() == word
 
     def or_expr(self) -> Predicate:
         terms = [self.and_expr()]
-        while (token := self.peek()) is not None and token.kind == "word" and token.text.lower() == "or":
+        while self._keyword("or"):
             self.take()
             terms.append(self.and_expr())
         if len(terms) == 1:
@@ -104,20 +178,16 @@ class _Parser:
         return lambda doc: any(term(doc) for term in terms)
 
     def and_expr(self) -> Predicate:
-        terms = [self.unary()]
-        while (token := self.peek()) is not None and token.kind == "word" and token.text.lower() == "and":
+        terms = [self.primary()]
+        while self._keyword("and"):
             self.take()
-            terms.append(self.unary())
+            terms.append(self.primary())
         if len(terms) == 1:
             return terms[0]
         return lambda doc: all(term(doc) for term in terms)
 
-    def unary(self) -> Predicate:
+    def primary(self) -> Predicate:
         token = self.peek()
-        if token is not None and token.kind == "word" and token.text.lower() == "not":
-            self.take()
-            inner = self.unary()
-            return lambda doc: not inner(doc)
         if token is not None and token.text == "(":
             self.take()
             inner = self.or_expr()
@@ -125,105 +195,105 @@ class _Parser:
             return inner
         return self.comparison()
 
-    def operand(self) -> str | _Literal:
+    def literal(self) -> _Literal:
         token = self.take()
         if token.kind == "datetime":
-            return _Literal(clock.parse(token.text[len("datetime'") : -1]))
+            return _Literal(_datetime_literal(token.text[len("datetime'") : -1]), "DateTime")
         if token.kind == "string":
-            return _Literal(token.text[1:-1].replace("''", "'"))
+            return _Literal(token.text[1:-1].replace("''", "'"), "String")
         if token.kind == "number":
-            return _Literal(float(token.text) if "." in token.text else int(token.text))
-        if token.kind == "word":
-            lowered = token.text.lower()
-            if lowered in ("true", "false"):
-                return _Literal(lowered == "true")
-            if lowered == "null":
-                return _Literal(None)
-            return token.text
-        raise ValueError(f"unexpected {token.text!r}")
+            return _Literal(int(token.text), "Int")
+        if token.kind == "word" and token.text.lower() in ("true", "false"):
+            return _Literal(token.text.lower() == "true", "Boolean")
+        raise ValueError(f"expected a literal, found {token.text!r}")
+
+    def prop(self, operation: str) -> tuple[str, str]:
+        token = self.take()
+        if token.kind != "word":
+            raise ValueError(f"expected a property name, found {token.text!r}")
+        allowed = self.spec.get(token.text)
+        if allowed is None:
+            raise ValueError(f"{token.text!r} is not a property this list can be filtered on")
+        kind, operations = allowed
+        if operation not in operations:
+            raise ValueError(f"{operation!r} is not allowed on {token.text!r}")
+        return _ALIASES.get(token.text, token.text), kind
 
     def comparison(self) -> Predicate:
-        token = self.peek()
-        if token is not None and token.kind == "word" and token.text.lower() == "startswith":
+        if self._keyword("startswith"):
             self.take()
             self.expect("(")
-            prop = self.operand()
+            path, _kind = self.prop("startswith")
             self.expect(",")
-            prefix = self.operand()
+            prefix = self.literal()
             self.expect(")")
-            if not isinstance(prop, str) or not isinstance(prefix, _Literal) or not isinstance(prefix.value, str):
-                raise ValueError("startswith takes a property and a string literal")
-            wanted = prefix.value.lower()
-            path = prop
+            if prefix.kind != "String":
+                raise ValueError("startswith takes a string literal")
+            wanted = str(prefix.value).lower()
 
             def starts(doc: dict[str, Any]) -> bool:
                 value = lookup(doc, path)
                 return isinstance(value, str) and value.lower().startswith(wanted)
 
-            following = self.peek()
-            if following is not None and following.kind == "word" and following.text.lower() in _COMPARISONS:
-                op = self.take().text.lower()
-                expected = self.operand()
-                if not isinstance(expected, _Literal) or not isinstance(expected.value, bool):
-                    raise ValueError("startswith(...) compares with true or false")
-                flag = expected.value if op == "eq" else not expected.value
-                return lambda doc: starts(doc) == flag
             return starts
-        left = self.operand()
-        op_token = self.take()
-        op = op_token.text.lower()
-        if op_token.kind != "word" or op not in _COMPARISONS:
-            raise ValueError(f"expected a comparison operator, found {op_token.text!r}")
-        right = self.operand()
-        return _compare(left, op, right)
+        start = self.position
+        self.take()
+        operation = self.take().text.lower()
+        if operation not in _ORDERED:
+            raise ValueError(f"expected a comparison operator, found {operation!r}")
+        self.position = start
+        path, kind = self.prop(operation)
+        self.take()
+        value = self.literal()
+        if value.kind != kind:
+            raise ValueError(f"{path!r} is a {kind}; the literal is a {value.kind}")
+        return _compare(path, operation, value.value)
 
 
-def _value(operand: str | _Literal, doc: dict[str, Any]) -> Any:
-    return operand.value if isinstance(operand, _Literal) else lookup(doc, operand)
-
-
-def _normalise(value: Any, other: Any) -> Any:
-    if isinstance(other, datetime) and isinstance(value, str):
+def _normalise(value: Any, literal: Any) -> Any:
+    if isinstance(literal, datetime):
+        if not isinstance(value, str):
+            return None
         try:
             return clock.parse(value)
         except ValueError:
-            return value
+            return None
     if isinstance(value, str):
         return value.lower()
     return value
 
 
-def _compare(left: str | _Literal, op: str, right: str | _Literal) -> Predicate:
+def _compare(path: str, operation: str, literal: Any) -> Predicate:
+    expected = literal.lower() if isinstance(literal, str) else literal
+
     def predicate(doc: dict[str, Any]) -> bool:
-        a = _value(left, doc)
-        b = _value(right, doc)
-        a, b = _normalise(a, b), _normalise(b, a)
-        if op == "eq":
-            return bool(a == b)
-        if op == "ne":
-            return bool(a != b)
-        if a is None or b is None:
+        value = _normalise(lookup(doc, path), literal)
+        if operation == "eq":
+            return bool(value == expected)
+        if operation == "ne":
+            return bool(value != expected)
+        if value is None:
             return False
         try:
-            if op == "gt":
-                return bool(a > b)
-            if op == "ge":
-                return bool(a >= b)
-            if op == "lt":
-                return bool(a < b)
-            return bool(a <= b)
+            if operation == "gt":
+                return bool(value > expected)
+            if operation == "ge":
+                return bool(value >= expected)
+            if operation == "lt":
+                return bool(value < expected)
+            return bool(value <= expected)
         except TypeError:
             return False
 
     return predicate
 
 
-def parse_filter(text: str | None) -> Predicate:
-    """A predicate over REST documents; raises a 400 BatchApiError for a filter it cannot parse."""
+def parse_filter(text: str | None, spec: FilterSpec) -> Predicate:
+    """A predicate over REST documents; raises a 400 BatchApiError for a filter Batch would refuse."""
     if not text or not text.strip():
         return lambda doc: True
     try:
-        return _Parser(text).parse()
+        return _Parser(text, spec).parse()
     except ValueError as problem:
         raise invalid_query("$filter", text, str(problem)) from None
 

@@ -364,13 +364,7 @@ class Api:
         return _page(
             request,
             "files",
-            BatchService.page(
-                entries,
-                request.query.get("$filter"),
-                None,
-                request.query.get("maxresults"),
-                request.query.get("$skiptoken"),
-            ),
+            BatchService.page(entries, request.query, odata.FILE_FILTERS, selectable=False),
         )
 
     def _file_headers(self, request: Request, path: Path, name: str) -> dict[str, str]:

@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -316,17 +316,13 @@ class BatchService:
 
     @staticmethod
     def page(
-        docs: Iterable[Doc],
-        filter_text: str | None,
-        select_text: str | None,
-        max_results: str | None,
-        skip_token: str | None,
-        extra_filter: Callable[[Doc], bool] | None = None,
+        docs: Iterable[Doc], query: Mapping[str, str], filters: odata.FilterSpec, *, selectable: bool = True
     ) -> tuple[list[Doc], str | None]:
         """One page of a list: items after the skip token (a sequence number) that match the filter."""
-        predicate = odata.parse_filter(filter_text)
-        fields = odata.parse_select(select_text)
-        limit = odata.max_results(max_results)
+        predicate = odata.parse_filter(query.get("$filter"), filters)
+        fields = odata.parse_select(query.get("$select")) if selectable else None
+        limit = odata.max_results(query.get("maxresults"))
+        skip_token = query.get("$skiptoken")
         after = 0
         if skip_token:
             try:
@@ -344,8 +340,6 @@ class BatchService:
         for doc in docs:
             seq = int(doc.get("_seq", 0))
             if seq <= after:
-                continue
-            if extra_filter is not None and not extra_filter(doc):
                 continue
             visible = public(doc)
             if not predicate(visible):
@@ -580,13 +574,7 @@ class BatchService:
 
     def list_pools(self, query: dict[str, str]) -> tuple[list[Doc], str | None]:
         with self.lock:
-            return self.page(
-                self.pools.values(),
-                query.get("$filter"),
-                query.get("$select"),
-                query.get("maxresults"),
-                query.get("$skiptoken"),
-            )
+            return self.page(self.pools.values(), query, odata.POOL_FILTERS)
 
     def delete_pool(self, pool_id: str) -> None:
         with self.lock:
@@ -654,13 +642,7 @@ class BatchService:
         with self.lock:
             self._pool(pool_id)
             nodes = self.nodes.get(ids.key(pool_id), {})
-            return self.page(
-                nodes.values(),
-                query.get("$filter"),
-                query.get("$select"),
-                query.get("maxresults"),
-                query.get("$skiptoken"),
-            )
+            return self.page(nodes.values(), query, odata.NODE_FILTERS)
 
     def get_node(self, pool_id: str, node_id: str) -> Doc:
         with self.lock:
@@ -840,13 +822,7 @@ class BatchService:
 
     def list_jobs(self, query: dict[str, str]) -> tuple[list[Doc], str | None]:
         with self.lock:
-            return self.page(
-                self.jobs.values(),
-                query.get("$filter"),
-                query.get("$select"),
-                query.get("maxresults"),
-                query.get("$skiptoken"),
-            )
+            return self.page(self.jobs.values(), query, odata.JOB_FILTERS)
 
     def update_job(self, job_id: str, body: Doc, replace: bool, if_match: str | None = None) -> None:
         constraints = body.get("constraints")
@@ -1158,13 +1134,7 @@ class BatchService:
     def list_tasks(self, job_id: str, query: dict[str, str]) -> tuple[list[Doc], str | None]:
         with self.lock:
             self._job(job_id)
-            return self.page(
-                self.tasks[ids.key(job_id)].values(),
-                query.get("$filter"),
-                query.get("$select"),
-                query.get("maxresults"),
-                query.get("$skiptoken"),
-            )
+            return self.page(self.tasks[ids.key(job_id)].values(), query, odata.TASK_FILTERS)
 
     def update_task(self, job_id: str, task_id: str, body: Doc, if_match: str | None = None) -> None:
         constraints = body.get("constraints") or {}

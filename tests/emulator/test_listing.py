@@ -125,3 +125,35 @@ def test_select_applies_to_single_gets_too(batch: BatchClient, finished_job: str
     assert task.execution_info is not None and task.execution_info.exit_code == 3
     assert set(batch.get_job(finished_job, select=["id", "state"]).as_dict()) - {"odata.metadata"} == {"id", "state"}
     assert set(batch.get_pool(pool_id, select=["id"]).as_dict()) - {"odata.metadata"} == {"id"}
+
+
+@pytest.mark.parametrize(
+    "bad_filter",
+    [
+        "State eq 'completed'",  # property names are case-sensitive
+        "commandLine eq 'true'",  # not a filterable property of tasks
+        "state gt 'active'",  # state allows eq and ne only
+        "executionInfo/result ge 'failure'",
+        "stateTransitionTime gt '2020-01-01T00:00:00Z'",  # a DateTime needs a DateTime literal
+        "executionInfo/exitCode eq '1'",
+        "not (state eq 'active')",
+        "startswith(state,'act')",
+    ],
+)
+def test_filters_batch_would_refuse_are_400(batch: BatchClient, job_id: str, bad_filter: str) -> None:
+    with pytest.raises(HttpResponseError) as raised:
+        list(batch.list_tasks(job_id, filter=bad_filter))
+    assert raised.value.status_code == 400
+    assert raised.value.error is not None and raised.value.error.code == "InvalidQueryParameterValue"
+
+
+def test_datetime_literals_in_w3c_and_rfc_1123_forms(batch: BatchClient, finished_job: str) -> None:
+    assert len(ids(batch.list_tasks(finished_job, filter="creationTime gt DateTime'2011-05-08T08:49:37Z'"))) == 15
+    rfc = "creationTime gt DateTime'Sun, 08 May 2011 08:49:37 GMT'"
+    assert len(ids(batch.list_tasks(finished_job, filter=rfc))) == 15
+    assert ids(batch.list_tasks(finished_job, filter="creationTime lt datetime'2011-05-08T08:49:37Z'")) == []
+
+
+def test_task_files_filter_by_name_prefix(batch: BatchClient, finished_job: str) -> None:
+    names = [f.name for f in batch.list_task_files(finished_job, "ok-00", filter="startswith(name,'std')")]
+    assert sorted(names) == ["stderr.txt", "stdout.txt"]
