@@ -11,6 +11,7 @@ from pathlib import Path
 from azure.storage.blob import BlobServiceClient, ContainerClient
 
 from local.stack import Azurite, Emulator
+from shared import ids
 from shared.collect import collect
 from shared.gateways import Gateways, build_gateways
 from shared.poll import poll
@@ -45,7 +46,7 @@ class PipelineWorld:
         self.container("input").upload_blob(name, data, overwrite=True)
 
     def manifest(self, name: str) -> dict[str, object] | None:
-        return self.gw.blobs.read_json(self.names["results"], f"{name}/_manifest.json")
+        return self.gw.blobs.read_json(self.names["results"], f"{ids.result_prefix(name)}_manifest.json")
 
     def drain_completions(self) -> int:
         """Run the poll and the collector until the queue is empty; returns events collected."""

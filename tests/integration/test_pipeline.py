@@ -88,3 +88,40 @@ def test_sweep_with_nothing_new_makes_no_batch_requests(world: PipelineWorld) ->
     world.emulator.reset_stats()
     sweep(world.gw)
     assert world.emulator.stats()["total"] == 0
+
+
+def test_empty_and_longest_names_are_processed(world: PipelineWorld) -> None:
+    longest = "deep/" + "n" * 1019
+    assert len(longest) == 1024
+    world.drop("empty.bin", b"")
+    world.drop(longest, b"long")
+    sweep(world.gw)
+    manifests = world.run_until_manifests(["empty.bin", longest])
+    assert manifests["empty.bin"]["status"] == "succeeded"
+    report = world.container("results").download_blob("empty.bin/report.json").readall()
+    assert json.loads(report)["bytes"] == 0
+    assert manifests[longest]["status"] == "succeeded" and manifests[longest]["input"] == longest
+    assert all(str(name).startswith("_long-names/") for name in manifests[longest]["outputs"])  # type: ignore[union-attr]
+
+
+def test_input_deleted_before_its_task_runs_fails_with_the_reason(world: PipelineWorld) -> None:
+    from azure.batch import models as batch_models
+
+    from shared.batch import AzureBatch
+
+    pipeline = world.gw.pipelines.pipelines[0]
+    idle_pool = pipeline.pool.model_copy(update={"dedicated_nodes": 0})
+    AzureBatch(batch_client(world.emulator)).ensure_pool(idle_pool)  # no node yet: the task waits
+    world.drop("vanishing.txt", b"soon gone")
+    submit_blob(world.gw, world.names["input"], "vanishing.txt")
+    world.container("input").delete_blob("vanishing.txt")
+    batch_client(world.emulator).begin_resize_pool(
+        pipeline.pool.id, batch_models.BatchPoolResizeOptions(target_dedicated_nodes=1), polling_interval=1
+    ).result()
+    manifest = world.run_until_manifests(["vanishing.txt"])["vanishing.txt"]
+    assert manifest["status"] == "failed"
+    failure = manifest["failure"]
+    assert isinstance(failure, dict) and failure["category"].lower() == "usererror"
+    assert failure["code"] == "BlobNotFound"
+    assert failure["details"]["FilePath"] == "input/vanishing.txt"
+    assert "sig=" not in json.dumps(manifest)  # the reason is shown, the SAS signature is not
