@@ -987,6 +987,15 @@ class BatchService:
         ids.check_duration(constraints.get("retentionTime"), "constraints.retentionTime")
         ids.check_int(constraints.get("maxTaskRetryCount"), "constraints.maxTaskRetryCount", -1)
         ids.check_int(body.get("requiredSlots"), "requiredSlots", 1)
+        self._check_exit_conditions(job, body.get("exitConditions"))
+        depends = body.get("dependsOn") or {}
+        if len("".join(str(task_id) for task_id in depends.get("taskIds") or [])) > 64000:
+            raise BatchApiError(
+                400,
+                "TaskDependencyListTooLong",
+                "The task depends on too many task ids; the combined length of the ids is limited to 64000 "
+                "characters. Consider task id ranges instead.",
+            )
         if body.get("dependsOn") and not job.get("usesTaskDependencies"):
             raise BatchApiError(
                 400,
@@ -1002,6 +1011,42 @@ class BatchService:
             )
         self._check_packages(body.get("applicationPackageReferences"))
         return task_id
+
+    @staticmethod
+    def _check_exit_conditions(job: Doc, conditions: Any) -> None:
+        """Batch refuses exit options that the job's settings would never use."""
+        if not conditions:
+            return
+        options: list[tuple[str, Any]] = []
+        for name in ("preProcessingError", "fileUploadError", "default"):
+            if conditions.get(name) is not None:
+                options.append((f"exitConditions.{name}", conditions[name]))
+        for index, mapping in enumerate(conditions.get("exitCodes") or []):
+            if not isinstance(mapping, dict) or not isinstance(mapping.get("code"), int):
+                raise invalid_property(f"exitConditions.exitCodes[{index}].code", mapping, "must be an integer")
+            options.append((f"exitConditions.exitCodes[{index}].exitOptions", mapping.get("exitOptions")))
+        for index, mapping in enumerate(conditions.get("exitCodeRanges") or []):
+            start, end = (mapping.get("start"), mapping.get("end")) if isinstance(mapping, dict) else (None, None)
+            if not isinstance(start, int) or not isinstance(end, int) or start > end:
+                raise invalid_property(
+                    f"exitConditions.exitCodeRanges[{index}]", mapping, "needs integers start <= end"
+                )
+            options.append((f"exitConditions.exitCodeRanges[{index}].exitOptions", mapping.get("exitOptions")))
+        for where, exit_options in options:
+            if not isinstance(exit_options, dict):
+                continue
+            if exit_options.get("jobAction") is not None and job["onTaskFailure"] == "noaction":
+                raise invalid_property(
+                    f"{where}.jobAction",
+                    exit_options["jobAction"],
+                    "jobAction requires the job's onTaskFailure to be performexitoptionsjobaction",
+                )
+            if exit_options.get("dependencyAction") is not None and not job.get("usesTaskDependencies"):
+                raise invalid_property(
+                    f"{where}.dependencyAction",
+                    exit_options["dependencyAction"],
+                    "dependencyAction requires the job's usesTaskDependencies to be true",
+                )
 
     def _check_job_accepts_tasks(self, job: Doc) -> None:
         state = job["state"]

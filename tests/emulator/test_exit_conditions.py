@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 from azure.batch import BatchClient
 from azure.batch import models as m
+from azure.core.exceptions import HttpResponseError
 
 from tests.emulator.conftest import Containers, unique, wait_for_job_state, wait_for_task
 
@@ -80,7 +82,22 @@ def test_pre_processing_error_uses_its_own_exit_options(
 
 
 def test_without_perform_exit_options_a_failure_leaves_the_job_active(batch: BatchClient, job_id: str) -> None:
-    conditions = m.ExitConditions(default=TERMINATE)
-    batch.create_task(job_id, m.BatchTaskCreateOptions(id="t", command_line="false", exit_conditions=conditions))
+    batch.create_task(job_id, m.BatchTaskCreateOptions(id="t", command_line="false"))
     wait_for_task(batch, job_id, "t")
     assert batch.get_job(job_id).state == m.BatchJobState.ACTIVE
+
+
+def test_job_action_on_a_job_without_perform_exit_options_is_refused(batch: BatchClient, job_id: str) -> None:
+    # Batch: "It is an error to specify this if the job's onTaskFailed is noaction" (400, invalid property).
+    conditions = m.ExitConditions(default=TERMINATE)
+    with pytest.raises(HttpResponseError) as raised:
+        batch.create_task(job_id, m.BatchTaskCreateOptions(id="t", command_line="false", exit_conditions=conditions))
+    assert raised.value.status_code == 400
+    assert raised.value.error is not None and raised.value.error.code == "InvalidPropertyValue"
+
+
+def test_dependency_action_needs_a_job_using_dependencies(batch: BatchClient, job_id: str) -> None:
+    satisfy = m.ExitConditions(default=m.ExitOptions(dependency_action=m.DependencyAction.SATISFY))
+    with pytest.raises(HttpResponseError) as raised:
+        batch.create_task(job_id, m.BatchTaskCreateOptions(id="t", command_line="false", exit_conditions=satisfy))
+    assert raised.value.status_code == 400
