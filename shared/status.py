@@ -8,41 +8,52 @@ from shared.gateways import Gateways
 from shared.models import InputState, JobState
 
 COUNT_KEYS = ("queued", "running", "succeeded", "failed", "collected", "rejected", "skipped")
+BATCH_KEYS = ("queued", "running", "succeeded", "failed")
+
+
+def _zero() -> dict[str, int]:
+    return dict.fromkeys(COUNT_KEYS, 0)
 
 
 def status(gw: Gateways) -> dict[str, object]:
-    """The status document served by GET api/status."""
+    """The status document served by GET api/status: per pipeline, per job, and totals."""
     records = gw.ledger.inputs()
-    collected_by_job = Counter(r.job_id for r in records if r.state is InputState.COLLECTED)
-    per_state = Counter(r.state for r in records)
-    rejected_by_pipeline = Counter(r.pipeline for r in records if r.state is InputState.REJECTED)
-    totals = dict.fromkeys(COUNT_KEYS, 0)
-    totals["collected"] = per_state[InputState.COLLECTED]
-    totals["rejected"] = per_state[InputState.REJECTED]
-    totals["skipped"] = per_state[InputState.SKIPPED]
+    collected = Counter((r.job_id, r.outcome) for r in records if r.state is InputState.COLLECTED)
+    refused = Counter((r.pipeline, r.state) for r in records if r.state in (InputState.REJECTED, InputState.SKIPPED))
+    per_pipeline = {p.name: _zero() for p in gw.pipelines.pipelines}
+    totals = _zero()
     jobs: list[dict[str, object]] = []
     for job in gw.ledger.jobs(active_only=False):
-        counts = dict.fromkeys(COUNT_KEYS, 0)
-        counts["collected"] = collected_by_job[job.job_id]
-        if job.state is JobState.ACTIVE:
-            batch_counts = gw.batch.task_counts(job.job_id)
-            if batch_counts is not None:
-                counts.update(
-                    queued=batch_counts.active,
-                    running=batch_counts.running,
-                    succeeded=batch_counts.succeeded,
-                    failed=batch_counts.failed,
-                )
-        else:
-            outcomes = Counter(r.outcome for r in records if r.job_id == job.job_id and r.state is InputState.COLLECTED)
-            counts.update(succeeded=outcomes["succeeded"], failed=outcomes["failed"])
-        for key in ("queued", "running", "succeeded", "failed"):
-            totals[key] += counts[key]
+        counts = _zero()
+        counts["collected"] = sum(n for (job_id, _), n in collected.items() if job_id == job.job_id)
+        batch_counts = gw.batch.task_counts(job.job_id) if job.state is JobState.ACTIVE else None
+        if batch_counts is not None:
+            counts.update(queued=batch_counts.active, running=batch_counts.running,
+                          succeeded=batch_counts.succeeded, failed=batch_counts.failed)  # fmt: skip
+        else:  # a closed job: Batch may have forgotten it, the ledger has not
+            counts.update(succeeded=collected[(job.job_id, "succeeded")], failed=collected[(job.job_id, "failed")])
         jobs.append({"job_id": job.job_id, "pipeline": job.pipeline, "state": job.state.value, "counts": counts})
+        pipeline_counts = per_pipeline.setdefault(job.pipeline, _zero())
+        for key in (*BATCH_KEYS, "collected"):
+            pipeline_counts[key] += counts[key]
+    for (pipeline, state), count in refused.items():
+        key = "rejected" if state is InputState.REJECTED else "skipped"
+        totals[key] += count
+        if pipeline in per_pipeline:
+            per_pipeline[pipeline][key] += count
+    for counts in per_pipeline.values():
+        for key in (*BATCH_KEYS, "collected"):
+            totals[key] += counts[key]
+    match = {p.name: p.match for p in gw.pipelines.pipelines}
     return {
         "pipelines": [
-            {"name": p.name, "prefix": p.match.prefix, "glob": p.match.glob, "rejected": rejected_by_pipeline[p.name]}
-            for p in gw.pipelines.pipelines
+            {
+                "name": name,
+                "prefix": match[name].prefix if name in match else None,
+                "glob": match[name].glob if name in match else None,
+                "counts": counts,
+            }
+            for name, counts in per_pipeline.items()
         ],
         "totals": totals,
         "jobs": jobs,

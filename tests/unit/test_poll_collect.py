@@ -180,3 +180,13 @@ def test_collect_from_a_polled_event_makes_no_batch_request(world: World) -> Non
 def test_malformed_task_field_is_rejected() -> None:
     with pytest.raises(RejectedInput, match="field task is malformed"):
         decode_completion('{"job_id": "j", "task_id": "t", "task": {"exit_code": 1}}')
+
+
+def test_status_counts_per_pipeline(world: World) -> None:
+    done = submit(world.gw, world.blobs.put("input", "a.txt"))
+    run_task(world, done, exit_code=1)
+    poll(world.gw)
+    collect(world.gw, world.queue.drain()[0])
+    (pipeline,) = status(world.gw)["pipelines"]  # type: ignore[misc]
+    assert pipeline["name"] == "report"
+    assert pipeline["counts"]["failed"] == 1 and pipeline["counts"]["collected"] == 1
