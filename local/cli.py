@@ -38,8 +38,9 @@ APPS_DIR = PROJECT_ROOT / "apps"
 SAMPLES_DIR = PROJECT_ROOT / "samples"
 DEFAULT_PIPELINES = SAMPLES_DIR / "pipelines.json"
 
-INPUT, APPS, STAGING, RESULTS = "input", "apps", "staging", "results"
-CONTAINERS = (INPUT, APPS, STAGING, RESULTS)
+INPUT, APPS, RESULTS = "input", "apps", "results"
+# Staging is a container per task (`staging-<digest>`), created and deleted by the pipeline itself.
+CONTAINERS = (INPUT, APPS, RESULTS)
 MANIFEST = "_manifest.json"
 FAIL_MARKER = b"#fail"
 HOST_APP = "function_app:app"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -120,3 +121,37 @@ def test_demo_passes_and_leaves_nothing_running(state: Path) -> None:
     assert "demo passed: 4 manifests" in demo.stdout
     assert "stopped the local stack." in demo.stdout
     assert not (state / "demo" / "stack.json").exists()
+
+
+def processes_under(directory: Path) -> list[int]:
+    """Pids of live processes whose command line mentions `directory` (every server gets its state dir)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if str(directory) in cmdline and running(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="lists processes through /proc")
+@pytest.mark.parametrize("delay", [0.3, 1.0, 3.0])
+def test_ctrl_c_during_the_demo_stops_everything_it_started(state: Path, delay: float) -> None:
+    env = {**os.environ, "BATCHDROP_STATE_DIR": str(state)}
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "local.cli", "demo"], cwd=PROJECT, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    assert demo.stdout is not None
+    first_line = demo.stdout.readline()  # printed once the servers start: Ctrl-C lands while they do, or later
+    assert "starting" in first_line
+    time.sleep(delay)
+    demo.send_signal(signal.SIGINT)
+    output, _ = demo.communicate(timeout=60)
+
+    assert demo.returncode in (0, 130), output
+    assert processes_under(state) == []
