@@ -116,6 +116,7 @@ class QueueListener:
                     max_messages=self.options.batch_size, messages_per_page=self.options.batch_size,
                     visibility_timeout=self.lease_seconds))
             except AzureError as error:
+                ready = not isinstance(error, ResourceNotFoundError)  # deleted under us: create it again
                 logger.warning("%s: polling failed (%s); retrying in %.1fs", self.label, error,
                                self.options.max_polling_interval)
                 self.stopping.wait(self.options.max_polling_interval)

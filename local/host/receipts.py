@@ -13,7 +13,7 @@ import logging
 import threading
 from dataclasses import dataclass
 
-from azure.core.exceptions import ResourceExistsError
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 
 from .storage import StorageAccount, encode_message, ensure_queue
 
@@ -111,6 +111,15 @@ class Receipts:
 
     def dispatch(self, function_id: str, blob: BlobVersion) -> bool:
         """Enqueue the blob for the function unless a complete receipt says it was; True if enqueued."""
+        try:
+            return self._dispatch(function_id, blob)
+        except ResourceNotFoundError:
+            # The receipts container or the dispatch queue was deleted under us: create them again.
+            with self._ready_lock:
+                self._ready = False
+            return self._dispatch(function_id, blob)
+
+    def _dispatch(self, function_id: str, blob: BlobVersion) -> bool:
         name = receipt_name(self.host_id, function_id, blob.etag, blob.container, blob.name)
         self._ensure()
         with self._locks[hash(name) % len(self._locks)]:

@@ -277,3 +277,28 @@ def test_startup_errors_exit_non_zero_naming_the_setting(azurite: Any, tmp_path:
     assert result.returncode == 1
     assert result.stdout == ""
     assert message in result.stderr
+
+
+def test_storage_deleted_under_a_running_host_is_created_again(start_sample: StartSample) -> None:
+    host = start_sample()
+    host.blobs.create_container(host.container_name)
+    host.container.upload_blob("before.txt", b"1")
+    wait_for(lambda: host.records("on_blob"), what="the first blob")
+    # What a test that wipes storage between cases does to a running host.
+    host.blobs.delete_container("azure-webjobs-hosts")
+    host.queue(host.queue_name).delete_queue()
+    host.container.upload_blob("after.txt", b"2")
+    wait_for(lambda: len(host.records("on_blob")) == 2, 20, "the blob after the wipe")
+    queue = host.queue(host.queue_name)
+
+    def recreated() -> bool:
+        try:
+            queue.get_queue_properties()
+        except ResourceNotFoundError:
+            return False
+        return True
+
+    wait_for(recreated, 10, "the queue to be created again")
+    send(queue, "after the wipe")
+    wait_for(lambda: [r for r in host.records("on_message") if r["body"] == "after the wipe"], 20,
+             "the message after the wipe")
