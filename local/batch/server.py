@@ -330,10 +330,9 @@ class Api:
     @staticmethod
     def _file_properties(path: Path) -> tuple[os.stat_result, Doc]:
         stat = path.stat()
-        created = datetime.fromtimestamp(stat.st_ctime, UTC)
         modified = datetime.fromtimestamp(stat.st_mtime, UTC)
+        # Batch returns no creationTime for files on Linux nodes (and fileMode only there).
         properties: Doc = {
-            "creationTime": clock.fmt(created),
             "lastModified": clock.fmt(modified),
             "contentLength": 0 if path.is_dir() else stat.st_size,
             "contentType": "application/octet-stream",
@@ -370,7 +369,6 @@ class Api:
     def _file_headers(self, request: Request, path: Path, name: str) -> dict[str, str]:
         stat, properties = self._file_properties(path)
         return {
-            "ocp-creation-time": clock.rfc1123(clock.parse(str(properties["creationTime"]))),
             "ocp-batch-file-isdirectory": "true" if path.is_dir() else "false",
             "ocp-batch-file-url": self._file_url(request, name),
             "ocp-batch-file-mode": str(properties["fileMode"]),
