@@ -725,13 +725,18 @@ def download_results(service: BlobServiceClient, results: Sequence[Result], targ
             if not destination.is_relative_to(root) or destination == root:
                 print(f"skipped {name!r}: it would be written outside {target}", file=sys.stderr)
                 continue
-            destination.parent.mkdir(parents=True, exist_ok=True)
             try:
                 data = container.download_blob(name).readall()
             except ResourceNotFoundError:
                 print(f"skipped {name!r}: listed in its manifest but missing", file=sys.stderr)
                 continue
-            destination.write_bytes(data)
+            try:
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                destination.write_bytes(data)
+            except OSError as error:
+                # Blob names allow what file systems may not: 1,024 characters, a file and a folder of one name.
+                print(f"skipped {name!r}: {error.strerror or error}", file=sys.stderr)
+                continue
             count += 1
     return count
 
