@@ -6,7 +6,12 @@ import base64
 import hashlib
 import hmac
 from collections.abc import Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from urllib.parse import parse_qs, urlsplit
+
+# "The Batch service must receive a request within 15 minutes of when it is created."
+MAX_CLOCK_SKEW_SECONDS = 15 * 60
 
 HEADERS_TO_SIGN = (
     "content-encoding",
@@ -62,4 +67,17 @@ def verify(method: str, raw_target: str, headers: Mapping[str, str], account_nam
     expected = sign(account_key, string_to_sign(method, raw_target, headers, account_name))
     if not hmac.compare_digest(expected, signature):
         return "The MAC signature found in the HTTP request is not the same as any computed signature."
+    lowered = {name.lower(): value for name, value in headers.items()}
+    created = lowered.get("ocp-date") or lowered.get("date")
+    if not created:
+        return "The request carries neither an ocp-date nor a Date header."
+    try:
+        moment = parsedate_to_datetime(created)
+    except (TypeError, ValueError):
+        return f"The request date {created!r} is not an RFC 1123 date."
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    skew = abs((datetime.now(UTC) - moment).total_seconds())
+    if skew > MAX_CLOCK_SKEW_SECONDS:
+        return f"The request was created {created}, more than 15 minutes from the server's time."
     return None

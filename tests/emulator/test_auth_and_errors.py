@@ -114,3 +114,14 @@ def test_malformed_bodies_are_400_never_500(emulator: Emulator, body: bytes, cod
         client.send_request(request)
     assert raised.value.status_code == 400
     assert raised.value.error is not None and raised.value.error.code == code
+
+
+def test_a_request_older_than_15_minutes_is_refused(emulator: Emulator) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    client = client_for(emulator)
+    with pytest.raises(ClientAuthenticationError) as raised:
+        client.get_job("anything", ocp_date=datetime.now(UTC) - timedelta(minutes=20))
+    assert raised.value.error is not None and raised.value.error.code == "AuthenticationFailed"
+    with pytest.raises(ResourceNotFoundError):
+        client.get_job("anything", ocp_date=datetime.now(UTC) - timedelta(minutes=5))
