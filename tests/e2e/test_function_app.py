@@ -120,3 +120,15 @@ def test_dropped_files_get_exactly_one_manifest_each(stack: Stack) -> None:
         status = json.load(response)
     assert status["totals"]["collected"] == len(INPUTS)
     assert status["totals"]["failed"] == 1
+
+
+def test_no_key_or_sas_signature_reaches_a_log(stack: Stack) -> None:
+    """Runs after the drop test in this module: every log of the stack so far, scanned for secrets."""
+    from local.stack import AZURITE_KEY
+
+    secrets = [AZURITE_KEY, stack.emulator.account_key, "AccountKey=", "sig="]
+    logs = {service.name: service.log_path.read_text(errors="replace") for service in stack.services()}
+    assert "published" in logs["dev-host"], "the app's own log lines are not in the dev host log"
+    for name, text in logs.items():
+        for secret in secrets:
+            assert secret not in text, f"{secret[:12]}... appears in the {name} log"
