@@ -1343,7 +1343,25 @@ class BatchService:
                     queue.popleft()
                     self.waiting.setdefault(job_key, set()).add(task_key)
                     continue
-                node_key = self._pick_node(pool_key, pool, int(task.get("requiredSlots") or 1))
+                slots = int(task.get("requiredSlots") or 1)
+                if slots > int(pool["taskSlotsPerNode"]):
+                    queue.popleft()
+                    self._complete_without_running(
+                        job_key,
+                        task_key,
+                        task,
+                        runner.Failure(
+                            "usererror",
+                            "TaskSchedulingConstraintFailed",
+                            "Task cannot be scheduled on the pool associated with the job",
+                            {
+                                "Message": f"requiredSlots {slots} exceeds the pool's taskSlotsPerNode "
+                                f"{pool['taskSlotsPerNode']}"
+                            },
+                        ),
+                    )
+                    continue
+                node_key = self._pick_node(pool_key, pool, slots)
                 if node_key is None:
                     break
                 queue.popleft()

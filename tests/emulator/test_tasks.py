@@ -354,3 +354,12 @@ def test_dependencies_need_the_job_to_use_them(batch: BatchClient, job_id: str) 
         batch.create_task(job_id, task("d", "true", depends_on=m.BatchTaskDependencies(task_ids=["x"])))
     assert raised.value.status_code == 400
     assert raised.value.error is not None and raised.value.error.code == "TaskDependenciesNotSpecifiedOnJob"
+
+
+def test_a_task_needing_more_slots_than_a_node_has_fails_to_schedule(batch: BatchClient, job_id: str) -> None:
+    batch.create_task(job_id, task("huge", "true", required_slots=64))
+    batch.create_task(job_id, task("small", "true"))
+    info = wait_for_task(batch, job_id, "huge").execution_info
+    assert info is not None and info.result == m.BatchTaskExecutionResult.FAILURE
+    assert info.failure_info is not None and info.failure_info.code == "TaskSchedulingConstraintFailed"
+    assert wait_for_task(batch, job_id, "small").execution_info.exit_code == 0  # type: ignore[union-attr]
