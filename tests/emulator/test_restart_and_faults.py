@@ -147,3 +147,27 @@ def test_latency_is_added_to_every_request(private_dir: Path) -> None:
         assert time.monotonic() - started >= 0.3
     finally:
         server.stop()
+
+
+def test_command_line_contract_ready_line_loopback_and_sigterm(private_dir: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from local.stack import PROJECT_ROOT
+
+    argv = [sys.executable, "-m", "local.batch", "--host", "127.0.0.1", "--port", "0", "--state-dir", str(private_dir)]
+    process = subprocess.Popen(argv, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert process.stdout is not None
+    line = process.stdout.readline().decode()
+    assert line.startswith("READY http://127.0.0.1:") and line.endswith("\n")
+    port = int(line.strip().rsplit(":", 1)[1])
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/_emulator/stats", timeout=10) as response:
+        assert json.load(response) == {"total": 0, "requests": {}}
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=10) == 0
+    assert process.stdout.read() == b""  # exactly one line on stdout
+    refused = subprocess.run(
+        [*argv[:4], "0.0.0.0", *argv[5:]], cwd=PROJECT_ROOT, capture_output=True, timeout=30, check=False
+    )
+    assert refused.returncode != 0 and b"loopback" in refused.stderr
