@@ -197,3 +197,32 @@ def test_application_packages_map_to_the_packages_directory(batch: BatchClient, 
             ),
         )
     assert raised.value.error is not None and raised.value.error.code == "InvalidApplicationPackageReferences"
+
+
+def test_auto_storage_container_name_uses_the_accounts_linked_storage(
+    workdir: object, azurite: object, containers: Containers
+) -> None:
+    from pathlib import Path
+
+    from local.stack import start_emulator
+    from tests.emulator.conftest import VM, client_for
+
+    source = containers.create("auto")
+    containers.upload(source, "tool/hello.txt", b"linked storage\n")
+    server = start_emulator(
+        Path(str(workdir)) / "autostorage",
+        ["--auto-storage", azurite.connection_string],  # type: ignore[attr-defined]
+    )
+    try:
+        client = client_for(server)
+        client.create_pool(m.BatchPoolCreateOptions(id="p", **VM, target_dedicated_nodes=1))
+        client.create_job(m.BatchJobCreateOptions(id="j", pool_info=m.BatchPoolInfo(pool_id="p")))
+        resources = [m.ResourceFile(auto_storage_container_name=source, blob_prefix="tool/")]
+        client.create_task(
+            "j", m.BatchTaskCreateOptions(id="t", command_line="cat tool/hello.txt", resource_files=resources)
+        )
+        done = wait_for_task(client, "j", "t")
+        assert done.execution_info is not None and done.execution_info.exit_code == 0
+        assert b"".join(client.download_task_file("j", "t", "stdout.txt")) == b"linked storage\n"
+    finally:
+        server.stop()
