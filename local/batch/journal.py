@@ -54,11 +54,12 @@ class Journal:
         with temporary.open("w", encoding="utf-8") as target:
             for (kind, key), doc in documents.items():
                 target.write(json.dumps({"op": "put", "kind": kind, "key": key, "doc": doc}) + "\n")
-        os.replace(temporary, self.path)
-        if self._file is not None:
-            self._file.close()
-        self._file = self.path.open("a", encoding="utf-8")
-        self.writes_since_compaction = 0
+        with self._lock:
+            os.replace(temporary, self.path)
+            if self._file is not None:
+                self._file.close()
+            self._file = self.path.open("a", encoding="utf-8")
+            self.writes_since_compaction = 0
 
     def put(self, kind: str, key: str, doc: dict[str, Any]) -> None:
         self._write({"op": "put", "kind": kind, "key": key, "doc": doc})

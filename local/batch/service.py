@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 Doc = dict[str, Any]
 
 DEFAULT_RETENTION = "P7D"
-MAX_WORKERS = 256
+MAX_WORKERS = 1024  # threads start on demand; at most one per busy node slot
 TASK_ENDED_BY_USER = "Task Was Ended by User Request"
 
 
