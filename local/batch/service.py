@@ -341,13 +341,13 @@ class BatchService:
             seq = int(doc.get("_seq", 0))
             if seq <= after:
                 continue
-            visible = public(doc)
-            if not predicate(visible):
+            # Filters only read documented (public) properties, so test before copying.
+            if not predicate(doc):
                 continue
             if len(items) == limit:
                 next_token = str(last_seq)
                 break
-            items.append(odata.project(visible, fields))
+            items.append(odata.project(public(doc), fields))
             last_seq = seq
         return items, next_token
 
