@@ -114,7 +114,10 @@ class DevHost:
     def start(self) -> str:
         """Serve HTTP and start every trigger; returns the base URL."""
         self.config.state_dir.mkdir(parents=True, exist_ok=True)
-        self._server = HostServer(self.config.host, self.config.port, self._dispatch)
+        try:
+            self._server = HostServer(self.config.host, self.config.port, self._dispatch)
+        except OSError as error:
+            raise StartupError(f"cannot listen on {self.config.host}:{self.config.port}: {error}") from None
         threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
                          name="http", daemon=True).start()
         self.blob_triggers.start()
