@@ -177,3 +177,12 @@ def test_async_functions_are_awaited() -> None:
     request = func.HttpRequest(method="GET", url="http://127.0.0.1/api/hello?who=you", params={"who": "you"},
                                body=b"")
     assert invoker.invoke(spec, request, reason="test").get_body() == b"hello you"
+
+
+def test_blob_paths_with_patterns_match_their_blobs_only() -> None:
+    trigger = BlobTrigger("blob", "input", "raw/{name}.csv", "Storage", event_grid=False)
+    assert trigger.prefix == "raw/"
+    assert trigger.matches("raw/a.csv") and trigger.matches("raw/dir/b c.csv")
+    assert not trigger.matches("raw/a.txt") and not trigger.matches("cooked/a.csv")
+    everything = BlobTrigger("blob", "input", "{name}", "Storage", event_grid=False)
+    assert everything.prefix == "" and everything.matches("any/thing ü;$(x)")
