@@ -347,7 +347,7 @@ class BatchService:
             if len(items) == limit:
                 next_token = str(last_seq)
                 break
-            items.append(odata.project(public(doc), fields))
+            items.append(copy.deepcopy(odata.project(doc, fields)) if fields is not None else public(doc))
             last_seq = seq
         return items, next_token
 
