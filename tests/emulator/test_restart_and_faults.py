@@ -55,6 +55,8 @@ def test_state_survives_a_crash_and_running_tasks_are_requeued(private_dir: Path
         orphan = int(pids_file.read_text().split()[0])
     finally:
         first.kill()  # SIGKILL: no chance to clean up, like a crashed host
+    with (private_dir / "batch" / "state.jsonl").open("a") as journal:
+        journal.write('{"op": "put", "kind": "task", "key": "j/torn", "doc": {"id": "to')  # a write cut short
     second = start_emulator(private_dir)
     try:
         client = client_for(second)
