@@ -169,7 +169,10 @@ class BatchService:
         """Rebuild from the journal; attempts that were running when the emulator died are requeued."""
         ordered = sorted(documents.items(), key=lambda item: int(item[1].get("_seq", 0)))
         for (kind, composite), doc in ordered:
-            self._seq = max(self._seq, int(doc.get("_seq", 0)))
+            # ETags come from the same counter: never hand out one a document already had.
+            etag = str(doc.get("eTag") or "")
+            etag_number = int(etag[5:], 16) if etag.startswith("0x8DE") and len(etag) > 5 else 0
+            self._seq = max(self._seq, int(doc.get("_seq", 0)), etag_number)
             if kind == "pool":
                 self.pools[composite] = doc
                 self.nodes.setdefault(composite, {})

@@ -125,3 +125,10 @@ def test_a_request_older_than_15_minutes_is_refused(emulator: Emulator) -> None:
     assert raised.value.error is not None and raised.value.error.code == "AuthenticationFailed"
     with pytest.raises(ResourceNotFoundError):
         client.get_job("anything", ocp_date=datetime.now(UTC) - timedelta(minutes=5))
+
+
+def test_optional_query_parameters_are_signed_and_accepted(emulator: Emulator) -> None:
+    client = client_for(emulator)
+    with pytest.raises(ResourceNotFoundError):
+        client.get_job("anything", service_timeout=10)  # sent as ?timeOut=10, part of the signature
+    assert list(client.list_jobs(service_timeout=10, max_results=5, filter="startswith(id,'zz-none')")) == []
