@@ -14,15 +14,17 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 AZURITE_ACCOUNT = "devstoreaccount1"
 # Azurite's published development key; it protects nothing and is the same for every Azurite user.
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 READY_TIMEOUT_SECONDS = 60.0
+T = TypeVar("T")
 
 
 class StackError(RuntimeError):
@@ -70,11 +72,31 @@ class Service:
             return ""
 
 
+AZURITE_CLOSED = "successfully closed"
+
+
 @dataclass
 class Azurite(Service):
     blob_port: int = 0
     queue_port: int = 0
     table_port: int = 0
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Azurite ignores SIGTERM once it has served a request: the first SIGINT closes its three services
+        (data saved), a second one ends the process."""
+        before = self._closed_count()
+        _signal_group(self.pid, signal.SIGINT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _pid_alive(self.pid) and self._closed_count() < before + 3:
+            time.sleep(0.05)
+        _signal_group(self.pid, signal.SIGINT)
+        super().stop(timeout=3)
+
+    def _closed_count(self) -> int:
+        try:
+            return self.log_path.read_text(errors="replace").count(AZURITE_CLOSED)
+        except OSError:
+            return 0
 
     @property
     def blob_endpoint(self) -> str:
@@ -185,6 +207,15 @@ def _spawn(argv: Sequence[str], log_path: Path, env: Mapping[str, str] | None, c
         log_file.close()
 
 
+def _stop_on_interrupt(wait: Callable[[], T], process: subprocess.Popen[bytes]) -> T:
+    """A Ctrl-C (or any error) while waiting for a server must not leave it running."""
+    try:
+        return wait()
+    except BaseException:
+        stop_pid(process.pid)
+        raise
+
+
 def _await_ready_line(name: str, process: subprocess.Popen[bytes], log_path: Path) -> str:
     """Read stdout until the server's `READY <url>` line; the rest of stdout goes to the log."""
     assert process.stdout is not None
@@ -254,7 +285,7 @@ def start_azurite(workdir: Path, ports: tuple[int, int, int] | None = None) -> A
     ]  # fmt: skip
     process = _spawn(argv, log_path, None, PROJECT_ROOT)
     _drain_to_log(process, log_path)
-    _await_ports("azurite", process, (blob_port, queue_port, table_port), log_path)
+    _stop_on_interrupt(lambda: _await_ports("azurite", process, (blob_port, queue_port, table_port), log_path), process)
     return Azurite(
         name="azurite", process=process, url=f"http://127.0.0.1:{blob_port}", log_path=log_path,
         blob_port=blob_port, queue_port=queue_port, table_port=table_port,
@@ -271,7 +302,7 @@ def start_emulator(workdir: Path, extra_args: Sequence[str] = (), port: int = 0)
         "--state-dir", str(workdir / "batch"), *extra_args,
     ]  # fmt: skip
     process = _spawn(argv, log_path, None, PROJECT_ROOT)
-    url = _await_ready_line("batch emulator", process, log_path)
+    url = _stop_on_interrupt(lambda: _await_ready_line("batch emulator", process, log_path), process)
     return Emulator(
         name="batch-emulator", process=process, url=url, log_path=log_path,
         account_name=DEV_ACCOUNT_NAME, account_key=DEV_ACCOUNT_KEY,
@@ -309,5 +340,5 @@ def start_host(
     ]  # fmt: skip
     full_env = {**os.environ, **env}
     process = _spawn(argv, log_path, full_env, PROJECT_ROOT)
-    url = _await_ready_line("dev host", process, log_path)
+    url = _stop_on_interrupt(lambda: _await_ready_line("dev host", process, log_path), process)
     return Service(name="dev-host", process=process, url=url, log_path=log_path)

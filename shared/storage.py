@@ -53,8 +53,9 @@ class AzureBlobs:
 
     @classmethod
     def from_connection_string(cls, connection_string: str) -> AzureBlobs:
-        key = parse_connection_string(connection_string).get("AccountKey")
-        return cls(BlobServiceClient.from_connection_string(connection_string), key)
+        service = BlobServiceClient.from_connection_string(connection_string)
+        # UseDevelopmentStorage=true has no AccountKey= part; the SDK expands it to Azurite's key.
+        return cls(service, getattr(service.credential, "account_key", None))
 
     @classmethod
     def from_identity(cls, account_url: str, credential: Any) -> AzureBlobs:
