@@ -146,6 +146,20 @@ class Api:
         route("POST", "/pools/{pool}/updateproperties", "Pool_UpdateProperties", Api.pool_update_properties)
         route("POST", "/pools/{pool}/resize", "Pool_Resize", Api.pool_resize)
         route("POST", "/pools/{pool}/stopresize", "Pool_StopResize", Api.pool_stop_resize)
+        route("POST", "/pools/{pool}/removenodes", "Pool_RemoveNodes", Api.pool_remove_nodes)
+        route("POST", "/pools/{pool}/nodes/{node}/reboot", "ComputeNode_Reboot", Api.node_reboot)
+        route(
+            "POST",
+            "/pools/{pool}/nodes/{node}/disablescheduling",
+            "ComputeNode_DisableScheduling",
+            Api.node_disable_scheduling,
+        )
+        route(
+            "POST",
+            "/pools/{pool}/nodes/{node}/enablescheduling",
+            "ComputeNode_EnableScheduling",
+            Api.node_enable_scheduling,
+        )
         route("GET", "/pools/{pool}/nodes", "ComputeNode_List", Api.node_list)
         route("GET", "/pools/{pool}/nodes/{node}", "ComputeNode_Get", Api.node_get)
         route("GET", "/nodecounts", "Account_ListPoolNodeCounts", Api.node_counts)
@@ -217,6 +231,27 @@ class Api:
     def pool_stop_resize(self, request: Request) -> Response:
         self.service.stop_pool_resize(request.params["pool"])
         return Response(202)
+
+    def pool_remove_nodes(self, request: Request) -> Response:
+        self.service.remove_nodes(request.params["pool"], request.object())
+        return Response(202)
+
+    def node_reboot(self, request: Request) -> Response:
+        body = request.object()
+        option = body.get("nodeRebootOption")
+        self.service.reboot_node(request.params["pool"], request.params["node"], str(option) if option else None)
+        return Response(202)
+
+    def node_disable_scheduling(self, request: Request) -> Response:
+        option = request.object().get("nodeDisableSchedulingOption")
+        self.service.set_node_scheduling(
+            request.params["pool"], request.params["node"], False, str(option) if option else None
+        )
+        return Response(200)
+
+    def node_enable_scheduling(self, request: Request) -> Response:
+        self.service.set_node_scheduling(request.params["pool"], request.params["node"], True)
+        return Response(200)
 
     def node_list(self, request: Request) -> Response:
         return _page(request, "nodes", self.service.list_nodes(request.params["pool"], request.query))

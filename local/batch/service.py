@@ -560,12 +560,93 @@ class BatchService:
                 self.wakeup.notify_all()
                 return
 
-    def _remove_node(self, pool_key: str, node_key: str) -> None:
-        for (job_key, task_key), run in list(self.runs.items()):
-            if run.pool_key == pool_key and run.node_key == node_key:
-                self._stop_run(job_key, task_key, "requeue")
+    def _remove_node(self, pool_key: str, node_key: str, option: str = "requeue") -> None:
+        self._stop_node_tasks(pool_key, node_key, option)
         self.nodes[pool_key].pop(node_key, None)
         self.journal.delete("node", f"{pool_key}/{node_key}")
+
+    def _stop_node_tasks(self, pool_key: str, node_key: str, option: str) -> None:
+        """requeue / terminate the node's running tasks (taskcompletion and retaineddata let them finish)."""
+        if option not in ("requeue", "terminate"):
+            return
+        for (job_key, task_key), run in list(self.runs.items()):
+            if run.pool_key == pool_key and run.node_key == node_key:
+                self._stop_run(job_key, task_key, option)
+
+    def _node(self, pool_id: str, node_id: str) -> tuple[str, str, Doc]:
+        self._pool(pool_id)
+        pool_key, node_key = ids.key(pool_id), ids.key(node_id)
+        node = self.nodes.get(pool_key, {}).get(node_key)
+        if node is None:
+            raise not_found("NodeNotFound", "node")
+        return pool_key, node_key, node
+
+    def reboot_node(self, pool_id: str, node_id: str, option: str | None) -> None:
+        with self.lock:
+            pool_key, node_key, node = self._node(pool_id, node_id)
+            if node["state"] not in ("idle", "running", "starttaskfailed"):
+                raise conflict("OperationNotValidOnNode", "The specified operation is not valid on the node.")
+            node["state"] = "rebooting"
+            node["stateTransitionTime"] = clock.stamp()
+            self._stop_node_tasks(pool_key, node_key, (option or "requeue").lower())
+            self._save_node(pool_key, node_key)
+            self.wakeup.notify_all()
+
+    def _finish_reboots(self) -> None:
+        """A rebooting node comes back once its tasks are gone: new boot time, start task again."""
+        busy = {(run.pool_key, run.node_key) for run in self.runs.values()}
+        for pool_key, nodes in self.nodes.items():
+            pool = self.pools.get(pool_key)
+            for node_key, node in nodes.items():
+                if node["state"] != "rebooting" or (pool_key, node_key) in busy or pool is None:
+                    continue
+                moment = clock.stamp()
+                node["lastBootTime"] = moment
+                node["state"] = "idle"
+                node["stateTransitionTime"] = moment
+                self._save_node(pool_key, node_key)
+                if pool.get("startTask"):
+                    self._launch_start_task(pool_key, node_key)
+
+    def set_node_scheduling(self, pool_id: str, node_id: str, enabled: bool, option: str | None = None) -> None:
+        with self.lock:
+            pool_key, node_key, node = self._node(pool_id, node_id)
+            wanted = "enabled" if enabled else "disabled"
+            if node["schedulingState"] == wanted:
+                raise conflict(
+                    "NodeAlreadyInTargetSchedulingState",
+                    "The specified node is already in the target scheduling state.",
+                )
+            node["schedulingState"] = wanted
+            if not enabled:
+                self._stop_node_tasks(pool_key, node_key, (option or "requeue").lower())
+            self._save_node(pool_key, node_key)
+            self.wakeup.notify_all()
+
+    def remove_nodes(self, pool_id: str, body: Doc) -> None:
+        node_ids = body.get("nodeList")
+        if not isinstance(node_ids, list) or not node_ids or len(node_ids) > 100:
+            raise invalid_property("nodeList", node_ids, "must list 1 to 100 node ids")
+        option = str(body.get("nodeDeallocationOption") or "requeue").lower()
+        with self.lock:
+            pool = self._pool(pool_id)
+            pool_key = ids.key(pool_id)
+            if pool["state"] == "deleting":
+                raise conflict(
+                    "PoolBeingDeleted", "The specified pool has been marked for deletion and is being reclaimed."
+                )
+            found = [self._node(pool_id, str(node_id))[1] for node_id in node_ids]
+            for node_key in found:
+                node = self.nodes[pool_key][node_key]
+                target = "targetDedicatedNodes" if node["isDedicated"] else "targetLowPriorityNodes"
+                current = "currentDedicatedNodes" if node["isDedicated"] else "currentLowPriorityNodes"
+                pool[target] = max(0, int(pool[target]) - 1)
+                pool[current] = max(0, int(pool[current]) - 1)
+                self._remove_node(pool_key, node_key, option)
+            pool["allocationStateTransitionTime"] = clock.stamp()
+            self._touch(pool)
+            self._save_pool(pool_key)
+            self.wakeup.notify_all()
 
     def get_pool(self, pool_id: str) -> Doc:
         with self.lock:
@@ -1816,6 +1897,7 @@ class BatchService:
                     self._release_auto_pool(job)
             elif state == "deleting" and not any(run_job == job_key for run_job, _ in self.runs):
                 self._remove_job(job_key)
+        self._finish_reboots()
         live = sum(len(tasks) for tasks in self.tasks.values()) + len(self.jobs) + len(self.pools)
         if self.journal.writes_since_compaction > 20 * live + 10_000:
             # Superseded lines only cost disk and start-up time; rewrite the snapshot now and then.

@@ -351,3 +351,67 @@ def test_failed_start_task_makes_the_node_unusable_for_tasks(batch: BatchClient)
     __import__("time").sleep(0.3)
     assert batch.get_task(job_id, "t").state == m.BatchTaskState.ACTIVE
     batch.begin_delete_pool(pool_id, polling_interval=0).result()  # type: ignore[arg-type]
+
+
+def _pool_with_one_node(batch: BatchClient, prefix: str) -> tuple[str, str, str]:
+    pool_id = unique(prefix)
+    batch.create_pool(m.BatchPoolCreateOptions(id=pool_id, **VM, target_dedicated_nodes=1))
+    job_id = new_job(batch, pool_id)
+    return pool_id, job_id, next(iter(batch.list_nodes(pool_id))).id
+
+
+def test_rebooting_a_node_requeues_its_tasks_and_boots_again(batch: BatchClient) -> None:
+    pool_id, job_id, node_id = _pool_with_one_node(batch, "reboot")
+    booted = batch.get_node(pool_id, node_id).last_boot_time
+    batch.create_task(job_id, m.BatchTaskCreateOptions(id="t", command_line="sleep 1"))
+    wait_until(lambda: batch.get_task(job_id, "t").state == m.BatchTaskState.RUNNING)
+    batch.begin_reboot_node(pool_id, node_id, {"nodeRebootOption": "requeue"}, polling_interval=0).result()  # type: ignore[arg-type]
+    node = batch.get_node(pool_id, node_id)
+    assert node.state in (m.BatchNodeState.IDLE, m.BatchNodeState.RUNNING) and node.last_boot_time > booted  # type: ignore[operator]
+    done = wait_for_task(batch, job_id, "t")
+    assert done.execution_info is not None and done.execution_info.requeue_count == 1
+    assert done.execution_info.exit_code == 0
+    batch.begin_delete_pool(pool_id, polling_interval=0).result()  # type: ignore[arg-type]
+
+
+def test_rebooting_with_terminate_ends_the_tasks(batch: BatchClient) -> None:
+    pool_id, job_id, node_id = _pool_with_one_node(batch, "reboot")
+    batch.create_task(job_id, m.BatchTaskCreateOptions(id="t", command_line="sleep 30"))
+    wait_until(lambda: batch.get_task(job_id, "t").state == m.BatchTaskState.RUNNING)
+    batch.begin_reboot_node(pool_id, node_id, {"nodeRebootOption": "terminate"}, polling_interval=0).result()  # type: ignore[arg-type]
+    info = wait_for_task(batch, job_id, "t").execution_info
+    assert info is not None and info.failure_info is not None and info.failure_info.code == "TaskEnded"
+    batch.begin_delete_pool(pool_id, polling_interval=0).result()  # type: ignore[arg-type]
+
+
+def test_node_scheduling_can_be_disabled_and_enabled(batch: BatchClient) -> None:
+    pool_id, job_id, node_id = _pool_with_one_node(batch, "sched")
+    batch.disable_node_scheduling(
+        pool_id,
+        node_id,
+        m.BatchNodeDisableSchedulingOptions(node_disable_scheduling_option=m.BatchNodeDisableSchedulingOption.REQUEUE),
+    )
+    assert batch.get_node(pool_id, node_id).scheduling_state == m.SchedulingState.DISABLED
+    with pytest.raises(ResourceExistsError) as raised:
+        # Without options the SDK raises ValueError client-side (as for terminate and reboot).
+        batch.disable_node_scheduling(pool_id, node_id, {"nodeDisableSchedulingOption": "requeue"})  # type: ignore[arg-type]
+    assert raised.value.error is not None and raised.value.error.code == "NodeAlreadyInTargetSchedulingState"
+    batch.create_task(job_id, m.BatchTaskCreateOptions(id="t", command_line="true"))
+    __import__("time").sleep(0.3)
+    assert batch.get_task(job_id, "t").state == m.BatchTaskState.ACTIVE
+    batch.enable_node_scheduling(pool_id, node_id)
+    assert wait_for_task(batch, job_id, "t").execution_info.exit_code == 0  # type: ignore[union-attr]
+    batch.begin_delete_pool(pool_id, polling_interval=0).result()  # type: ignore[arg-type]
+
+
+def test_remove_nodes_shrinks_the_pool(batch: BatchClient) -> None:
+    pool_id = unique("remove")
+    batch.create_pool(m.BatchPoolCreateOptions(id=pool_id, **VM, target_dedicated_nodes=3))
+    victim = next(iter(batch.list_nodes(pool_id))).id
+    batch.begin_remove_nodes(pool_id, m.BatchNodeRemoveOptions(node_ids=[victim]), polling_interval=0).result()  # type: ignore[arg-type]
+    pool = batch.get_pool(pool_id)
+    assert pool.target_dedicated_nodes == 2 and pool.current_dedicated_nodes == 2
+    assert victim not in {n.id for n in batch.list_nodes(pool_id)}
+    with pytest.raises(ResourceNotFoundError):
+        batch.begin_remove_nodes(pool_id, m.BatchNodeRemoveOptions(node_ids=["nope"]), polling_interval=0).result()  # type: ignore[arg-type]
+    batch.begin_delete_pool(pool_id, polling_interval=0).result()  # type: ignore[arg-type]
