@@ -530,17 +530,34 @@ class _RequestHandler(BaseHTTPRequestHandler):
         return f"http://{host}"
 
     def _read_body(self) -> bytes | None:
+        """The request body; None when it exceeds the limit (it is drained so the connection stays usable)."""
+        limit = self.server.max_body_bytes
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            chunks: list[bytes] = []
+            size = 0
+            while True:
+                line = self.rfile.readline(65537)
+                length = int(line.split(b";", 1)[0].strip() or b"0", 16)
+                if length == 0:
+                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
+                    break
+                chunk = self.rfile.read(length)
+                self.rfile.readline(3)
+                size += len(chunk)
+                if size <= limit:
+                    chunks.append(chunk)
+            return b"".join(chunks) if size <= limit else None
         length = int(self.headers.get("Content-Length") or 0)
         if length <= 0:
             return b""
-        if length > self.server.max_body_bytes:
-            # Drain it so the connection stays usable, then refuse it.
+        if length > limit:
             remaining = length
             while remaining > 0:
-                chunk = self.rfile.read(min(remaining, 65536))
-                if not chunk:
+                data = self.rfile.read(min(remaining, 65536))
+                if not data:
                     break
-                remaining -= len(chunk)
+                remaining -= len(data)
             return None
         return self.rfile.read(length)
 

@@ -132,3 +132,22 @@ def test_optional_query_parameters_are_signed_and_accepted(emulator: Emulator) -
     with pytest.raises(ResourceNotFoundError):
         client.get_job("anything", service_timeout=10)  # sent as ?timeOut=10, part of the signature
     assert list(client.list_jobs(service_timeout=10, max_results=5, filter="startswith(id,'zz-none')")) == []
+
+
+def test_a_chunked_request_body_is_read(emulator: Emulator) -> None:
+    from collections.abc import Iterator
+
+    def body() -> Iterator[bytes]:
+        yield b'{"id": "chunked-job", '
+        yield b'"poolInfo": {"poolId": "p"}}'
+
+    client = client_for(emulator)
+    request = HttpRequest(
+        "POST",
+        f"{emulator.url}/jobs?api-version={API_VERSION}",
+        content=body(),
+        headers={"Content-Type": "application/json; odata=minimalmetadata"},
+    )
+    response = client.send_request(request)
+    assert response.status_code == 201
+    assert client.get_job("chunked-job").pool_info.pool_id == "p"
