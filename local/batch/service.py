@@ -831,13 +831,15 @@ class BatchService:
             value = body.get(name)
             if value is not None and str(value).lower() not in allowed:
                 raise invalid_property(name, value, f"must be one of {', '.join(allowed)}")
-        if body.get("jobManagerTask") is not None:
-            raise BatchApiError(
-                400,
-                "UnsupportedProperty",
-                "The emulator does not run job manager tasks.",
-                {"PropertyName": "jobManagerTask"},
-            )
+        for name in ("jobManagerTask", "jobPreparationTask", "jobReleaseTask"):
+            # Refused rather than ignored: a job relying on them would behave differently on Azure.
+            if body.get(name) is not None:
+                raise BatchApiError(
+                    400,
+                    "UnsupportedProperty",
+                    f"The Batch emulator does not run {name}; see docs/emulator.md.",
+                    {"PropertyName": name},
+                )
         with self.lock:
             job_key = ids.key(job_id)
             if job_key in self.jobs:
@@ -868,14 +870,7 @@ class BatchService:
                 "executionInfo": {"startTime": moment},
                 "_seq": self._next_seq(),
             }
-            for name in (
-                "displayName",
-                "metadata",
-                "commonEnvironmentSettings",
-                "networkConfiguration",
-                "jobPreparationTask",
-                "jobReleaseTask",
-            ):
+            for name in ("displayName", "metadata", "commonEnvironmentSettings", "networkConfiguration"):
                 if body.get(name) is not None:
                     job[name] = copy.deepcopy(body[name])
             if pool_info.get("poolId"):

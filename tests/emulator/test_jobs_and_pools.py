@@ -415,3 +415,15 @@ def test_remove_nodes_shrinks_the_pool(batch: BatchClient) -> None:
     with pytest.raises(ResourceNotFoundError):
         batch.begin_remove_nodes(pool_id, m.BatchNodeRemoveOptions(node_ids=["nope"]), polling_interval=0).result()  # type: ignore[arg-type]
     batch.begin_delete_pool(pool_id, polling_interval=0).result()  # type: ignore[arg-type]
+
+
+def test_job_tasks_the_emulator_cannot_run_are_refused_not_ignored(batch: BatchClient, pool_id: str) -> None:
+    prep = m.BatchJobPreparationTask(command_line="true")
+    with pytest.raises(HttpResponseError) as raised:
+        batch.create_job(
+            m.BatchJobCreateOptions(
+                id=unique("prep"), pool_info=m.BatchPoolInfo(pool_id=pool_id), job_preparation_task=prep
+            )
+        )
+    assert raised.value.status_code == 400
+    assert raised.value.error is not None and raised.value.error.code == "UnsupportedProperty"
