@@ -47,6 +47,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--fault-rate", type=float, default=0.0, help="fraction of API requests to fail (0..1)")
     parser.add_argument("--fault-statuses", type=_statuses, default=(429, 500, 503))
+    parser.add_argument(
+        "--fault-after-rate",
+        type=float,
+        default=0.0,
+        help="fraction of mutating requests (POST/PUT/PATCH/DELETE) processed and then answered with a fault",
+    )
     parser.add_argument("--fault-seed", type=int, default=None)
     parser.add_argument("--latency-ms", type=float, default=0.0, help="added to every API request")
     parser.add_argument("--job-quota", type=int, default=None, help="active jobs allowed before 409")
@@ -63,8 +69,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         parser.error("the emulator binds loopback only (--host 127.0.0.1)")
-    if not 0.0 <= args.fault_rate <= 1.0:
-        parser.error("--fault-rate must be between 0 and 1")
+    if not 0.0 <= args.fault_rate <= 1.0 or not 0.0 <= args.fault_after_rate <= 1.0:
+        parser.error("--fault-rate and --fault-after-rate must be between 0 and 1")
     return args
 
 
@@ -87,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rate=args.fault_rate,
         statuses=args.fault_statuses,
         latency_ms=args.latency_ms,
+        after_rate=args.fault_after_rate,
         random=random.Random(args.fault_seed),  # noqa: S311 - fault injection, not security
     )
     server = EmulatorServer(

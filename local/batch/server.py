@@ -37,15 +37,20 @@ class Faults:
     rate: float = 0.0
     statuses: tuple[int, ...] = (429, 500, 503)
     latency_ms: float = 0.0
-    seed: int | None = None
+    # Requests processed, then answered with a fault anyway: a response "lost" on the way back, which
+    # Batch warns can happen ("the request may have been partially or fully processed").
+    after_rate: float = 0.0
     random: random.Random = field(default_factory=random.Random)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def pick(self) -> int | None:
-        if self.rate <= 0 or not self.statuses:
+    def pick(self, rate: float | None = None) -> int | None:
+        rate = self.rate if rate is None else rate
+        if rate <= 0 or not self.statuses:
             return None
-        if self.random.random() >= self.rate:
-            return None
-        return self.random.choice(self.statuses)
+        with self.lock:
+            if self.random.random() >= rate:
+                return None
+            return self.random.choice(self.statuses)
 
 
 @dataclass
@@ -618,6 +623,16 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 raise _fault(status)
             request = Request(self.command, path, query, dict(self.headers.items()), body, matched[2], base_url)
             response = matched[1](self.server.api, request)
+            lost = faults.pick(faults.after_rate) if self.command not in ("GET", "HEAD") else None
+            if lost is not None:
+                logger.info(
+                    "%s %s (%s) was processed; answering %d instead (--fault-after-rate)",
+                    self.command,
+                    path,
+                    operation,
+                    lost,
+                )
+                raise _fault(lost)
         except BatchApiError as error:
             response = Response(error.status, error.body(f"{base_url}/{ERROR_METADATA}"), dict(error.headers))
         except Exception as crash:  # the request boundary: answer 500 with the reason, never drop the connection

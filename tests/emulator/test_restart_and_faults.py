@@ -173,3 +173,20 @@ def test_command_line_contract_ready_line_loopback_and_sigterm(private_dir: Path
         [*argv[:4], "0.0.0.0", *argv[5:]], cwd=PROJECT_ROOT, capture_output=True, timeout=30, check=False
     )
     assert refused.returncode != 0 and b"loopback" in refused.stderr
+
+
+def test_fault_after_processing_reports_failure_for_work_that_was_done(private_dir: Path) -> None:
+    from azure.core.exceptions import HttpResponseError, ResourceExistsError
+
+    server = start_emulator(private_dir, ["--fault-after-rate", "1", "--fault-statuses", "503"])
+    try:
+        client = client_for(server, retry_total=0)
+        with pytest.raises(HttpResponseError) as lost:
+            client.create_job(m.BatchJobCreateOptions(id="j", pool_info=m.BatchPoolInfo(pool_id="p")))
+        assert lost.value.status_code == 503
+        assert client.get_job("j").id == "j"  # it was created all the same
+        with pytest.raises(ResourceExistsError) as again:
+            client.create_job(m.BatchJobCreateOptions(id="j", pool_info=m.BatchPoolInfo(pool_id="p")))
+        assert again.value.error is not None and again.value.error.code == "JobExists"
+    finally:
+        server.stop()
