@@ -165,6 +165,10 @@ class Api:
             "ComputeNode_EnableScheduling",
             Api.node_enable_scheduling,
         )
+        route("GET", "/pools/{pool}/nodes/{node}/files", "File_ListFromComputeNode", Api.file_list)
+        route("GET", "/pools/{pool}/nodes/{node}/files/{path}", "File_GetFromComputeNode", Api.file_get)
+        route("HEAD", "/pools/{pool}/nodes/{node}/files/{path}", "File_GetPropertiesFromComputeNode", Api.file_head)
+        route("DELETE", "/pools/{pool}/nodes/{node}/files/{path}", "File_DeleteFromComputeNode", Api.file_delete)
         route("GET", "/pools/{pool}/nodes", "ComputeNode_List", Api.node_list)
         route("GET", "/pools/{pool}/nodes/{node}", "ComputeNode_Get", Api.node_get)
         route("GET", "/nodecounts", "Account_ListPoolNodeCounts", Api.node_counts)
@@ -355,8 +359,14 @@ class Api:
 
     # ---------------------------------------------------------------- task files
 
+    def _files_root(self, request: Request) -> Path:
+        """The task's directory, or the node's root for the node file operations."""
+        if "node" in request.params:
+            return self.service.node_file_root(request.params["pool"], request.params["node"])
+        return self.service.task_file_root(request.params["job"], request.params["task"])
+
     def _task_file(self, request: Request) -> tuple[Path, Path, str]:
-        root = self.service.task_file_root(request.params["job"], request.params["task"])
+        root = self._files_root(request)
         name = request.params["path"].replace("\\", "/").strip("/")
         target = (root / name).resolve()
         if not target.is_relative_to(root.resolve()) or not target.exists():
@@ -364,6 +374,9 @@ class Api:
         return root, target, name
 
     def _file_url(self, request: Request, name: str) -> str:
+        if "node" in request.params:
+            pool, node = request.params["pool"], request.params["node"]
+            return f"{request.base_url}/pools/{pool}/nodes/{node}/files/{quote(name, safe='')}"
         job, task = request.params["job"], request.params["task"]
         return f"{request.base_url}/jobs/{job}/tasks/{task}/files/{quote(name, safe='')}"
 
@@ -381,7 +394,7 @@ class Api:
         return stat, properties
 
     def file_list(self, request: Request) -> Response:
-        root = self.service.task_file_root(request.params["job"], request.params["task"])
+        root = self._files_root(request)
         recursive = request.query.get("recursive", "false").lower() == "true"
         entries: list[Doc] = []
         if root.is_dir():

@@ -1346,6 +1346,13 @@ class BatchService:
         job_id = str(job["id"]) if job else job_key
         return self.state_dir / "nodes" / str(node_info["nodeId"]) / "workitems" / job_id / "job-1" / str(task["id"])
 
+    def node_file_root(self, pool_id: str, node_id: str) -> Path:
+        with self.lock:
+            _pool_key, _node_key, node = self._node(pool_id, node_id)
+            root = self.state_dir / "nodes" / str(node["id"])
+            root.mkdir(parents=True, exist_ok=True)
+            return root
+
     def task_file_root(self, job_id: str, task_id: str) -> Path:
         with self.lock:
             job_key, _task_key, task = self._task(job_id, task_id)

@@ -226,3 +226,20 @@ def test_auto_storage_container_name_uses_the_accounts_linked_storage(
         assert b"".join(client.download_task_file("j", "t", "stdout.txt")) == b"linked storage\n"
     finally:
         server.stop()
+
+
+def test_node_files_list_and_download(batch: BatchClient, job_id: str, pool_id: str) -> None:
+    batch.create_task(job_id, m.BatchTaskCreateOptions(id="on-node", command_line="echo from the node"))
+    done = wait_for_task(batch, job_id, "on-node")
+    assert done.node_info is not None
+    node_id = done.node_info.node_id
+    prefix = f"workitems/{job_id}/job-1/on-node/"
+    names = {
+        f.name for f in batch.list_node_files(pool_id, node_id, recursive=True, filter=f"startswith(name,'{prefix}')")
+    }
+    assert f"{prefix}stdout.txt" in names
+    data = b"".join(batch.download_node_file(pool_id, node_id, f"{prefix}stdout.txt"))
+    assert data == b"from the node\n"
+    assert batch.get_node_file_properties(pool_id, node_id, f"{prefix}stdout.txt").content_length == len(data)
+    top = {f.name for f in batch.list_node_files(pool_id, node_id)}
+    assert {"shared", "startup", "workitems"} <= top
