@@ -23,7 +23,7 @@ What it does, and where it differs from the Functions host:
   restart with the same state directory keeps its receipts; hosts sharing an id share the work).
   The function gets a `func.blob.InputStream` that downloads only as it is read.
   `POST /runtime/webhooks/blobs?functionName=Host.Functions.<name>` takes Event Grid pushes.
-- Queue triggers: batches of host.json batchSize, invisible 60 s and renewed while running; a
+- Queue triggers: batches of host.json batchSize, invisible 30 s and renewed while running; a
   failure comes back after visibilityTimeout (host.json; if unset 1, 2, 4 ... 60 s, where Azure
   retries at once); after maxDequeueCount (5) dequeues, or if it is not in messageEncoding
   (base64 unless host.json says none), it moves to `<queue>-poison`. Polls about every second idle.

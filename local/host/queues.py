@@ -23,8 +23,8 @@ from .storage import decode_message, ensure_queue
 logger = logging.getLogger(__name__)
 
 # How long a received message stays invisible; renewed every third of it while the function runs,
-# so a crashed host's messages come back within a minute.
-LEASE_SECONDS = 60
+# so a killed host's messages come back within half a minute (the Functions host uses 10 minutes).
+LEASE_SECONDS = 30
 _FIRST_POLL_DELAY = 0.05
 
 

@@ -8,6 +8,7 @@ re-dispatches only what was caught between the two, and never what was already e
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -22,6 +23,7 @@ logger = logging.getLogger(__name__)
 RECEIPTS_CONTAINER = "azure-webjobs-hosts"
 POISON_QUEUE = "webjobs-blobtrigger-poison"
 _INCOMPLETE = "IncompleteReceipt"
+MAX_BLOB_NAME = 1024
 
 
 def quoted_etag(etag: str) -> str:
@@ -38,7 +40,13 @@ def receipt_prefix(host_id: str, function_id: str) -> str:
 
 
 def receipt_name(host_id: str, function_id: str, etag: str, container: str, blob_name: str) -> str:
-    return f"{receipt_prefix(host_id, function_id)}{etag}/{container}/{blob_name}"
+    name = f"{receipt_prefix(host_id, function_id)}{etag}/{container}/{blob_name}"
+    if len(name) <= MAX_BLOB_NAME:
+        return name
+    # A blob name near the 1,024-character limit leaves no room for the receipt's prefix: such a
+    # receipt is named by a digest of the blob name instead (unique, but not readable back).
+    digest = hashlib.sha256(blob_name.encode("utf-8")).hexdigest()
+    return f"{receipt_prefix(host_id, function_id)}{etag}/{container}/{blob_name[:200]}~sha256-{digest}"
 
 
 @dataclass(frozen=True)

@@ -143,6 +143,14 @@ def test_hostile_blob_names_are_triggered_like_any_other(sample_host: SampleHost
     assert seen() == sorted(names)
 
 
+def test_a_blob_name_of_the_maximum_length_is_triggered_once(sample_host: SampleHost) -> None:
+    name = "long/" + "n" * (1024 - len("long/"))  # 1,024 characters: no room left for a receipt prefix
+    sample_host.container.upload_blob(name, b"x")
+    wait_for(lambda: [r for r in sample_host.records("on_blob") if r["name"].endswith(name)], 15, "the long name")
+    time.sleep(0.7)  # a couple more scans
+    assert len([r for r in sample_host.records("on_blob") if r["name"].endswith(name)]) == 1
+
+
 def test_the_function_can_stream_a_large_blob(sample_host: SampleHost) -> None:
     content = os.urandom(1024 * 1024) * 12  # 12 MiB: several ranged reads
     sample_host.container.upload_blob("read-large.bin", content, max_concurrency=4)
