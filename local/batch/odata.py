@@ -72,6 +72,11 @@ NODE_FILTERS: FilterSpec = {
     "startTaskInfo/endTime": ("DateTime", _ORDERED),
 }
 FILE_FILTERS: FilterSpec = {"name": ("String", frozenset({"startswith"}))}
+IMAGE_FILTERS: FilterSpec = {
+    "osType": ("String", _EQUALITY),
+    "verificationType": ("String", _EQUALITY),
+    "nodeAgentSKUId": ("String", _EQUALITY),
+}
 # The documented name differs from the property Batch returns.
 _ALIASES = {"lastModifiedTime": "lastModified"}
 

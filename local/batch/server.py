@@ -172,6 +172,7 @@ class Api:
         route("GET", "/pools/{pool}/nodes", "ComputeNode_List", Api.node_list)
         route("GET", "/pools/{pool}/nodes/{node}", "ComputeNode_Get", Api.node_get)
         route("GET", "/nodecounts", "Account_ListPoolNodeCounts", Api.node_counts)
+        route("GET", "/supportedimages", "Account_ListSupportedImages", Api.supported_images)
         route("POST", "/jobs", "Job_Add", Api.job_add)
         route("GET", "/jobs", "Job_List", Api.job_list)
         route("GET", "/jobs/{job}", "Job_Get", Api.job_get)
@@ -267,6 +268,22 @@ class Api:
 
     def node_get(self, request: Request) -> Response:
         return _element(request, "nodes", self.service.get_node(request.params["pool"], request.params["node"]))
+
+    def supported_images(self, request: Request) -> Response:
+        images = [
+            {
+                "nodeAgentSKUId": f"batch.node.ubuntu {version}",
+                "imageReference": {"publisher": "canonical", "offer": offer, "sku": "server", "version": "latest"},
+                "osType": "linux",
+                "capabilities": [],
+                "verificationType": "verified",
+                "_seq": index,
+            }
+            for index, (version, offer) in enumerate(
+                (("22.04", "0001-com-ubuntu-server-jammy"), ("24.04", "ubuntu-24_04-lts")), 1
+            )
+        ]
+        return _page(request, "supportedimages", BatchService.page(images, request.query, odata.IMAGE_FILTERS))
 
     def node_counts(self, request: Request) -> Response:
         items = self.service.pool_node_counts()

@@ -427,3 +427,9 @@ def test_job_tasks_the_emulator_cannot_run_are_refused_not_ignored(batch: BatchC
         )
     assert raised.value.status_code == 400
     assert raised.value.error is not None and raised.value.error.code == "UnsupportedProperty"
+
+
+def test_supported_images_list_the_linux_images_the_emulator_stands_in_for(batch: BatchClient) -> None:
+    images = list(batch.list_supported_images(filter="osType eq 'linux'"))
+    assert images and all(image.os_type == m.OSType.LINUX for image in images)
+    assert "batch.node.ubuntu 24.04" in {image.node_agent_sku_id for image in images}
