@@ -56,6 +56,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fault-seed", type=int, default=None)
     parser.add_argument("--latency-ms", type=float, default=0.0, help="added to every API request")
     parser.add_argument("--job-quota", type=int, default=None, help="active jobs allowed before 409")
+    parser.add_argument(
+        "--task-start-delay-ms",
+        type=float,
+        default=0.0,
+        help="time each task attempt spends preparing before its files download (a slower node agent)",
+    )
     parser.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES)
     parser.add_argument(
         "--auth-failure-status",
@@ -88,6 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         packages_dir=args.packages_dir.resolve() if args.packages_dir else None,
         auto_storage_connection_string=args.auto_storage,
         job_quota=args.job_quota,
+        task_start_delay_ms=args.task_start_delay_ms,
     )
     faults = Faults(
         rate=args.fault_rate,

@@ -105,6 +105,7 @@ class BatchService:
         auto_storage_connection_string: str | None = None,
         job_quota: int | None = None,
         persist: bool = True,
+        task_start_delay_ms: float = 0.0,
     ) -> None:
         self.state_dir = state_dir
         self.account_name = account_name
@@ -112,6 +113,7 @@ class BatchService:
         self.packages_dir = packages_dir or state_dir / "packages"
         self.auto_storage = auto_storage_connection_string
         self.job_quota = job_quota
+        self.task_start_delay = task_start_delay_ms / 1000.0
         self.lock = threading.RLock()
         self.wakeup = threading.Condition(self.lock)
         self.journal = Journal(state_dir / "state.jsonl" if persist else None)
@@ -1648,6 +1650,8 @@ class BatchService:
 
     def _execute_attempt(self, job_key: str, task_key: str, attempt_number: int, attempt: runner.Attempt) -> None:
         started = time.monotonic()
+        if self.task_start_delay > 0:
+            time.sleep(self.task_start_delay)  # a node agent is not instantaneous; the task stays preparing
         try:
             runner.prepare(attempt)
         except runner.Failure as prepare_failure:

@@ -190,3 +190,18 @@ def test_fault_after_processing_reports_failure_for_work_that_was_done(private_d
         assert again.value.error is not None and again.value.error.code == "JobExists"
     finally:
         server.stop()
+
+
+def test_task_start_delay_keeps_tasks_preparing(private_dir: Path) -> None:
+    server = start_emulator(private_dir, ["--task-start-delay-ms", "600"])
+    try:
+        client = client_for(server)
+        client.create_pool(m.BatchPoolCreateOptions(id="p", **VM, target_dedicated_nodes=1))
+        client.create_job(m.BatchJobCreateOptions(id="j", pool_info=m.BatchPoolInfo(pool_id="p")))
+        client.create_task("j", m.BatchTaskCreateOptions(id="t", command_line="true"))
+        wait_until(lambda: client.get_task("j", "t").state == m.BatchTaskState.PREPARING)
+        info = wait_for_task(client, "j", "t").execution_info
+        assert info is not None and info.end_time is not None and info.start_time is not None
+        assert (info.end_time - info.start_time).total_seconds() >= 0.6
+    finally:
+        server.stop()
