@@ -536,6 +536,8 @@ class EmulatorServer(ThreadingHTTPServer):
 
 class _RequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Idle keep-alive connections hold a thread each; close them after a while (clients reconnect).
+    timeout = 300
     server: EmulatorServer
     server_version = "BatchEmulator/1.0"
 
