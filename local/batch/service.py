@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from local.batch import clock, ids, odata, runner
-from local.batch.errors import BatchApiError, conflict, error_dict, invalid_property, not_found
+from local.batch.errors import BatchApiError, conflict, error_dict, invalid_property, missing_property, not_found
 from local.batch.journal import Journal
 
 logger = logging.getLogger(__name__)
@@ -914,6 +914,8 @@ class BatchService:
         value = body.get("onAllTasksComplete")
         if value is not None and str(value).lower() not in ("noaction", "terminatejob"):
             raise invalid_property("onAllTasksComplete", value, "must be noaction or terminatejob")
+        if replace and not body.get("poolInfo"):
+            raise missing_property("poolInfo")  # an update (PUT) replaces the job's properties: poolInfo included
         with self.lock:
             job = self._job(job_id)
             self._check_etag(job, if_match, None)
@@ -921,7 +923,7 @@ class BatchService:
             if "poolInfo" in body and body["poolInfo"] is not None:
                 if job["state"] != "disabled" and body["poolInfo"] != job["poolInfo"]:
                     raise conflict(
-                        "JobNotDisabled" if False else "OperationInvalidForCurrentState",
+                        "OperationInvalidForCurrentState",
                         "The pool of a job can only be changed while the job is disabled.",
                     )
                 job["poolInfo"] = copy.deepcopy(body["poolInfo"])
@@ -1210,7 +1212,7 @@ class BatchService:
         if len(values) > 100:
             raise BatchApiError(
                 400,
-                "TooManyTasksInCollection" if False else "InvalidPropertyValue",
+                "InvalidPropertyValue",
                 "A task collection can hold at most 100 tasks.",
                 {
                     "PropertyName": "value",
