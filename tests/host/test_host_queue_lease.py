@@ -26,16 +26,16 @@ def test_a_long_invocation_keeps_its_message_and_deletes_it_once_done(azurite: A
 
     def slow(received: ReceivedMessage) -> None:
         handled.append((received.body, received.dequeue_count))
-        time.sleep(6)  # 1.5 lease periods: without renewal it would be delivered again
+        time.sleep(7)  # 1.4 lease periods: without renewal it would be delivered again
 
     listener = QueueListener("lease-test", queue, poison, HostOptions(message_encoding="none"), slow, stopping,
-                             lease_seconds=4)
+                             lease_seconds=5)
+    queue.create_queue()
     listener.start()
     try:
-        wait_for(lambda: queue.get_queue_properties(), 5, "the listener to create the queue")
         queue.send_message("long job")
-        wait_for(lambda: handled, 5, "the handler to start")
-        wait_for(lambda: listener.in_flight == 0, 15, "the handler to finish")
+        wait_for(lambda: handled, 15, "the handler to start")
+        wait_for(lambda: listener.in_flight == 0, 20, "the handler to finish")
         assert handled == [(b"long job", 1)]
         assert list(queue.peek_messages()) == []
     finally:
