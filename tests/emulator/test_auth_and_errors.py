@@ -151,3 +151,57 @@ def test_a_chunked_request_body_is_read(emulator: Emulator) -> None:
     response = client.send_request(request)
     assert response.status_code == 201
     assert client.get_job("chunked-job").pool_info.pool_id == "p"
+
+
+@pytest.mark.parametrize(
+    ("operation", "code"),
+    [
+        ("get_pool", "PoolNotFound"),
+        ("resize_pool", "PoolNotFound"),
+        ("delete_pool", "PoolNotFound"),
+        ("list_nodes", "PoolNotFound"),
+        ("get_node", "NodeNotFound"),
+        ("get_job", "JobNotFound"),
+        ("update_job", "JobNotFound"),
+        ("delete_job", "JobNotFound"),
+        ("terminate_job", "JobNotFound"),
+        ("task_counts", "JobNotFound"),
+        ("list_tasks", "JobNotFound"),
+        ("get_task", "TaskNotFound"),
+        ("terminate_task", "TaskNotFound"),
+        ("reactivate_task", "TaskNotFound"),
+        ("delete_task", "TaskNotFound"),
+        ("list_task_files", "TaskNotFound"),
+    ],
+)
+def test_every_operation_on_a_missing_resource_is_404_with_its_code(
+    batch: object, job_id: str, pool_id: str, operation: str, code: str
+) -> None:
+    from azure.batch import BatchClient
+
+    client: BatchClient = batch  # type: ignore[assignment]
+    calls = {
+        "get_pool": lambda: client.get_pool("missing-pool"),
+        "resize_pool": lambda: client.begin_resize_pool(
+            "missing-pool", m.BatchPoolResizeOptions(target_dedicated_nodes=1), polling_interval=0
+        ),
+        "delete_pool": lambda: client.begin_delete_pool("missing-pool", polling_interval=0),
+        "list_nodes": lambda: list(client.list_nodes("missing-pool")),
+        "get_node": lambda: client.get_node(pool_id, "missing-node"),
+        "get_job": lambda: client.get_job("missing-job"),
+        "update_job": lambda: client.update_job("missing-job", m.BatchJobUpdateOptions(priority=1)),
+        "delete_job": lambda: client.begin_delete_job("missing-job", polling_interval=0),
+        "terminate_job": lambda: client.begin_terminate_job("missing-job", {"terminateReason": "x"}),
+        "task_counts": lambda: client.get_job_task_counts("missing-job"),
+        "list_tasks": lambda: list(client.list_tasks("missing-job")),
+        "get_task": lambda: client.get_task(job_id, "missing-task"),
+        "terminate_task": lambda: client.terminate_task(job_id, "missing-task"),
+        "reactivate_task": lambda: client.reactivate_task(job_id, "missing-task"),
+        "delete_task": lambda: client.delete_task(job_id, "missing-task"),
+        "list_task_files": lambda: list(client.list_task_files(job_id, "missing-task")),
+    }
+    with pytest.raises(ResourceNotFoundError) as raised:
+        calls[operation]()
+    assert raised.value.status_code == 404
+    assert raised.value.error is not None and raised.value.error.code == code
+    assert raised.value.error.message  # Batch's message.value
