@@ -56,6 +56,8 @@ def load_app(reference: str) -> tuple[FunctionApp, Path]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _arguments(argv)
+    # stdout carries the READY line and nothing else: whatever the app prints goes to stderr (the log).
+    ready_stream, sys.stdout = sys.stdout, sys.stderr
     configure_logging(logging.INFO)
     try:
         file_values = read_settings_file(args.settings) if args.settings else {}
@@ -70,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             options=options)
 
         def ready(url: str) -> None:
-            print(f"READY {url}", flush=True)
+            print(f"READY {url}", file=ready_stream, flush=True)
 
         run(app, config, settings, ready)
     except StartupError as error:

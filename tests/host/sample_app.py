@@ -58,6 +58,7 @@ def build_app() -> func.FunctionApp:
 
     @app.timer_trigger(arg_name="timer", schedule="%SAMPLE_SCHEDULE%", run_on_startup=True)
     def tick(timer: func.TimerRequest) -> None:
+        print("tick!")  # a function that prints must not disturb the host's stdout
         record("tick", past_due=timer.past_due)
 
     @app.queue_trigger(arg_name="message", queue_name="%SAMPLE_QUEUE%", connection="SampleStorage")
