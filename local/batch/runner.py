@@ -7,21 +7,17 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import logging
 import os
 import re
 import shlex
 import shutil
 import signal
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_FILE_MODE = 0o770
 _WILDCARD = re.compile(r"[*?\[]")
@@ -68,13 +64,6 @@ class Attempt:
     @property
     def working_dir(self) -> Path:
         return self.task_dir / "wd"
-
-
-@dataclass
-class Outcome:
-    exit_code: int | None
-    failure: Failure | None
-    timed_out: bool = False
 
 
 def node_dirs(node_root: Path) -> None:
@@ -348,13 +337,3 @@ def upload_outputs(attempt: Attempt, succeeded: bool) -> None:
                     "Message": f"{status or ''} {getattr(problem, 'reason', None) or problem}".strip()[:500],
                 },
             ) from None
-
-
-def run(attempt: Attempt) -> subprocess.Popen[bytes]:
-    """prepare() then launch(): the part before the process runs."""
-    prepare(attempt)
-    return launch(attempt)
-
-
-def elapsed_since(start: float) -> float:
-    return time.monotonic() - start

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
-from local.batch import auth, clock, ids, odata
+from local.batch import auth, clock, odata, validation
 from local.batch.errors import BatchApiError, conflict, not_found
 from local.batch.service import BatchService, Doc
 
@@ -82,7 +82,7 @@ class Request:
 
     def object(self) -> dict[str, Any]:
         """The body as a JSON object with properties of the right JSON types (else 400)."""
-        return ids.require_object(self.json() if self.body else {})
+        return validation.require_object(self.json() if self.body else {})
 
     def header(self, name: str) -> str | None:
         lowered = name.lower()

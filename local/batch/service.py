@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from local.batch import clock, ids, odata, runner
+from local.batch import clock, odata, runner, validation
 from local.batch.errors import BatchApiError, conflict, error_dict, invalid_property, missing_property, not_found
 from local.batch.journal import Journal
 
@@ -283,24 +283,24 @@ class BatchService:
         return self.account_url + "/" + "/".join(parts)
 
     def _pool(self, pool_id: str) -> Doc:
-        pool = self.pools.get(ids.key(pool_id))
+        pool = self.pools.get(validation.key(pool_id))
         if pool is None:
             raise not_found("PoolNotFound", "pool")
         return pool
 
     def _job(self, job_id: str) -> Doc:
-        job = self.jobs.get(ids.key(job_id))
+        job = self.jobs.get(validation.key(job_id))
         if job is None:
             raise not_found("JobNotFound", "job")
         return job
 
     def _task(self, job_id: str, task_id: str) -> tuple[str, str, Doc]:
-        job_key = ids.key(job_id)
+        job_key = validation.key(job_id)
         self._job(job_id)
-        task = self.tasks[job_key].get(ids.key(task_id))
+        task = self.tasks[job_key].get(validation.key(task_id))
         if task is None:
             raise not_found("TaskNotFound", "task")
-        return job_key, ids.key(task_id), task
+        return job_key, validation.key(task_id), task
 
     @staticmethod
     def _check_etag(doc: Doc, if_match: str | None, if_none_match: str | None) -> None:
@@ -359,11 +359,11 @@ class BatchService:
     # ------------------------------------------------------------------ pools
 
     def create_pool(self, body: Doc) -> Doc:
-        pool_id = ids.check_id(body.get("id"))
-        ids.check_pool_spec(body)
+        pool_id = validation.check_id(body.get("id"))
+        validation.check_pool_spec(body)
         self._check_packages(body.get("applicationPackageReferences"))
         with self.lock:
-            if ids.key(pool_id) in self.pools:
+            if validation.key(pool_id) in self.pools:
                 raise conflict("PoolExists", "The specified pool already exists.")
             return self._add_pool(body)
 
@@ -409,7 +409,7 @@ class BatchService:
             # Autoscale formulas are not evaluated: the pool gets one dedicated node so work runs.
             pool["targetDedicatedNodes"] = max(1, pool["targetDedicatedNodes"])
         self._touch(pool, moment)
-        pool_key = ids.key(pool_id)
+        pool_key = validation.key(pool_id)
         self.pools[pool_key] = pool
         self.nodes[pool_key] = {}
         self._resize_nodes(pool_key)
@@ -435,13 +435,13 @@ class BatchService:
             while len(mine) < target:
                 node_id = self._node_id(pool, index, dedicated)
                 index += 1
-                if ids.key(node_id) in nodes:
+                if validation.key(node_id) in nodes:
                     continue
-                nodes[ids.key(node_id)] = self._new_node(pool, node_id, dedicated)
-                mine.append(ids.key(node_id))
-                self._save_node(pool_key, ids.key(node_id))
+                nodes[validation.key(node_id)] = self._new_node(pool, node_id, dedicated)
+                mine.append(validation.key(node_id))
+                self._save_node(pool_key, validation.key(node_id))
                 if pool.get("startTask"):
-                    self._launch_start_task(pool_key, ids.key(node_id))
+                    self._launch_start_task(pool_key, validation.key(node_id))
             if len(mine) > target:
                 # Remove idle nodes first; tasks on removed busy nodes are requeued (the default option).
                 mine.sort(key=lambda key: (nodes[key]["runningTasksCount"] > 0, key), reverse=False)
@@ -577,7 +577,7 @@ class BatchService:
 
     def _node(self, pool_id: str, node_id: str) -> tuple[str, str, Doc]:
         self._pool(pool_id)
-        pool_key, node_key = ids.key(pool_id), ids.key(node_id)
+        pool_key, node_key = validation.key(pool_id), validation.key(node_id)
         node = self.nodes.get(pool_key, {}).get(node_key)
         if node is None:
             raise not_found("NodeNotFound", "node")
@@ -632,7 +632,7 @@ class BatchService:
         option = str(body.get("nodeDeallocationOption") or "requeue").lower()
         with self.lock:
             pool = self._pool(pool_id)
-            pool_key = ids.key(pool_id)
+            pool_key = validation.key(pool_id)
             if pool["state"] == "deleting":
                 raise conflict(
                     "PoolBeingDeleted", "The specified pool has been marked for deletion and is being reclaimed."
@@ -656,7 +656,7 @@ class BatchService:
 
     def pool_exists(self, pool_id: str) -> bool:
         with self.lock:
-            return ids.key(pool_id) in self.pools
+            return validation.key(pool_id) in self.pools
 
     def list_pools(self, query: dict[str, str]) -> tuple[list[Doc], str | None]:
         with self.lock:
@@ -665,7 +665,7 @@ class BatchService:
     def delete_pool(self, pool_id: str) -> None:
         with self.lock:
             pool = self._pool(pool_id)
-            pool_key = ids.key(pool_id)
+            pool_key = validation.key(pool_id)
             if pool["state"] != "deleting":
                 pool["state"] = "deleting"
                 pool["stateTransitionTime"] = clock.stamp()
@@ -676,8 +676,8 @@ class BatchService:
             self.wakeup.notify_all()
 
     def resize_pool(self, pool_id: str, body: Doc) -> None:
-        ids.check_int(body.get("targetDedicatedNodes"), "targetDedicatedNodes", 0)
-        ids.check_int(body.get("targetLowPriorityNodes"), "targetLowPriorityNodes", 0)
+        validation.check_int(body.get("targetDedicatedNodes"), "targetDedicatedNodes", 0)
+        validation.check_int(body.get("targetLowPriorityNodes"), "targetLowPriorityNodes", 0)
         with self.lock:
             pool = self._pool(pool_id)
             if pool["state"] == "deleting":
@@ -693,7 +693,7 @@ class BatchService:
                 pool["targetDedicatedNodes"] = int(body["targetDedicatedNodes"])
             if body.get("targetLowPriorityNodes") is not None:
                 pool["targetLowPriorityNodes"] = int(body["targetLowPriorityNodes"])
-            pool_key = ids.key(pool_id)
+            pool_key = validation.key(pool_id)
             self._resize_nodes(pool_key)
             self._touch(pool)
             self._save_pool(pool_key)
@@ -704,7 +704,7 @@ class BatchService:
             self._pool(pool_id)
 
     def update_pool(self, pool_id: str, body: Doc, replace: bool) -> None:
-        ids.check_metadata(body.get("metadata"))
+        validation.check_metadata(body.get("metadata"))
         with self.lock:
             pool = self._pool(pool_id)
             for name in (
@@ -721,19 +721,19 @@ class BatchService:
             if "taskSlotsPerNode" in body and not replace:
                 pool["taskSlotsPerNode"] = int(body["taskSlotsPerNode"])
             self._touch(pool)
-            self._save_pool(ids.key(pool_id))
+            self._save_pool(validation.key(pool_id))
             self.wakeup.notify_all()
 
     def list_nodes(self, pool_id: str, query: dict[str, str]) -> tuple[list[Doc], str | None]:
         with self.lock:
             self._pool(pool_id)
-            nodes = self.nodes.get(ids.key(pool_id), {})
+            nodes = self.nodes.get(validation.key(pool_id), {})
             return self.page(nodes.values(), query, odata.NODE_FILTERS)
 
     def get_node(self, pool_id: str, node_id: str) -> Doc:
         with self.lock:
             self._pool(pool_id)
-            node = self.nodes.get(ids.key(pool_id), {}).get(ids.key(node_id))
+            node = self.nodes.get(validation.key(pool_id), {}).get(validation.key(node_id))
             if node is None:
                 raise not_found("NodeNotFound", "node")
             return public(node)
@@ -810,7 +810,7 @@ class BatchService:
         return sum(1 for job in self.jobs.values() if job["state"] not in ("completed", "deleting"))
 
     def create_job(self, body: Doc) -> Doc:
-        job_id = ids.check_id(body.get("id"))
+        job_id = validation.check_id(body.get("id"))
         pool_info = body.get("poolInfo")
         if not isinstance(pool_info, dict) or not (pool_info.get("poolId") or pool_info.get("autoPoolSpecification")):
             raise BatchApiError(
@@ -820,12 +820,12 @@ class BatchService:
                 {"PropertyName": "poolInfo"},
             )
         constraints = body.get("constraints") or {}
-        ids.check_duration(constraints.get("maxWallClockTime"), "constraints.maxWallClockTime")
-        ids.check_int(constraints.get("maxTaskRetryCount"), "constraints.maxTaskRetryCount", -1)
-        ids.check_int(body.get("maxParallelTasks"), "maxParallelTasks", -1)
-        ids.check_int(body.get("priority"), "priority", -1000)
-        ids.check_metadata(body.get("metadata"))
-        ids.check_environment(body.get("commonEnvironmentSettings"), "commonEnvironmentSettings")
+        validation.check_duration(constraints.get("maxWallClockTime"), "constraints.maxWallClockTime")
+        validation.check_int(constraints.get("maxTaskRetryCount"), "constraints.maxTaskRetryCount", -1)
+        validation.check_int(body.get("maxParallelTasks"), "maxParallelTasks", -1)
+        validation.check_int(body.get("priority"), "priority", -1000)
+        validation.check_metadata(body.get("metadata"))
+        validation.check_environment(body.get("commonEnvironmentSettings"), "commonEnvironmentSettings")
         for name, allowed in (
             ("onAllTasksComplete", ("noaction", "terminatejob")),
             ("onTaskFailure", ("noaction", "performexitoptionsjobaction")),
@@ -843,7 +843,7 @@ class BatchService:
                     {"PropertyName": name},
                 )
         with self.lock:
-            job_key = ids.key(job_id)
+            job_key = validation.key(job_id)
             if job_key in self.jobs:
                 raise conflict("JobExists", "The specified job already exists.")
             if self.job_quota is not None and self._active_jobs() >= self.job_quota:
@@ -885,7 +885,7 @@ class BatchService:
                     f"{str(uuid.uuid4()).upper()}"
                 )
                 pool_spec["id"] = pool_id[:64]
-                ids.check_pool_spec(pool_spec, "poolInfo.autoPoolSpecification.pool.")
+                validation.check_pool_spec(pool_spec, "poolInfo.autoPoolSpecification.pool.")
                 self._add_pool(pool_spec)
                 job["executionInfo"]["poolId"] = pool_spec["id"]
             self._touch(job, moment)
@@ -908,9 +908,9 @@ class BatchService:
     def update_job(self, job_id: str, body: Doc, replace: bool, if_match: str | None = None) -> None:
         constraints = body.get("constraints")
         if constraints is not None:
-            ids.check_duration(constraints.get("maxWallClockTime"), "constraints.maxWallClockTime")
-            ids.check_int(constraints.get("maxTaskRetryCount"), "constraints.maxTaskRetryCount", -1)
-        ids.check_metadata(body.get("metadata"))
+            validation.check_duration(constraints.get("maxWallClockTime"), "constraints.maxWallClockTime")
+            validation.check_int(constraints.get("maxTaskRetryCount"), "constraints.maxTaskRetryCount", -1)
+        validation.check_metadata(body.get("metadata"))
         value = body.get("onAllTasksComplete")
         if value is not None and str(value).lower() not in ("noaction", "terminatejob"):
             raise invalid_property("onAllTasksComplete", value, "must be noaction or terminatejob")
@@ -958,7 +958,7 @@ class BatchService:
                 if body.get("metadata") is not None:
                     job["metadata"] = copy.deepcopy(body["metadata"])
             self._touch(job)
-            self._save_job(ids.key(job_id))
+            self._save_job(validation.key(job_id))
             self.wakeup.notify_all()
 
     @staticmethod
@@ -978,7 +978,7 @@ class BatchService:
             job = self._job(job_id)
             self._check_etag(job, if_match, None)
             self._require_job_mutable(job)
-            self._terminate_job(ids.key(job_id), reason or "UserTerminate")
+            self._terminate_job(validation.key(job_id), reason or "UserTerminate")
 
     def _terminate_job(self, job_key: str, reason: str) -> None:
         job = self.jobs[job_key]
@@ -1006,7 +1006,7 @@ class BatchService:
         with self.lock:
             job = self._job(job_id)
             self._check_etag(job, if_match, None)
-            job_key = ids.key(job_id)
+            job_key = validation.key(job_id)
             if job["state"] == "deleting":
                 return
             self._set_job_state(job_key, "deleting")
@@ -1022,7 +1022,7 @@ class BatchService:
             self._require_job_mutable(job)
             if job["state"] != "active":
                 raise conflict("JobNotActive", "The specified job is not in active state.")
-            self._disable_job(ids.key(job_id), (option or "requeue").lower())
+            self._disable_job(validation.key(job_id), (option or "requeue").lower())
 
     def _disable_job(self, job_key: str, option: str) -> None:
         self._set_job_state(job_key, "disabled")
@@ -1039,14 +1039,14 @@ class BatchService:
             self._require_job_mutable(job)
             if job["state"] != "disabled":
                 raise conflict("JobNotDisabled", "The specified job is not in disabled state.")
-            self._set_job_state(ids.key(job_id), "active")
-            self._save_job(ids.key(job_id))
+            self._set_job_state(validation.key(job_id), "active")
+            self._save_job(validation.key(job_id))
             self.wakeup.notify_all()
 
     def task_counts(self, job_id: str) -> Doc:
         with self.lock:
             self._job(job_id)
-            counts = self.counts[ids.key(job_id)]
+            counts = self.counts[validation.key(job_id)]
             return {"taskCounts": counts.tasks.as_dict(), "taskSlotCounts": counts.slots.as_dict()}
 
     # ------------------------------------------------------------------ tasks
@@ -1054,7 +1054,7 @@ class BatchService:
     def _validate_task(self, job: Doc, body: Any) -> str:
         if not isinstance(body, dict):
             raise BatchApiError(400, "InvalidRequestBody", "The specified Request Body is not syntactically valid.")
-        task_id = ids.check_id(body.get("id"))
+        task_id = validation.check_id(body.get("id"))
         if not body.get("commandLine"):
             raise BatchApiError(
                 400,
@@ -1062,14 +1062,14 @@ class BatchService:
                 "A required property was not specified in the request body.",
                 {"PropertyName": "commandLine"},
             )
-        ids.check_resource_files(body.get("resourceFiles"))
-        ids.check_output_files(body.get("outputFiles"))
-        ids.check_environment(body.get("environmentSettings"), "environmentSettings")
+        validation.check_resource_files(body.get("resourceFiles"))
+        validation.check_output_files(body.get("outputFiles"))
+        validation.check_environment(body.get("environmentSettings"), "environmentSettings")
         constraints = body.get("constraints") or {}
-        ids.check_duration(constraints.get("maxWallClockTime"), "constraints.maxWallClockTime")
-        ids.check_duration(constraints.get("retentionTime"), "constraints.retentionTime")
-        ids.check_int(constraints.get("maxTaskRetryCount"), "constraints.maxTaskRetryCount", -1)
-        ids.check_int(body.get("requiredSlots"), "requiredSlots", 1)
+        validation.check_duration(constraints.get("maxWallClockTime"), "constraints.maxWallClockTime")
+        validation.check_duration(constraints.get("retentionTime"), "constraints.retentionTime")
+        validation.check_int(constraints.get("maxTaskRetryCount"), "constraints.maxTaskRetryCount", -1)
+        validation.check_int(body.get("requiredSlots"), "requiredSlots", 1)
         self._check_exit_conditions(job, body.get("exitConditions"))
         depends = body.get("dependsOn") or {}
         if len("".join(str(task_id) for task_id in depends.get("taskIds") or [])) > 64000:
@@ -1181,7 +1181,7 @@ class BatchService:
             if body.get(name) is not None:
                 task[name] = copy.deepcopy(body[name])
         self._touch(task, moment)
-        task_key = ids.key(task_id)
+        task_key = validation.key(task_id)
         self.tasks[job_key][task_key] = task
         self._count(job_key, task, +1)
         self.ready[job_key].append(task_key)
@@ -1193,8 +1193,8 @@ class BatchService:
             job = self._job(job_id)
             self._check_job_accepts_tasks(job)
             task_id = self._validate_task(job, body)
-            job_key = ids.key(job_id)
-            if ids.key(task_id) in self.tasks[job_key]:
+            job_key = validation.key(job_id)
+            if validation.key(task_id) in self.tasks[job_key]:
                 raise conflict("TaskExists", "The specified task already exists.")
             task = self._add_task(job_key, body)
             self.wakeup.notify_all()
@@ -1224,13 +1224,13 @@ class BatchService:
         with self.lock:
             job = self._job(job_id)
             self._check_job_accepts_tasks(job)
-            job_key = ids.key(job_id)
+            job_key = validation.key(job_id)
             seen: set[str] = set()
             for item in values:
                 task_id = str(item.get("id")) if isinstance(item, dict) else ""
                 try:
                     self._validate_task(job, item)
-                    task_key = ids.key(task_id)
+                    task_key = validation.key(task_id)
                     if task_key in self.tasks[job_key] or task_key in seen:
                         raise conflict("TaskExists", "The specified task already exists.")
                     task = self._add_task(job_key, item)
@@ -1262,13 +1262,13 @@ class BatchService:
     def list_tasks(self, job_id: str, query: dict[str, str]) -> tuple[list[Doc], str | None]:
         with self.lock:
             self._job(job_id)
-            return self.page(self.tasks[ids.key(job_id)].values(), query, odata.TASK_FILTERS)
+            return self.page(self.tasks[validation.key(job_id)].values(), query, odata.TASK_FILTERS)
 
     def update_task(self, job_id: str, task_id: str, body: Doc, if_match: str | None = None) -> None:
         constraints = body.get("constraints") or {}
-        ids.check_duration(constraints.get("maxWallClockTime"), "constraints.maxWallClockTime")
-        ids.check_duration(constraints.get("retentionTime"), "constraints.retentionTime")
-        ids.check_int(constraints.get("maxTaskRetryCount"), "constraints.maxTaskRetryCount", -1)
+        validation.check_duration(constraints.get("maxWallClockTime"), "constraints.maxWallClockTime")
+        validation.check_duration(constraints.get("retentionTime"), "constraints.retentionTime")
+        validation.check_int(constraints.get("maxTaskRetryCount"), "constraints.maxTaskRetryCount", -1)
         with self.lock:
             job_key, task_key, task = self._task(job_id, task_id)
             self._check_etag(task, if_match, None)
@@ -1390,7 +1390,9 @@ class BatchService:
             runner.kill_tree(run.process_pid)
 
     def _job_pool_key(self, job: Doc) -> str:
-        return ids.key(str((job.get("executionInfo") or {}).get("poolId") or job["poolInfo"].get("poolId") or ""))
+        return validation.key(
+            str((job.get("executionInfo") or {}).get("poolId") or job["poolInfo"].get("poolId") or "")
+        )
 
     def _pick_node(self, pool_key: str, pool: Doc, slots: int) -> str | None:
         per_node = int(pool["taskSlotsPerNode"])
@@ -1466,7 +1468,7 @@ class BatchService:
             wanted.extend(str(number) for number in range(int(id_range["start"]), int(id_range["end"]) + 1))
         tasks = self.tasks[job_key]
         for task_id in wanted:
-            dependency = tasks.get(ids.key(task_id))
+            dependency = tasks.get(validation.key(task_id))
             if dependency is None or dependency["state"] != "completed":
                 return False
             if self._dependency_action(dependency) != "satisfy":

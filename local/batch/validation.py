@@ -1,4 +1,4 @@
-"""Validation of Batch identifiers and of the request fields the emulator acts on."""
+"""Validation of what Batch checks in requests: ids, durations, property types, pool and task shapes."""
 
 from __future__ import annotations
 
