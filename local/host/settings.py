@@ -126,6 +126,13 @@ class HostOptions:
 
     @classmethod
     def from_document(cls, document: Any, where: str = "host.json") -> HostOptions:
+        try:
+            return cls._from_document(document, where)
+        except (TypeError, ValueError, AttributeError) as error:
+            raise StartupError(f"{where}: {error}") from None
+
+    @classmethod
+    def _from_document(cls, document: Any, where: str) -> HostOptions:
         if not isinstance(document, dict):
             raise StartupError(f"{where}: expected a JSON object")
         extensions = document.get("extensions") or {}

@@ -63,6 +63,8 @@ def test_host_json_options() -> None:
     assert [defaults.retry_delay(n) for n in (1, 2, 3, 4, 10)] == [1, 2, 4, 8, 60]
     with pytest.raises(StartupError, match="batchSize must be 1-32"):
         HostOptions.from_document({"extensions": {"queues": {"batchSize": 64}}})
+    with pytest.raises(StartupError, match=r"host\.json: invalid literal"):
+        HostOptions.from_document({"extensions": {"queues": {"maxDequeueCount": "five"}}})
     with pytest.raises(StartupError, match="is not a TimeSpan"):
         HostOptions.from_document({"extensions": {"queues": {"visibilityTimeout": "5s"}}})
 
