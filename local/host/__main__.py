@@ -60,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ready_stream, sys.stdout = sys.stdout, sys.stderr
     configure_logging(logging.INFO)
     try:
+        if args.blob_scan_seconds <= 0:
+            raise StartupError("--blob-scan-seconds must be positive")
         file_values = read_settings_file(args.settings) if args.settings else {}
         settings = AppSettings(dict(os.environ), file_values)
         settings.export_to(os.environ)
@@ -78,6 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StartupError as error:
         logger.error("The host cannot start: %s", error)
         return 1
+    finally:
+        sys.stdout = ready_stream
     return 0
 
 
