@@ -72,6 +72,20 @@ NODE_FILTERS: FilterSpec = {
     "startTaskInfo/endTime": ("DateTime", _ORDERED),
 }
 FILE_FILTERS: FilterSpec = {"name": ("String", frozenset({"startswith"}))}
+PREP_RELEASE_FILTERS: FilterSpec = {
+    "poolId": ("String", _EQUALITY),
+    "nodeId": ("String", _EQUALITY),
+    "jobPreparationTaskExecutionInfo/state": ("String", _EQUALITY),
+    "jobPreparationTaskExecutionInfo/startTime": ("DateTime", _ORDERED),
+    "jobPreparationTaskExecutionInfo/endTime": ("DateTime", _ORDERED),
+    "jobPreparationTaskExecutionInfo/exitCode": ("Int", _ORDERED),
+    "jobPreparationTaskExecutionInfo/result": ("String", _EQUALITY),
+    "jobReleaseTaskExecutionInfo/state": ("String", _EQUALITY),
+    "jobReleaseTaskExecutionInfo/startTime": ("DateTime", _ORDERED),
+    "jobReleaseTaskExecutionInfo/endTime": ("DateTime", _ORDERED),
+    "jobReleaseTaskExecutionInfo/exitCode": ("Int", _ORDERED),
+    "jobReleaseTaskExecutionInfo/result": ("String", _EQUALITY),
+}
 IMAGE_FILTERS: FilterSpec = {
     "osType": ("String", _EQUALITY),
     "verificationType": ("String", _EQUALITY),

@@ -183,6 +183,12 @@ class Api:
         route("POST", "/jobs/{job}/disable", "Job_Disable", Api.job_disable)
         route("POST", "/jobs/{job}/enable", "Job_Enable", Api.job_enable)
         route("GET", "/jobs/{job}/taskcounts", "Job_GetTaskCounts", Api.job_task_counts)
+        route(
+            "GET",
+            "/jobs/{job}/jobpreparationandreleasetaskstatus",
+            "Job_ListPreparationAndReleaseTaskStatus",
+            Api.job_preparation_status,
+        )
         route("POST", "/jobs/{job}/tasks", "Task_Add", Api.task_add)
         route("GET", "/jobs/{job}/tasks", "Task_List", Api.task_list)
         route("POST", "/jobs/{job}/addtaskcollection", "Task_AddCollection", Api.task_add_collection)
@@ -330,6 +336,10 @@ class Api:
     def job_enable(self, request: Request) -> Response:
         self.service.enable_job(request.params["job"])
         return Response(202)
+
+    def job_preparation_status(self, request: Request) -> Response:
+        result = self.service.preparation_and_release_status(request.params["job"], request.query)
+        return _page(request, "jobpreparationandreleasetaskstatuslist", result)
 
     def job_task_counts(self, request: Request) -> Response:
         counts = self.service.task_counts(request.params["job"])

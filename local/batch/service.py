@@ -126,6 +126,7 @@ class BatchService:
         self.waiting: dict[str, set[str]] = {}  # active tasks whose dependencies are not met yet
         self.runs: dict[tuple[str, str], Run] = {}
         self.start_task_pids: dict[tuple[str, str], int] = {}
+        self._prep_locks: dict[tuple[str, str], threading.Lock] = {}
         self.retention: list[tuple[datetime, str, str, int]] = []
         self._seq = 0
         self._stopping = False
@@ -833,15 +834,15 @@ class BatchService:
             value = body.get(name)
             if value is not None and str(value).lower() not in allowed:
                 raise invalid_property(name, value, f"must be one of {', '.join(allowed)}")
-        for name in ("jobManagerTask", "jobPreparationTask", "jobReleaseTask"):
-            # Refused rather than ignored: a job relying on them would behave differently on Azure.
-            if body.get(name) is not None:
-                raise BatchApiError(
-                    400,
-                    "UnsupportedProperty",
-                    f"The Batch emulator does not run {name}; see docs/emulator.md.",
-                    {"PropertyName": name},
-                )
+        if body.get("jobManagerTask") is not None:
+            # Refused rather than ignored: a job relying on it would behave differently on Azure.
+            raise BatchApiError(
+                400,
+                "UnsupportedProperty",
+                "The Batch emulator does not run jobManagerTask; see docs/emulator.md.",
+                {"PropertyName": "jobManagerTask"},
+            )
+        self._check_job_side_tasks(body)
         with self.lock:
             job_key = validation.key(job_id)
             if job_key in self.jobs:
@@ -872,7 +873,14 @@ class BatchService:
                 "executionInfo": {"startTime": moment},
                 "_seq": self._next_seq(),
             }
-            for name in ("displayName", "metadata", "commonEnvironmentSettings", "networkConfiguration"):
+            for name in (
+                "displayName",
+                "metadata",
+                "commonEnvironmentSettings",
+                "networkConfiguration",
+                "jobPreparationTask",
+                "jobReleaseTask",
+            ):
                 if body.get(name) is not None:
                     job[name] = copy.deepcopy(body[name])
             if pool_info.get("poolId"):
@@ -896,6 +904,27 @@ class BatchService:
             self._save_job(job_key)
             self.wakeup.notify_all()
             return public(job)
+
+    @staticmethod
+    def _check_job_side_tasks(body: Doc) -> None:
+        prep, release = body.get("jobPreparationTask"), body.get("jobReleaseTask")
+        if release is not None and prep is None:
+            raise invalid_property(
+                "jobReleaseTask", "specified", "a job release task can only be specified with a job preparation task"
+            )
+        for name, spec in (("jobPreparationTask", prep), ("jobReleaseTask", release)):
+            if spec is None:
+                continue
+            if not spec.get("commandLine"):
+                raise missing_property(f"{name}.commandLine")
+            validation.check_resource_files(spec.get("resourceFiles"), f"{name}.resourceFiles")
+            validation.check_environment(spec.get("environmentSettings"), f"{name}.environmentSettings")
+            constraints = spec.get("constraints") or {}
+            validation.check_duration(constraints.get("maxWallClockTime"), f"{name}.constraints.maxWallClockTime")
+            validation.check_duration(spec.get("maxWallClockTime"), f"{name}.maxWallClockTime")
+            validation.check_int(constraints.get("maxTaskRetryCount"), f"{name}.constraints.maxTaskRetryCount", -1)
+            if spec.get("id") is not None:
+                validation.check_id(spec.get("id"), f"{name}.id")
 
     def get_job(self, job_id: str) -> Doc:
         with self.lock:
@@ -1042,6 +1071,27 @@ class BatchService:
             self._set_job_state(validation.key(job_id), "active")
             self._save_job(validation.key(job_id))
             self.wakeup.notify_all()
+
+    def preparation_and_release_status(self, job_id: str, query: Mapping[str, str]) -> tuple[list[Doc], str | None]:
+        with self.lock:
+            job = self._job(job_id)
+            if not job.get("jobPreparationTask"):
+                raise conflict(
+                    "JobPreparationTaskNotSpecified", "The specified job does not have job preparation task."
+                )
+            entries = []
+            for index, (node_id, record) in enumerate(sorted((job.get("_prep") or {}).items()), 1):
+                entry: Doc = {
+                    "poolId": record.get("poolId"),
+                    "nodeId": node_id,
+                    "nodeUrl": record.get("nodeUrl"),
+                    "jobPreparationTaskExecutionInfo": copy.deepcopy(record.get("preparation")),
+                    "_seq": index,
+                }
+                if record.get("release"):
+                    entry["jobReleaseTaskExecutionInfo"] = copy.deepcopy(record["release"])
+                entries.append(entry)
+            return self.page(entries, query, odata.PREP_RELEASE_FILTERS)
 
     def task_counts(self, job_id: str) -> Doc:
         with self.lock:
@@ -1394,13 +1444,24 @@ class BatchService:
             str((job.get("executionInfo") or {}).get("poolId") or job["poolInfo"].get("poolId") or "")
         )
 
-    def _pick_node(self, pool_key: str, pool: Doc, slots: int) -> str | None:
+    def _pick_node(self, pool_key: str, pool: Doc, slots: int, job: Doc | None = None) -> str | None:
         per_node = int(pool["taskSlotsPerNode"])
+        blocked: set[str] = set()
+        if job is not None and job.get("jobPreparationTask"):
+            # Batch does not schedule a job's tasks on a node where its preparation task failed.
+            blocked = {
+                validation.key(node_id)
+                for node_id, record in (job.get("_prep") or {}).items()
+                if (record.get("preparation") or {}).get("result") == "failure"
+                and (job["jobPreparationTask"].get("waitForSuccess", True) is not False)
+            }
         pack = str((pool.get("taskSchedulingPolicy") or {}).get("nodeFillType") or "spread").lower() == "pack"
         best: str | None = None
         best_free = -1 if not pack else per_node + 1
         for node_key, node in self.nodes.get(pool_key, {}).items():
             if node["schedulingState"] != "enabled" or node["state"] not in ("idle", "running"):
+                continue
+            if node_key in blocked:
                 continue
             free = per_node - int(node["runningTaskSlotsCount"])
             if free < slots:
@@ -1453,7 +1514,7 @@ class BatchService:
                         ),
                     )
                     continue
-                node_key = self._pick_node(pool_key, pool, slots)
+                node_key = self._pick_node(pool_key, pool, slots, job)
                 if node_key is None:
                     break
                 queue.popleft()
@@ -1590,6 +1651,10 @@ class BatchService:
                 "AZ_BATCH_TASK_RETRY_COUNT": str(task["executionInfo"].get("retryCount", 0)),
             }
         )
+        if job.get("jobPreparationTask"):
+            prep_dir = task_dir.parent / str(job["jobPreparationTask"].get("id") or "jobpreparation")
+            env["AZ_BATCH_JOB_PREP_DIR"] = str(prep_dir)
+            env["AZ_BATCH_JOB_PREP_WORKING_DIR"] = str(prep_dir / "wd")
         references = list(pool.get("applicationPackageReferences") or []) + list(
             task.get("applicationPackageReferences") or []
         )
@@ -1656,6 +1721,8 @@ class BatchService:
         started = time.monotonic()
         if self.task_start_delay > 0:
             time.sleep(self.task_start_delay)  # a node agent is not instantaneous; the task stays preparing
+        if not self._ensure_job_preparation(job_key, task_key, attempt_number, attempt):
+            return
         try:
             runner.prepare(attempt)
         except runner.Failure as prepare_failure:
@@ -1736,6 +1803,165 @@ class BatchService:
             self._finish(
                 job_key, task_key, attempt_number, exit_code, failure, launched=True, upload_failed=upload_failed
             )
+
+    def _side_task_attempt(self, job: Doc, pool: Doc, node: Doc, kind: str) -> tuple[runner.Attempt, int]:
+        """The job preparation ("jobpreparation") or release ("jobrelease") task as an attempt on a node."""
+        spec = job["jobPreparationTask" if kind == "preparation" else "jobReleaseTask"]
+        task_id = str(spec.get("id") or ("jobpreparation" if kind == "preparation" else "jobrelease"))
+        node_root = self.state_dir / "nodes" / str(node["id"])
+        task_dir = node_root / "workitems" / str(job["id"]) / "job-1" / task_id
+        env = self._base_environment(pool, node, node_root)
+        env.update(
+            {
+                "AZ_BATCH_JOB_ID": str(job["id"]),
+                "AZ_BATCH_TASK_ID": task_id,
+                "AZ_BATCH_TASK_DIR": str(task_dir),
+                "AZ_BATCH_TASK_WORKING_DIR": str(task_dir / "wd"),
+                "AZ_BATCH_JOB_PREP_DIR": str(task_dir if kind == "preparation" else task_dir.parent / "jobpreparation"),
+                "AZ_BATCH_JOB_PREP_WORKING_DIR": str(
+                    (task_dir if kind == "preparation" else task_dir.parent / "jobpreparation") / "wd"
+                ),
+            }
+        )
+        for setting in list(job.get("commonEnvironmentSettings") or []) + list(spec.get("environmentSettings") or []):
+            env[str(setting["name"])] = str(setting.get("value") or "")
+        constraints = spec.get("constraints") or {}
+        limit = constraints.get("maxWallClockTime") or spec.get("maxWallClockTime")
+        if kind == "release":
+            limit = limit or "PT15M"  # Batch's default for release tasks
+        seconds = clock.duration_seconds(str(limit)) if limit else None
+        attempt = runner.Attempt(
+            job_id=str(job["id"]),
+            task_id=task_id,
+            pool_id=str(pool["id"]),
+            node_id=str(node["id"]),
+            node_root=node_root,
+            command_line=str(spec["commandLine"]),
+            environment=env,
+            resource_files=copy.deepcopy(list(spec.get("resourceFiles") or [])),
+            output_files=[],
+            wall_clock_seconds=seconds,
+            auto_storage_connection_string=self.auto_storage,
+        )
+        return attempt, int(constraints.get("maxTaskRetryCount") or 0) if kind == "preparation" else 0
+
+    @staticmethod
+    def _run_side_task(attempt: runner.Attempt, retries: int) -> Doc:
+        """Run a start-like task to completion (with retries); its executionInfo as Batch reports it."""
+        info: Doc = {"state": "running", "startTime": clock.stamp(), "retryCount": 0,
+                     "taskRootDirectory": str(attempt.task_dir)}  # fmt: skip
+        while True:
+            exit_code: int | None = None
+            failure: runner.Failure | None = None
+            timed_out = False
+            try:
+                runner.prepare(attempt)
+                process = runner.launch(attempt)
+                exit_code, timed_out = runner.wait(process, attempt.wall_clock_seconds)
+                if timed_out:
+                    failure = runner.Failure("usererror", "TaskEnded", "The task exceeded its maximum wall clock time.")
+                elif exit_code != 0:
+                    failure = runner.Failure(
+                        "usererror",
+                        "FailureExitCode",
+                        "The task process exited with an unexpected exit code",
+                        {"AdditionalErrorCode": "FailureExitCode"},
+                    )
+            except runner.Failure as problem:
+                failure = problem
+            if failure is not None and exit_code not in (None, 0) and not timed_out and info["retryCount"] < retries:
+                info["retryCount"] += 1
+                info["lastRetryTime"] = clock.stamp()
+                continue
+            info.update({"state": "completed", "endTime": clock.stamp(),
+                         "result": "success" if failure is None else "failure"})  # fmt: skip
+            if exit_code is not None:
+                info["exitCode"] = exit_code
+            if failure is not None:
+                info["failureInfo"] = failure.info()
+            return info
+
+    def _ensure_job_preparation(
+        self, job_key: str, task_key: str, attempt_number: int, attempt: runner.Attempt
+    ) -> bool:
+        """Run the job's preparation task on this node once; False if the task must not run here."""
+        with self.lock:
+            job = self.jobs.get(job_key)
+            if job is None or not job.get("jobPreparationTask"):
+                return True
+            run = self._current_run(job_key, task_key, attempt_number)
+            if run is None:
+                return False
+            pool = self.pools[run.pool_key]
+            node = self.nodes[run.pool_key].get(run.node_key)
+            if node is None:
+                return True  # the node went away; the run will be requeued
+            lock = self._prep_locks.setdefault((job_key, run.node_key), threading.Lock())
+        wait_for_success = job["jobPreparationTask"].get("waitForSuccess", True) is not False
+        with lock:  # two tasks starting together on one node run the preparation once
+            with self.lock:
+                record: Doc = (job.get("_prep") or {}).get(str(node["id"])) or {}
+                done = (record.get("preparation") or {}).get("state") == "completed"
+                if not done:
+                    side, retries = self._side_task_attempt(job, pool, node, "preparation")
+                    job.setdefault("_prep", {})[str(node["id"])] = {
+                        "poolId": pool["id"],
+                        "nodeUrl": node["url"],
+                        "preparation": {"state": "running", "startTime": clock.stamp()},
+                    }
+                    self._save_job(job_key)
+            if not done:
+                info = self._run_side_task(side, retries)
+                with self.lock:
+                    if job_key in self.jobs:
+                        job["_prep"][str(node["id"])]["preparation"] = info
+                        self._save_job(job_key)
+                record = {"preparation": info}
+        succeeded = (record.get("preparation") or {}).get("result") == "success"
+        if succeeded or not wait_for_success:
+            return True
+        with self.lock:
+            # Batch: "the triggering task will revert to the active state and will not be run" (on this node).
+            run = self._current_run(job_key, task_key, attempt_number)
+            task = self.tasks.get(job_key, {}).get(task_key)
+            if run is not None and task is not None:
+                self._release(job_key, task_key)
+                task.pop("_pid", None)
+                self._set_state(job_key, task, "active")
+                self.ready[job_key].append(task_key)
+                self._save_task(job_key, task_key)
+        return False
+
+    def _start_job_release(self, job_key: str) -> bool:
+        """Start the release task on every node that ran the preparation; True while any is running."""
+        job = self.jobs[job_key]
+        if not job.get("jobReleaseTask"):
+            return False
+        pending = False
+        for node_id, record in (job.get("_prep") or {}).items():
+            release = record.get("release")
+            if release is not None:
+                pending = pending or release.get("state") == "running"
+                continue
+            pool_key = validation.key(str(record.get("poolId") or ""))
+            node = self.nodes.get(pool_key, {}).get(validation.key(node_id))
+            if node is None or pool_key not in self.pools:
+                continue
+            side, _retries = self._side_task_attempt(job, self.pools[pool_key], node, "release")
+            record["release"] = {"state": "running", "startTime": clock.stamp()}
+            pending = True
+            self._executor.submit(self._run_release, job_key, node_id, side)
+        self._save_job(job_key)
+        return pending
+
+    def _run_release(self, job_key: str, node_id: str, side: runner.Attempt) -> None:
+        info = self._run_side_task(side, 0)
+        with self.lock:
+            job = self.jobs.get(job_key)
+            if job is not None and node_id in (job.get("_prep") or {}):
+                job["_prep"][node_id]["release"] = info
+                self._save_job(job_key)
+            self.wakeup.notify_all()
 
     def _release(self, job_key: str, task_key: str) -> Run | None:
         run = self.runs.pop((job_key, task_key), None)
@@ -1900,12 +2126,16 @@ class BatchService:
                 if job["onAllTasksComplete"] == "terminatejob" and counts.active == 0 and counts.running == 0:
                     self._terminate_job(job_key, "AllTasksComplete")
             elif state == "terminating":
-                if not any(run_job == job_key for run_job, _ in self.runs):
+                if not any(run_job == job_key for run_job, _ in self.runs) and not self._start_job_release(job_key):
                     self._set_job_state(job_key, "completed")
                     job["executionInfo"]["endTime"] = job["stateTransitionTime"]
                     self._save_job(job_key)
                     self._release_auto_pool(job)
-            elif state == "deleting" and not any(run_job == job_key for run_job, _ in self.runs):
+            elif (
+                state == "deleting"
+                and not any(run_job == job_key for run_job, _ in self.runs)
+                and not self._start_job_release(job_key)
+            ):
                 self._remove_job(job_key)
         self._finish_reboots()
         live = sum(len(tasks) for tasks in self.tasks.values()) + len(self.jobs) + len(self.pools)

@@ -417,19 +417,85 @@ def test_remove_nodes_shrinks_the_pool(batch: BatchClient) -> None:
     batch.begin_delete_pool(pool_id, polling_interval=0).result()  # type: ignore[arg-type]
 
 
-def test_job_tasks_the_emulator_cannot_run_are_refused_not_ignored(batch: BatchClient, pool_id: str) -> None:
-    prep = m.BatchJobPreparationTask(command_line="true")
+def test_job_manager_tasks_are_refused_not_ignored(batch: BatchClient, pool_id: str) -> None:
+    manager = m.BatchJobManagerTask(id="manager", command_line="true")
     with pytest.raises(HttpResponseError) as raised:
         batch.create_job(
             m.BatchJobCreateOptions(
-                id=unique("prep"), pool_info=m.BatchPoolInfo(pool_id=pool_id), job_preparation_task=prep
+                id=unique("mgr"), pool_info=m.BatchPoolInfo(pool_id=pool_id), job_manager_task=manager
             )
         )
     assert raised.value.status_code == 400
     assert raised.value.error is not None and raised.value.error.code == "UnsupportedProperty"
 
 
-def test_supported_images_list_the_linux_images_the_emulator_stands_in_for(batch: BatchClient) -> None:
-    images = list(batch.list_supported_images(filter="osType eq 'linux'"))
-    assert images and all(image.os_type == m.OSType.LINUX for image in images)
-    assert "batch.node.ubuntu 24.04" in {image.node_agent_sku_id for image in images}
+def test_job_preparation_runs_once_per_node_and_release_at_termination(batch: BatchClient) -> None:
+    pool_id = unique("prep")
+    batch.create_pool(m.BatchPoolCreateOptions(id=pool_id, **VM, target_dedicated_nodes=1, task_slots_per_node=4))
+    job_id = unique("prep")
+    shared = "$AZ_BATCH_NODE_SHARED_DIR"
+    prep = m.BatchJobPreparationTask(command_line=f"/bin/sh -c 'sleep 0.3; echo prepared >> {shared}/{job_id}.log'")
+    release = m.BatchJobReleaseTask(command_line=f"/bin/sh -c 'echo released >> {shared}/{job_id}.log'")
+    batch.create_job(
+        m.BatchJobCreateOptions(
+            id=job_id, pool_info=m.BatchPoolInfo(pool_id=pool_id), job_preparation_task=prep, job_release_task=release
+        )
+    )
+    batch.create_tasks(
+        job_id,
+        [
+            m.BatchTaskCreateOptions(
+                id=f"t{i}", command_line=f"/bin/sh -c 'cat {shared}/{job_id}.log; echo $AZ_BATCH_JOB_PREP_DIR'"
+            )
+            for i in range(4)
+        ],
+    )
+    outputs = []
+    for index in range(4):
+        wait_for_task(batch, job_id, f"t{index}")
+        outputs.append(b"".join(batch.download_task_file(job_id, f"t{index}", "stdout.txt")).decode())
+    assert all(out.startswith("prepared\n") and out.rstrip().endswith("/jobpreparation") for out in outputs)
+    status = list(batch.list_job_preparation_and_release_task_status(job_id))
+    assert len(status) == 1 and status[0].pool_id == pool_id
+    prep_info = status[0].job_preparation_task_execution_info
+    assert (
+        prep_info is not None
+        and prep_info.exit_code == 0
+        and prep_info.state == m.BatchJobPreparationTaskState.COMPLETED
+    )
+    batch.begin_terminate_job(job_id, {"terminateReason": "done"}, polling_interval=0).result()  # type: ignore[arg-type]
+    assert batch.get_job(job_id).state == m.BatchJobState.COMPLETED
+    status = list(batch.list_job_preparation_and_release_task_status(job_id))
+    release_info = status[0].job_release_task_execution_info
+    assert release_info is not None and release_info.exit_code == 0
+    node_id = status[0].node_id
+    log = b"".join(batch.download_node_file(pool_id, node_id, f"shared/{job_id}.log")).decode()
+    assert log == "prepared\nreleased\n"  # one preparation for four tasks, one release
+    batch.begin_delete_pool(pool_id, polling_interval=0).result()  # type: ignore[arg-type]
+
+
+def test_failed_job_preparation_keeps_the_task_off_that_node(batch: BatchClient) -> None:
+    pool_id = unique("prepfail")
+    batch.create_pool(m.BatchPoolCreateOptions(id=pool_id, **VM, target_dedicated_nodes=1))
+    job_id = unique("prepfail")
+    prep = m.BatchJobPreparationTask(command_line="false", wait_for_success=True)
+    batch.create_job(
+        m.BatchJobCreateOptions(id=job_id, pool_info=m.BatchPoolInfo(pool_id=pool_id), job_preparation_task=prep)
+    )
+    batch.create_task(job_id, m.BatchTaskCreateOptions(id="t", command_line="true"))
+    status = wait_until(
+        lambda: [
+            s
+            for s in batch.list_job_preparation_and_release_task_status(job_id)
+            if s.job_preparation_task_execution_info is not None
+            and s.job_preparation_task_execution_info.state == m.BatchJobPreparationTaskState.COMPLETED
+        ]
+    )
+    info = status[0].job_preparation_task_execution_info
+    assert info is not None and info.result == m.BatchTaskExecutionResult.FAILURE and info.exit_code == 1
+    __import__("time").sleep(0.3)
+    assert batch.get_task(job_id, "t").state == m.BatchTaskState.ACTIVE
+    with pytest.raises(HttpResponseError) as raised:
+        list(batch.list_job_preparation_and_release_task_status(new_job(batch, pool_id)))
+    assert raised.value.error is not None and raised.value.error.code == "JobPreparationTaskNotSpecified"
+    batch.begin_delete_pool(pool_id, polling_interval=0).result()  # type: ignore[arg-type]
