@@ -27,7 +27,7 @@ from azure.batch import BatchClient
 from azure.core.credentials import AzureNamedKeyCredential
 from azure.core.exceptions import AzureError
 from azure.storage.blob import BlobServiceClient
-from azure.storage.queue import QueueClient
+from azure.storage.queue import QueueClient, QueueServiceClient
 
 from local.stack import (
     PROJECT_ROOT,
@@ -208,6 +208,11 @@ class ChaosStack:
         assert self.azurite is not None
         return QueueClient.from_connection_string(self.azurite.connection_string, name)
 
+    def queue_names(self) -> set[str]:
+        assert self.azurite is not None
+        service = QueueServiceClient.from_connection_string(self.azurite.connection_string)
+        return {queue.name for queue in service.list_queues()}
+
     # input
     def drop(self, files: Mapping[str, bytes], workers: int = 16) -> None:
         container = self.blob_service().get_container_client(INPUT)
@@ -310,8 +315,13 @@ class Verdict:
     manifests_by_name: dict[str, dict[str, Any]]
 
 
-def verify(stack: ChaosStack, names: Sequence[str], check_echo: bool = True) -> Verdict:
-    """Read every manifest, every task id and the host log; compare with the inputs that were dropped."""
+def verify(stack: ChaosStack, files: Mapping[str, bytes] | Sequence[str], check_echo: bool = True) -> Verdict:
+    """Read every manifest, every task id and the host log; compare with the inputs that were dropped.
+
+    `files` maps input names to their content (or lists names whose content is `input_content(name)`).
+    """
+    contents = dict(files) if isinstance(files, Mapping) else {name: input_content(name) for name in files}
+    names = list(contents)
     service = stack.blob_service()
     results = service.get_container_client(RESULTS)
     etags = {blob.name: blob.etag for blob in retrying(lambda: list(service.get_container_client(INPUT).list_blobs()))}
@@ -341,7 +351,7 @@ def verify(stack: ChaosStack, names: Sequence[str], check_echo: bool = True) -> 
                 wrong.append(f"no echo.txt among outputs {manifest.get('outputs')}")
             else:
                 echo = retrying(lambda: results.download_blob(prefix + "echo.txt").readall(), attempts=3)
-                if echo != input_content(name):
+                if echo != contents[name]:
                     wrong.append(f"echo.txt holds {echo[:60]!r}")
         if wrong:
             misfiled.append(f"{name}: " + "; ".join(wrong))

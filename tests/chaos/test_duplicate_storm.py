@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from shared.errors import TransientError
+from shared.messages import encode_completion
+from shared.models import CompletedTask, CompletionEvent, InputState
 from shared.submit import sweep
 from tests.chaos.harness import ChaosStack, Tally, in_parallel, input_content, pipeline, record, shuffled, verify
 
@@ -17,6 +19,7 @@ pytestmark = pytest.mark.chaos
 INPUTS = 150
 COPIES = 3
 SEED = 5
+NEVER = "0 0 0 1 1 *"  # an NCRONTAB schedule that does not fire during a test (midnight, January 1st)
 
 
 @pytest.mark.timeout(600)
@@ -82,3 +85,55 @@ def test_every_event_three_times_and_two_sweeps_give_one_task_and_one_manifest_e
     assert len(stack.task_ids()) == INPUTS
     assert verdict.duplicate_manifests == 0
     assert verdict.succeeded == INPUTS
+
+
+COMPLETION_INPUTS = 64
+CONCURRENT_COLLECT_BUG = (
+    "bug in shared/collect.py: collect is not safe against concurrent deliveries of one completion. Each "
+    "delivery that passes the 'already collected / manifest exists' check before the other writes publishes "
+    "again (manifest written twice), and one whose copy starts after the other deleted the staging container "
+    "fails with 'copy source ... does not exist', recorded as a rejection; one that lists staging after the "
+    "deletion would overwrite the manifest with no outputs. Needs a create-only manifest write or a "
+    "compare-and-swap claim on the ledger row before publishing."
+)
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.xfail(strict=True, reason=CONCURRENT_COLLECT_BUG)
+def test_every_completion_message_three_times_at_once_publishes_each_manifest_once(
+    chaos_dir: Path, stacks: list[ChaosStack]
+) -> None:
+    """Storage queues deliver at least once: the collector must survive the same completion arriving 3x at once."""
+    # The dev host's poll never fires here; this test plays the poll and delivers each event three times.
+    stack = ChaosStack(chaos_dir, [pipeline("completions")], setting_overrides={"BATCHDROP_POLL_SCHEDULE": NEVER})
+    stacks.append(stack.start())
+    names = [f"completions/{index:04d}.txt" for index in range(COMPLETION_INPUTS)]
+    began = time.monotonic()
+    stack.drop({name: input_content(name) for name in names})
+    gw = stack.gateways()
+    deadline = time.monotonic() + 180
+    completed: list[CompletedTask] = []
+    while len(completed) < COMPLETION_INPUTS:
+        assert time.monotonic() < deadline, f"only {len(completed)} tasks completed"
+        time.sleep(1)
+        jobs = {record.job_id for record in gw.ledger.inputs(InputState.SUBMITTED)}
+        completed = [task for job in sorted(jobs) for task in gw.batch.completed_since(job, None)]
+    job_of = {record.task_id: record.job_id for record in gw.ledger.inputs()}
+    bodies = shuffled([encode_completion(CompletionEvent(job_of[t.task_id], t.task_id, t.result)) for t in completed]
+                      * COPIES, SEED)  # fmt: skip
+    queue = stack.queue("completions")
+    in_parallel(queue.send_message, bodies, workers=16)
+
+    missing = stack.wait_for_manifests(names, timeout=240)
+    verdict = verify(stack, names)
+    publishes = stack.publish_counts()
+    record(Tally.of(
+        "duplicate completions", f"each completion message enqueued {COPIES}x at once (at-least-once queue)",
+        len(bodies), verdict, time.monotonic() - began,
+        notes=f"inputs published more than once: {sum(1 for n in names if publishes[n] > 1)}; "
+              f"misfiled: {verdict.misfiled[:3]}"))  # fmt: skip
+
+    assert not missing
+    assert verdict.lost == [] and verdict.duplicate_tasks == 0
+    assert verdict.misfiled == [], verdict.misfiled[:5]
+    assert verdict.duplicate_manifests == 0, {name: n for name, n in publishes.items() if n > 1}
