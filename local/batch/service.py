@@ -1444,7 +1444,9 @@ class BatchService:
             str((job.get("executionInfo") or {}).get("poolId") or job["poolInfo"].get("poolId") or "")
         )
 
-    def _pick_node(self, pool_key: str, pool: Doc, slots: int, job: Doc | None = None) -> str | None:
+    def _pick_node(
+        self, pool_key: str, pool: Doc, slots: int, job: Doc | None = None, affinity: str | None = None
+    ) -> str | None:
         per_node = int(pool["taskSlotsPerNode"])
         blocked: set[str] = set()
         if job is not None and job.get("jobPreparationTask"):
@@ -1466,6 +1468,8 @@ class BatchService:
             free = per_node - int(node["runningTaskSlotsCount"])
             if free < slots:
                 continue
+            if affinity and node["affinityId"] == affinity:
+                return node_key  # affinityInfo is a locality hint: honoured when that node has room
             if (not pack and free > best_free) or (pack and free < best_free):
                 best, best_free = node_key, free
         return best
@@ -1514,7 +1518,8 @@ class BatchService:
                         ),
                     )
                     continue
-                node_key = self._pick_node(pool_key, pool, slots, job)
+                affinity = str((task.get("affinityInfo") or {}).get("affinityId") or "") or None
+                node_key = self._pick_node(pool_key, pool, slots, job, affinity)
                 if node_key is None:
                     break
                 queue.popleft()

@@ -363,3 +363,15 @@ def test_a_task_needing_more_slots_than_a_node_has_fails_to_schedule(batch: Batc
     assert info is not None and info.result == m.BatchTaskExecutionResult.FAILURE
     assert info.failure_info is not None and info.failure_info.code == "TaskSchedulingConstraintFailed"
     assert wait_for_task(batch, job_id, "small").execution_info.exit_code == 0  # type: ignore[union-attr]
+
+
+def test_affinity_info_places_the_task_on_that_node(batch: BatchClient, job_id: str, pool_id: str) -> None:
+    nodes = list(batch.list_nodes(pool_id))
+    target = nodes[-1]
+    for index in range(3):
+        batch.create_task(
+            job_id, task(f"a{index}", "true", affinity_info=m.BatchAffinityInfo(affinity_id=target.affinity_id))
+        )
+    for index in range(3):
+        done = wait_for_task(batch, job_id, f"a{index}")
+        assert done.node_info is not None and done.node_info.node_id == target.id
