@@ -84,8 +84,11 @@ class FunctionSpec:
     queue_outputs: tuple[QueueOutput, ...]
     user_function: Callable[..., Any]
     # "str" or "bytes" when the trigger parameter is annotated so (the worker then passes the
-    # message body or blob content instead of the binding object); None otherwise.
+    # message body or blob content instead of the binding object); "sdk" when it is annotated with an
+    # SDK binding type (azurefunctions-extensions-*: the worker passes an SDK client, never the content);
+    # None otherwise.
     trigger_data: str | None = None
+    sdk_type: type | None = None
 
     @property
     def full_name(self) -> str:
@@ -209,7 +212,24 @@ def _read_function(function: Any, settings: AppSettings) -> FunctionSpec:
     user_function = function.get_user_function()
     trigger_data = _check_parameters(name, user_function, triggers[0].arg_name,
                                      [output.arg_name for output in outputs])
-    return FunctionSpec(name, triggers[0], tuple(outputs), user_function, trigger_data)
+    sdk_type = _sdk_type(user_function, triggers[0].arg_name)
+    if sdk_type is not None and not isinstance(triggers[0], BlobTrigger):
+        raise StartupError(f"function '{name}': the dev host binds SDK types for blob triggers only")
+    return FunctionSpec(name, triggers[0], tuple(outputs), user_function,
+                        "sdk" if sdk_type is not None else trigger_data, sdk_type)
+
+
+def _sdk_type(user_function: Callable[..., Any], trigger_arg: str) -> type | None:
+    """The trigger parameter's SDK binding type (e.g. azurefunctions.extensions.bindings.blob.BlobClient)."""
+    try:
+        from azurefunctions.extensions.base import SdkType
+    except ImportError:  # the app uses no SDK binding types
+        return None
+    try:
+        annotation: Any = typing.get_type_hints(user_function).get(trigger_arg)
+    except Exception:
+        return None
+    return annotation if isinstance(annotation, type) and issubclass(annotation, SdkType) else None
 
 
 def _check_parameters(name: str, user_function: Callable[..., Any], trigger_arg: str,

@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from azure.core.exceptions import AzureError, ResourceNotFoundError
 
 from .bindings import BlobTrigger, FunctionSpec
-from .blobs import BlobInputStream
+from .blobs import BlobInputStream, sdk_blob_client
 from .invocation import Invoker
 from .queues import Handler, QueueListener, ReceivedMessage
 from .receipts import BlobVersion, Receipts, TriggerMessage, quoted_etag
@@ -175,7 +175,10 @@ class BlobTriggers:
                 logger.info("%s: blob %s/%s changed since it was dispatched; skipping the old version",
                             spec.name, message.blob.container, message.blob.name)
                 return
-            self.invoker.invoke(spec, BlobInputStream(blob, properties),
+            trigger_value: Any = BlobInputStream(blob, properties)
+            if spec.sdk_type is not None and isinstance(spec.trigger, BlobTrigger):
+                trigger_value = sdk_blob_client(spec.sdk_type, spec.trigger.connection, properties)
+            self.invoker.invoke(spec, trigger_value,
                                 reason=f"New blob detected: {message.blob.container}/{message.blob.name}",
                                 retry_count=received.dequeue_count - 1)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
+import json
+from types import SimpleNamespace
 from typing import Any
 
 from azure.core import MatchConditions
@@ -62,6 +64,19 @@ class BlobInputStream(InputStream):
         return self._reader.read(-1 if size is None else size)
 
     read1 = read
+
+
+def sdk_blob_client(sdk_type: type, connection: str, properties: BlobProperties) -> Any:
+    """What the Python worker passes for an SDK-typed blob trigger: the SDK client the extension builds
+    from the host's model binding data (connection setting, container, blob), never the content."""
+    binding_data = SimpleNamespace(
+        version="1.0",
+        source="AzureStorageBlobs",
+        content_type="application/json",
+        content=json.dumps({"Connection": connection, "ContainerName": properties.container,
+                            "BlobName": properties.name}),
+    )  # fmt: skip
+    return sdk_type(data=binding_data).get_sdk_type()
 
 
 def _iso(value: Any) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import azure.functions as func
+import azurefunctions.extensions.bindings.blob as blob_types
 
 from shared.errors import RejectedInput
 from shared.events import blob_of_event
@@ -18,10 +19,13 @@ BLOB_CREATED = "Microsoft.Storage.BlobCreated"
 
 
 @bp.function_name("ingest")
-@bp.blob_trigger(arg_name="blob", path="input/{name}", connection=STORAGE_CONNECTION, source=func.BlobSource.EVENT_GRID)
-def ingest(blob: func.InputStream) -> None:
-    """Blob trigger: only the name is read; the content stays in storage."""
-    container, _, name = (blob.name or "").partition("/")
+@bp.blob_trigger(
+    arg_name="client", path="input/{name}", connection=STORAGE_CONNECTION, source=func.BlobSource.EVENT_GRID
+)
+def ingest(client: blob_types.BlobClient) -> None:
+    """Blob trigger bound to an SDK BlobClient: the worker passes a client, never the blob's content,
+    so a 1 GiB input costs this function no memory (an InputStream would carry every byte over gRPC)."""
+    container, name = client.container_name, client.blob_name
     run(f"{container}/{name}", lambda gw: submit_blob(gw, container, name))
 
 

@@ -8,6 +8,7 @@ import azure.functions as func
 import pytest
 from azure.functions.queue import QueueMessage
 from azure.functions.timer import TimerRequest
+from azure.storage.blob import BlobClient
 
 from shared import ids
 from shared.triggers import api, boundary, collector, ingest, timers
@@ -43,8 +44,9 @@ def blob_created(name: str, event_type: str = "Microsoft.Storage.BlobCreated") -
 
 def test_blob_trigger_and_event_grid_share_one_task(world: World) -> None:
     world.blobs.put("input", "dir/a b.txt")
-    stream = func.blob.InputStream(data=b"", name="input/dir/a b.txt", uri="http://x/input/dir/a%20b.txt", length=0)
-    user_function(ingest.bp, "ingest")(stream)
+    # What the worker passes for the SDK-typed trigger: a BlobClient (no content), as the extension builds it.
+    client = BlobClient.from_blob_url("https://acct.blob.core.windows.net/input/dir/a%20b.txt")
+    user_function(ingest.bp, "ingest")(client)
     user_function(ingest.bp, "ingest_event")(blob_created("dir/a%20b.txt"))
     assert len(world.batch.all_tasks()) == 1
 
