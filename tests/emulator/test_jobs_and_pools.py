@@ -499,3 +499,19 @@ def test_failed_job_preparation_keeps_the_task_off_that_node(batch: BatchClient)
         list(batch.list_job_preparation_and_release_task_status(new_job(batch, pool_id)))
     assert raised.value.error is not None and raised.value.error.code == "JobPreparationTaskNotSpecified"
     batch.begin_delete_pool(pool_id, polling_interval=0).result()  # type: ignore[arg-type]
+
+
+def test_pool_node_counts_and_pool_updates(batch: BatchClient) -> None:
+    pool_id = unique("counts")
+    batch.create_pool(m.BatchPoolCreateOptions(id=pool_id, **VM, target_dedicated_nodes=2, target_low_priority_nodes=1))
+    counts = {c.pool_id: c for c in batch.list_pool_node_counts()}[pool_id]
+    assert counts.dedicated is not None and counts.dedicated.idle == 2 and counts.dedicated.total == 2
+    assert counts.low_priority is not None and counts.low_priority.total == 1
+    batch.update_pool(pool_id, m.BatchPoolUpdateOptions(metadata=[m.BatchMetadataItem(name="k", value="v")]))
+    assert batch.get_pool(pool_id).metadata[0].value == "v"  # type: ignore[index]
+    batch.replace_pool_properties(
+        pool_id,
+        m.BatchPoolReplaceOptions(application_package_references=[], metadata=[]),
+    )
+    assert not batch.get_pool(pool_id).metadata
+    batch.begin_delete_pool(pool_id, polling_interval=0).result()  # type: ignore[arg-type]
