@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,6 +17,7 @@ from shared.models import InputRecord, InputState, JobRecord, JobState
 INPUTS = "input"
 JOBS = "job"
 REJECTIONS = "rejected"
+TRANSACTION_SIZE = 100  # Table storage's limit per entity group transaction
 MAX_RECENT_IDS = 400  # keeps the job row under Table storage's 64 KiB property limit
 
 
@@ -69,6 +71,15 @@ class TableLedger:
             self._ready().upsert_entity(_input_entity(record), mode=UpdateMode.REPLACE)
         except AzureError as error:
             raise self._guard(f"save {record.task_id}", error) from None
+
+    def save_inputs(self, records: Sequence[InputRecord]) -> None:
+        table = self._ready()
+        for start in range(0, len(records), TRANSACTION_SIZE):
+            chunk = records[start : start + TRANSACTION_SIZE]
+            try:
+                table.submit_transaction([("upsert", _input_entity(r), {"mode": UpdateMode.REPLACE}) for r in chunk])
+            except AzureError as error:
+                raise self._guard(f"save {len(chunk)} inputs", error) from None
 
     def inputs(self, state: InputState | None = None, job_id: str | None = None) -> list[InputRecord]:
         query = f"PartitionKey eq '{INPUTS}'"

@@ -85,6 +85,9 @@ class LedgerPort(Protocol):
 
     def save_input(self, record: InputRecord) -> None: ...
 
+    def save_inputs(self, records: Sequence[InputRecord]) -> None:
+        """Save many rows in as few requests as the store allows (Table transactions of 100)."""
+
     def inputs(self, state: InputState | None = None, job_id: str | None = None) -> list[InputRecord]: ...
 
     def known_task_ids(self) -> set[str]:

@@ -130,7 +130,9 @@ class AzureBlobs:
         source_url = self.read_url(source_container, source_name, 3600)
         target = self._service.get_blob_client(target_container, target_name)
         try:
-            target.start_copy_from_url(source_url)
+            started = target.start_copy_from_url(source_url)
+            if started.get("copy_status") == "success":  # same-account copies usually finish at once
+                return
             deadline = time.monotonic() + COPY_WAIT_SECONDS
             while True:
                 status = target.get_blob_properties().copy.status

@@ -81,6 +81,7 @@ def sweep(gw: Gateways) -> SweepReport:
     known = gw.ledger.known_task_ids()
     listed = skipped = rejected = 0
     by_job: dict[str, list[tuple[InputRecord, PipelineSpec]]] = defaultdict(list)
+    open_jobs: set[str] = set()
     container = gw.settings.input_container
     for blob in gw.blobs.list_blobs(container):
         listed += 1
@@ -97,7 +98,9 @@ def sweep(gw: Gateways) -> SweepReport:
             rejected += prepared.action == "rejected"
             continue
         record, pipeline = prepared
-        record = _ensure_job(gw, record, pipeline)
+        if record.job_id not in open_jobs:  # one ledger read per job per sweep, not one per input
+            record = _ensure_job(gw, record, pipeline)
+            open_jobs.add(record.job_id)
         by_job[record.job_id].append((record, pipeline))
     submitted = 0
     for job_id, entries in by_job.items():
@@ -109,7 +112,7 @@ def sweep(gw: Gateways) -> SweepReport:
                 gw.batch.add_task(moved.job_id, _task_spec(gw, moved, pipeline))
         for record, _ in entries:
             record.state = InputState.SUBMITTED
-            gw.ledger.save_input(record)
+        gw.ledger.save_inputs([record for record, _ in entries])
         submitted += len(entries)
     logger.info("sweep listed %d, submitted %d, skipped %d, rejected %d", listed, submitted, skipped, rejected)
     return SweepReport(listed, submitted, skipped, rejected)

@@ -108,3 +108,15 @@ def test_a_task_write_url_reaches_only_its_own_staging_container(
         with pytest.raises(HttpResponseError) as refused:
             ContainerClient.from_container_url(forged).upload_blob("out/evil.txt", b"x")
         assert refused.value.status_code == 403
+
+
+def test_ledger_saves_many_inputs_in_transactions(azurite: Azurite, namespace: str) -> None:
+    table = TableServiceClient.from_connection_string(azurite.connection_string).get_table_client(f"m{namespace}")
+    ledger = TableLedger(table)
+    records = [
+        InputRecord(f"t-{i:03}", "input", f"{i}.txt", "0x1", "report", "job-1", InputState.SUBMITTED)
+        for i in range(150)
+    ]
+    ledger.claim_input(records[0])
+    ledger.save_inputs(records)  # 100 + 50, one of them replacing an existing row
+    assert ledger.known_task_ids() == {r.task_id for r in records}

@@ -241,6 +241,7 @@ class FakeLedger:
         self.job_rows: dict[str, JobRecord] = {}
         self.rejection_rows: list[dict[str, str]] = []
         self.unavailable = False
+        self.transactions = 0
 
     def _check(self) -> None:
         if self.unavailable:
@@ -261,6 +262,12 @@ class FakeLedger:
     def save_input(self, record: InputRecord) -> None:
         self._check()
         self.input_rows[record.task_id] = replace(record)
+
+    def save_inputs(self, records: Sequence[InputRecord]) -> None:
+        self._check()
+        self.transactions += 1
+        for record in records:
+            self.input_rows[record.task_id] = replace(record)
 
     def inputs(self, state: InputState | None = None, job_id: str | None = None) -> list[InputRecord]:
         return [
