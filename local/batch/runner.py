@@ -38,6 +38,16 @@ class Failure(Exception):
         return info
 
 
+def exit_code_failure() -> Failure:
+    """What Batch records for a process that exits non-zero."""
+    return Failure(
+        "usererror",
+        "FailureExitCode",
+        "The task process exited with an unexpected exit code",
+        {"AdditionalErrorCode": "FailureExitCode"},
+    )
+
+
 @dataclass
 class Attempt:
     """Everything a node needs to run one attempt of a task."""

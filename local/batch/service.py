@@ -524,12 +524,7 @@ class BatchService:
                     self.start_task_pids[(pool_key, node_key)] = process.pid
                 exit_code, _ = runner.wait(process, None)
                 if exit_code != 0:
-                    failure = runner.Failure(
-                        "usererror",
-                        "FailureExitCode",
-                        "The task process exited with an unexpected exit code",
-                        {"AdditionalErrorCode": "FailureExitCode"},
-                    )
+                    failure = runner.exit_code_failure()
             except runner.Failure as problem:
                 failure = problem
             except Exception as problem:  # a worker thread's boundary: the node must not stay waiting forever
@@ -1789,12 +1784,7 @@ class BatchService:
                 {"Message": f"maxWallClockTime {task['constraints']['maxWallClockTime']} was exceeded"},
             )
         elif exit_code != 0:
-            failure = runner.Failure(
-                "usererror",
-                "FailureExitCode",
-                "The task process exited with an unexpected exit code",
-                {"AdditionalErrorCode": "FailureExitCode"},
-            )
+            failure = runner.exit_code_failure()
         upload_failed = False
         try:
             runner.upload_outputs(attempt, succeeded=failure is None)
@@ -1866,12 +1856,7 @@ class BatchService:
                 if timed_out:
                     failure = runner.Failure("usererror", "TaskEnded", "The task exceeded its maximum wall clock time.")
                 elif exit_code != 0:
-                    failure = runner.Failure(
-                        "usererror",
-                        "FailureExitCode",
-                        "The task process exited with an unexpected exit code",
-                        {"AdditionalErrorCode": "FailureExitCode"},
-                    )
+                    failure = runner.exit_code_failure()
             except runner.Failure as problem:
                 failure = problem
             if failure is not None and exit_code not in (None, 0) and not timed_out and info["retryCount"] < retries:
