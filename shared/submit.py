@@ -7,6 +7,7 @@ import threading
 from collections import defaultdict
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from enum import StrEnum
 
 from shared import ids
 from shared.errors import JobClosed, RejectedInput, TransientError
@@ -29,12 +30,20 @@ CLAIM_FRESH = timedelta(minutes=2)
 _job_creation = threading.Lock()
 
 
+class SubmitAction(StrEnum):
+    CREATED = "created"
+    DUPLICATE = "duplicate"  # already submitted: no Batch request
+    IN_PROGRESS = "in-progress"  # another submitter holds a fresh claim
+    SKIPPED = "skipped"  # no pipeline takes it
+    REJECTED = "rejected"  # refused, reason recorded
+
+
 @dataclass(frozen=True)
 class SubmitOutcome:
-    """What happened to one input: created, duplicate, skipped or rejected."""
+    """What happened to one input."""
 
     name: str
-    action: str
+    action: SubmitAction
     task_id: str = ""
     job_id: str = ""
     reason: str = ""
@@ -73,7 +82,7 @@ def submit(gw: Gateways, blob: BlobRef) -> SubmitOutcome:
     record.state = InputState.SUBMITTED
     gw.ledger.save_input(record)
     logger.info("submitted %s", blob.name, extra={"job_id": record.job_id, "task_id": record.task_id})
-    return SubmitOutcome(blob.name, "created", record.task_id, record.job_id)
+    return SubmitOutcome(blob.name, SubmitAction.CREATED, record.task_id, record.job_id)
 
 
 def sweep(gw: Gateways) -> SweepReport:
@@ -94,8 +103,8 @@ def sweep(gw: Gateways) -> SweepReport:
             rejected += 1
             continue
         if isinstance(prepared, SubmitOutcome):
-            skipped += prepared.action == "skipped"
-            rejected += prepared.action == "rejected"
+            skipped += prepared.action is SubmitAction.SKIPPED
+            rejected += prepared.action is SubmitAction.REJECTED
             continue
         record, pipeline = prepared
         if record.job_id not in open_jobs:  # one ledger read per job per sweep, not one per input
@@ -137,19 +146,19 @@ def _claim(gw: Gateways, blob: BlobRef, take_over: bool = False) -> tuple[InputR
         if created:
             gw.ledger.record_rejection(f"{blob.container}/{blob.name}", reason)
             logger.warning("rejected %r: %s", blob.name, reason, extra={"task_id": task_id})
-        return SubmitOutcome(blob.name, "rejected", task_id, reason=reason)
+        return SubmitOutcome(blob.name, SubmitAction.REJECTED, task_id, reason=reason)
     if pipeline is None:
         why = "no pipeline matches this name"
         gw.ledger.claim_input(replace(base, state=InputState.SKIPPED, reason=why))
-        return SubmitOutcome(blob.name, "skipped", task_id, reason=why)
+        return SubmitOutcome(blob.name, SubmitAction.SKIPPED, task_id, reason=why)
     window = gw.settings.job_window_minutes
     job_id = ids.job_id(pipeline.name, blob.created_on, window)
     stored, created = gw.ledger.claim_input(replace(base, pipeline=pipeline.name, job_id=job_id))
     if not created and stored.state is not InputState.CLAIMED:
-        return SubmitOutcome(blob.name, "duplicate", stored.task_id, stored.job_id)
+        return SubmitOutcome(blob.name, SubmitAction.DUPLICATE, stored.task_id, stored.job_id)
     if not created and not take_over and _claim_is_fresh(gw, stored):
         # Another instance is submitting this very input now; if it dies, the sweep finishes the job.
-        return SubmitOutcome(blob.name, "in-progress", stored.task_id, stored.job_id)
+        return SubmitOutcome(blob.name, SubmitAction.IN_PROGRESS, stored.task_id, stored.job_id)
     return stored, pipeline
 
 
