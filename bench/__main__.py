@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", choices=sorted(SCENARIOS), action="append")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="batchdrop-bench-") as workdir:
-        azurite = start_azurite(Path(workdir))
+        azurite = start_azurite(Path(workdir), in_memory=True)
         emulator = start_emulator(Path(workdir))
         try:
             config = ScenarioConfig(

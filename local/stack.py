@@ -271,8 +271,13 @@ def azurite_binary() -> Path:
     return binary
 
 
-def start_azurite(workdir: Path, ports: tuple[int, int, int] | None = None) -> Azurite:
-    """Azurite for blobs, queues and tables, data kept under workdir/azurite."""
+def start_azurite(workdir: Path, ports: tuple[int, int, int] | None = None, in_memory: bool = False) -> Azurite:
+    """Azurite for blobs, queues and tables, data kept under workdir/azurite.
+
+    `in_memory` skips Azurite's disk persistence, which re-serialises its whole database every few seconds
+    and so slows every request once it holds tens of thousands of entries (the benchmark's scale); data
+    then does not survive a restart.
+    """
     blob_port, queue_port, table_port = ports or (free_port(), free_port(), free_port())
     data_dir = workdir / "azurite"
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -282,6 +287,7 @@ def start_azurite(workdir: Path, ports: tuple[int, int, int] | None = None) -> A
         "--blobHost", "127.0.0.1", "--blobPort", str(blob_port),
         "--queueHost", "127.0.0.1", "--queuePort", str(queue_port),
         "--tableHost", "127.0.0.1", "--tablePort", str(table_port),
+        *(["--inMemoryPersistence"] if in_memory else []),
     ]  # fmt: skip
     process = _spawn(argv, log_path, None, PROJECT_ROOT)
     _drain_to_log(process, log_path)

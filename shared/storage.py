@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,6 +29,7 @@ from shared.models import BlobRef, CompletionEvent
 
 logger = logging.getLogger(__name__)
 COPY_WAIT_SECONDS = 300.0
+SEND_THREADS = 8
 
 
 def parse_connection_string(connection_string: str) -> dict[str, str]:
@@ -216,13 +218,24 @@ class AzureQueue:
         self._ensured = True
 
     def send(self, events: Iterable[CompletionEvent]) -> None:
+        """Enqueue every event; returns only when all are stored (a poll moves its watermark after this)."""
         self.ensure()
-        for event in events:
-            body = encode_completion(event)
+
+        def put(event: CompletionEvent) -> None:
             try:
-                self._queue.send_message(body)
+                self._queue.send_message(encode_completion(event))
             except AzureError as error:
                 raise TransientError(f"enqueue completion of {event.task_id}: {type(error).__name__}") from None
+
+        pending = list(events)
+        if len(pending) <= 1:
+            for event in pending:
+                put(event)
+            return
+        # A poll after a busy spell can have thousands of completions: send them several at a time.
+        with ThreadPoolExecutor(SEND_THREADS) as pool:
+            for _ in pool.map(put, pending):
+                pass
 
     def poison_count(self) -> int:
         try:
