@@ -283,11 +283,11 @@ def start_azurite(workdir: Path, ports: tuple[int, int, int] | None = None, in_m
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = workdir / "logs" / "azurite.log"
     argv = [
-        str(azurite_binary()), "--skipApiVersionCheck", "--silent", "--location", str(data_dir),
+        str(azurite_binary()), "--skipApiVersionCheck", "--silent",
+        *(["--inMemoryPersistence"] if in_memory else ["--location", str(data_dir)]),
         "--blobHost", "127.0.0.1", "--blobPort", str(blob_port),
         "--queueHost", "127.0.0.1", "--queuePort", str(queue_port),
         "--tableHost", "127.0.0.1", "--tablePort", str(table_port),
-        *(["--inMemoryPersistence"] if in_memory else []),
     ]  # fmt: skip
     process = _spawn(argv, log_path, None, PROJECT_ROOT)
     _drain_to_log(process, log_path)
