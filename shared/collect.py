@@ -9,6 +9,7 @@ from shared import ids
 from shared.errors import RejectedInput, TransientError
 from shared.gateways import Gateways
 from shared.models import CompletionEvent, InputRecord, InputState, TaskResult
+from shared.pipelines import OUTPUT_DIR
 
 logger = logging.getLogger(__name__)
 MANIFEST = "_manifest.json"
@@ -46,7 +47,8 @@ def collect(gw: Gateways, event: CompletionEvent) -> CollectOutcome:
     if not task.completed:
         raise TransientError(f"task {event.task_id} is {task.state}, not completed yet")
     outputs, logs = _publish_outputs(gw, record, result_prefix)
-    manifest = _manifest(gw, record, task, outputs, logs)
+    missing = _missing_outputs(gw, record, result_prefix, outputs)
+    manifest = _manifest(gw, record, task, outputs, logs, missing)
     gw.blobs.write_json(gw.settings.results_container, manifest_name, manifest)
     _mark_collected(gw, record, str(manifest["status"]))
     # Everything is published: the task's staging container has served its purpose.
@@ -76,12 +78,37 @@ def _publish_outputs(gw: Gateways, record: InputRecord, result_prefix: str) -> t
     return sorted(outputs), logs
 
 
+def _missing_outputs(gw: Gateways, record: InputRecord, result_prefix: str, outputs: list[str]) -> list[str]:
+    """Declared outputs (patterns without wildcards) that the task did not produce.
+
+    Batch itself does not fail a task whose output pattern matched nothing, so batchdrop checks.
+    """
+    pipeline = gw.pipelines.by_name(record.pipeline)
+    declared = [p for p in pipeline.outputs if not any(c in p for c in "*?[")] if pipeline else []
+    return [name for name in declared if result_prefix + name not in outputs]
+
+
 def _manifest(
-    gw: Gateways, record: InputRecord, task: TaskResult, outputs: list[str], logs: dict[str, str]
+    gw: Gateways,
+    record: InputRecord,
+    task: TaskResult,
+    outputs: list[str],
+    logs: dict[str, str],
+    missing: list[str],
 ) -> dict[str, object]:
     stderr = logs.get("stderr.txt")
     stderr_tail = ""
-    if task.outcome.value == "failed" and stderr:
+    status, failure = task.outcome.value, task.failure
+    if status == "succeeded" and missing:
+        status = "failed"
+        failure = {
+            "category": "batchdrop",
+            "code": "MissingOutput",
+            "message": f"the task exited {task.exit_code} but did not write the declared output(s) "
+            + ", ".join(f"{OUTPUT_DIR}/{name}" for name in missing),
+            "details": {"missing": missing},
+        }
+    if status == "failed" and stderr:
         stderr_tail = gw.blobs.read_tail(gw.settings.results_container, stderr, STDERR_TAIL_BYTES)
     return {
         "input": record.name,
@@ -90,9 +117,9 @@ def _manifest(
         "pipeline": record.pipeline,
         "job_id": record.job_id,
         "task_id": record.task_id,
-        "status": task.outcome.value,
+        "status": status,
         "exit_code": task.exit_code,
-        "failure": task.failure,
+        "failure": failure,
         "outputs": outputs,
         "stdout": logs.get("stdout.txt"),
         "stderr": stderr,

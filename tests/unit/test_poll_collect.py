@@ -190,3 +190,17 @@ def test_status_counts_per_pipeline(world: World) -> None:
     (pipeline,) = status(world.gw)["pipelines"]  # type: ignore[misc]
     assert pipeline["name"] == "report"
     assert pipeline["counts"]["failed"] == 1 and pipeline["counts"]["collected"] == 1
+
+
+def test_a_declared_output_the_task_did_not_write_fails_the_manifest(tmp_path: Path) -> None:
+    from tests.unit.fakes import PIPELINE
+
+    world = make_world(tmp_path, [{**PIPELINE, "outputs": ["report.json", "summary.txt", "extra/**/*"]}])
+    outcome = submit(world.gw, world.blobs.put("input", "a.txt"))
+    run_task(world, outcome)  # writes report.json and sub/preview.txt, exits 0
+    collect(world.gw, CompletionEvent(outcome.job_id, outcome.task_id))
+    manifest = json.loads(world.blobs.text("results", "a.txt/_manifest.json"))
+    assert manifest["status"] == "failed" and manifest["exit_code"] == 0
+    assert manifest["failure"]["code"] == "MissingOutput"
+    assert "out/summary.txt" in manifest["failure"]["message"]
+    assert "report.json" not in manifest["failure"]["message"]
