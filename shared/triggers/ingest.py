@@ -8,7 +8,7 @@ import azure.functions as func
 import azurefunctions.extensions.bindings.blob as blob_types
 
 from shared.errors import RejectedInput
-from shared.events import blob_of_event
+from shared.events import parse_blob_created, submit_event
 from shared.settings import STORAGE_CONNECTION
 from shared.submit import submit_blob
 from shared.triggers.boundary import reject, run
@@ -32,17 +32,15 @@ def ingest(client: blob_types.BlobClient) -> None:
 @bp.function_name("ingest_event")
 @bp.event_grid_trigger(arg_name="event")
 def ingest_event(event: func.EventGridEvent) -> None:
-    """Event Grid trigger: BlobCreated events for the input container are submitted; others are ignored."""
+    """Event Grid trigger: BlobCreated events for our account's input container are submitted; others are
+    ignored (other types) or refused and recorded (no blob named, another storage account)."""
     if event.event_type != BLOB_CREATED:
         logger.info("ignored Event Grid event %s of type %s", event.id, event.event_type)
         return
+    subject = f"event {event.id}"
     try:
-        container, name = blob_from_event(event)
+        created = parse_blob_created(event.id, event.get_json(), event.subject, event.topic)
     except RejectedInput as rejection:
-        reject(f"event {event.id}", rejection)
+        reject(subject, rejection)
         return
-    run(f"{container}/{name}", lambda gw: submit_blob(gw, container, name))
-
-
-def blob_from_event(event: func.EventGridEvent) -> tuple[str, str]:
-    return blob_of_event(event.id, event.get_json(), event.subject)
+    run(subject, lambda gw: submit_event(gw, created))

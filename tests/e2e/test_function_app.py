@@ -70,13 +70,14 @@ def wait_for_manifests(
     raise AssertionError(f"manifests after {timeout} s: {sorted(found)}; wanted {sorted(names)}")
 
 
-def post_event(stack: Stack, name: str) -> int:
+def post_event(stack: Stack, name: str, account: str = "devstoreaccount1") -> int:
     assert stack.host is not None
+    endpoint = stack.azurite.blob_endpoint.replace("/devstoreaccount1", f"/{account}")
     event = [{
         "id": f"evt-{name}", "eventType": "Microsoft.Storage.BlobCreated", "subject":
         f"/blobServices/default/containers/input/blobs/{name}", "eventTime": datetime.now(UTC).isoformat(),
-        "dataVersion": "", "topic": "/subscriptions/x/storageAccounts/devstoreaccount1",
-        "data": {"url": f"{stack.azurite.blob_endpoint}/input/{urllib.request.quote(name)}", "api": "PutBlob"},
+        "dataVersion": "", "topic": f"/subscriptions/x/storageAccounts/{account}",
+        "data": {"url": f"{endpoint}/input/{urllib.request.quote(name)}", "api": "PutBlob"},
     }]  # fmt: skip
     request = urllib.request.Request(
         f"{stack.host.url}/runtime/webhooks/EventGrid?functionName=ingest_event",
@@ -120,6 +121,15 @@ def test_dropped_files_get_exactly_one_manifest_each(stack: Stack) -> None:
         status = json.load(response)
     assert status["totals"]["collected"] == len(INPUTS)
     assert status["totals"]["failed"] == 1
+
+
+def test_an_event_from_another_storage_account_is_refused_and_shown_in_status(stack: Stack) -> None:
+    assert post_event(stack, "hello.txt", account="elsewhere") in (200, 202)
+    assert stack.host is not None
+    with urllib.request.urlopen(f"{stack.host.url}/api/status", timeout=30) as response:
+        status = json.load(response)
+    reasons = [rejection["reason"] for rejection in status["rejected"] if rejection["input"] == "event evt-hello.txt"]
+    assert any("storage account 'elsewhere', not this app's account 'devstoreaccount1'" in r for r in reasons), status
 
 
 def test_no_key_or_sas_signature_reaches_a_log(stack: Stack) -> None:

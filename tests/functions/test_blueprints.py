@@ -30,11 +30,14 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> World:
     return world
 
 
-def blob_created(name: str, event_type: str = "Microsoft.Storage.BlobCreated") -> func.EventGridEvent:
+def blob_created(
+    name: str, event_type: str = "Microsoft.Storage.BlobCreated", account: str = "devstoreaccount1"
+) -> func.EventGridEvent:
+    """A BlobCreated event as Event Grid sends it for Azurite's path-style URLs (the world's storage account)."""
     return func.EventGridEvent(
         id="evt-1",
-        data={"url": f"https://acct.blob.core.windows.net/input/{name}", "api": "PutBlob"},
-        topic="/subscriptions/x/resourceGroups/y/providers/Microsoft.Storage/storageAccounts/acct",
+        data={"url": f"http://127.0.0.1:10000/{account}/input/{name}", "api": "PutBlob"},
+        topic=f"/subscriptions/x/resourceGroups/y/providers/Microsoft.Storage/storageAccounts/{account}",
         subject=f"/blobServices/default/containers/input/blobs/{name}",
         event_type=event_type,
         event_time=datetime.now(UTC),
@@ -61,6 +64,15 @@ def test_other_event_types_are_ignored(world: World) -> None:
 def test_forged_event_is_recorded_not_raised(world: World) -> None:
     user_function(ingest.bp, "ingest_event")(blob_created("ghost.txt"))
     assert "no such blob" in world.ledger.rejections()[0]["reason"]
+
+
+def test_event_from_another_storage_account_is_refused_and_recorded(world: World) -> None:
+    world.blobs.put("input", "a.txt")  # a blob of the same name exists in our account: still not ours to run
+    user_function(ingest.bp, "ingest_event")(blob_created("a.txt", account="elsewhere"))
+    assert world.batch.all_tasks() == []
+    (rejection,) = world.ledger.rejections()
+    assert rejection["input"] == "event evt-1"
+    assert "storage account 'elsewhere', not this app's account 'devstoreaccount1'" in rejection["reason"]
 
 
 def test_event_without_url_or_subject_is_recorded(world: World) -> None:
