@@ -21,6 +21,7 @@ from local.stack import start_azurite, start_emulator
 RESULTS = Path(__file__).parent / "results" / "latest.json"
 ROWS = [
     "files",
+    "poll_period_seconds",
     "batch_requests_total",
     "batch_requests_per_file",
     "poll_requests_per_poll",
@@ -28,6 +29,7 @@ ROWS = [
     "seconds_to_all_tasks",
     "seconds_to_all_manifests",
     "output_bytes_through_functions",
+    "completion_messages",
     "peak_rss_mb",
 ]
 
@@ -70,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--files", type=int, default=300)
     parser.add_argument("--nodes", type=int, default=4)
     parser.add_argument("--slots", type=int, default=8)
+    parser.add_argument("--poll-seconds", type=float, default=10.0, help="poll timer period (Azure advice: 30)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--only", choices=sorted(SCENARIOS), action="append")
     args = parser.parse_args(argv)
@@ -86,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                 batch_url=emulator.url,
                 batch_account=emulator.account_name,
                 batch_key=emulator.account_key,
+                poll_seconds=args.poll_seconds,
             )
             report: dict[str, dict[str, float]] = {}
             for name in args.only or ["batchdrop", "batchdrop_sweep", "baseline"]:

@@ -13,7 +13,7 @@ from datetime import timedelta
 
 from azure.batch import BatchClient
 from azure.batch import models as batch_models
-from azure.core.exceptions import ResourceExistsError
+from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient
 
 from shared.storage import AzureBlobs
@@ -72,7 +72,11 @@ class Baseline:
     def poll_and_collect(self) -> int:
         """List every task of the job; download and re-upload outputs of newly completed ones."""
         published = 0
-        for task in self.batch.list_tasks(self.job_id):
+        try:
+            tasks = list(self.batch.list_tasks(self.job_id))
+        except ResourceNotFoundError:  # the first event has not created the job yet
+            return 0
+        for task in tasks:
             if task.state != "completed" or task.id in self.collected:
                 continue
             source = next((env.value for env in task.environment_settings or [] if env.name == "SOURCE_NAME"), task.id)
