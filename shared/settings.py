@@ -33,7 +33,9 @@ class Settings(BaseSettings):
     job_retention_hours: float = Field(24.0, alias="BATCHDROP_JOB_RETENTION_HOURS", ge=0)
     poll_overlap_seconds: int = Field(60, alias="BATCHDROP_POLL_OVERLAP_SECONDS", ge=0, le=3600)
     sas_margin_minutes: int = Field(360, alias="BATCHDROP_SAS_MARGIN_MINUTES", ge=1)
-    sas_max_hours: int = Field(48, alias="BATCHDROP_SAS_MAX_HOURS", ge=1, le=24 * 7)
+    # On Azure the SAS is signed with a user delegation key, which Azure issues for at most 7 days from now,
+    # and batchdrop asks for one that outlives the SAS by an hour: 166 hours leaves room for both.
+    sas_max_hours: int = Field(48, alias="BATCHDROP_SAS_MAX_HOURS", ge=1, le=24 * 7 - 2)
 
     input_container: str = Field("input", alias="BATCHDROP_INPUT_CONTAINER")
     apps_container: str = Field("apps", alias="BATCHDROP_APPS_CONTAINER")
