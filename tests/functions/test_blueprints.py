@@ -127,6 +127,18 @@ def test_status_route_returns_counts_as_json(world: World) -> None:
     assert document["pipelines"][0]["name"] == "report"
 
 
+def test_every_http_route_requires_a_function_key() -> None:
+    """On Azure the Functions host enforces the key; anonymous routes would publish the ledger's input names."""
+    routes = {}
+    for blueprint in (api.bp, collector.bp, ingest.bp, timers.bp):
+        for builder in blueprint._function_builders:
+            function = builder.build()
+            for binding in function.get_bindings():
+                if binding.type == "httpTrigger":
+                    routes[function.get_function_name()] = binding.auth_level
+    assert routes == {"status": func.AuthLevel.FUNCTION}
+
+
 def test_function_app_registers_every_function() -> None:
     import function_app
 
