@@ -1,0 +1,65 @@
+"""The benchmark itself, run small: it must keep measuring what it claims (not how fast; no timing asserts)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+FILES = 12
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, float]]:
+    out = tmp_path_factory.mktemp("bench") / "latest.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--files", str(FILES), "--nodes", "1", "--slots", "4",
+         "--poll-seconds", "1", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "batch_requests_per_file" in run.stdout  # the side-by-side table
+    loaded: dict[str, dict[str, float]] = json.loads(out.read_text())
+    return loaded
+
+
+def test_every_system_reports_every_metric(report: dict[str, dict[str, float]]) -> None:
+    from bench.__main__ import ROWS
+
+    for system in ("batchdrop", "batchdrop_sweep", "baseline"):
+        missing = [row for row in ROWS if row != "completion_messages" and row not in report[system]]
+        assert not missing, (system, missing)
+        assert report[system]["files"] == FILES
+
+
+def test_batchdrop_makes_one_task_per_file_though_every_event_came_twice(report: dict[str, dict[str, float]]) -> None:
+    assert report["batchdrop"]["duplicate_tasks"] == 0
+    assert report["batchdrop_sweep"]["duplicate_tasks"] == 0
+    # The naive pattern adds a task per delivery: every file's second event is a duplicate.
+    assert report["baseline"]["duplicate_tasks"] == FILES
+
+
+def test_only_the_baseline_pulls_output_bytes_through_the_function(report: dict[str, dict[str, float]]) -> None:
+    payload_bytes = sum(len(f"payload of batch-00/file-{index:06}.txt\n") * 4 for index in range(FILES))
+    assert report["batchdrop"]["output_bytes_through_functions"] == 0
+    assert report["batchdrop_sweep"]["output_bytes_through_functions"] == 0
+    # Each of a file's two tasks copies the input; the naive collector downloads both outputs.
+    assert report["baseline"]["output_bytes_through_functions"] == 2 * payload_bytes
+
+
+def test_request_counts_come_from_the_emulator(report: dict[str, dict[str, float]]) -> None:
+    ours, sweep, theirs = report["batchdrop"], report["batchdrop_sweep"], report["baseline"]
+    # Event path: one Task_Add per file, plus the pool, the job and at least one poll.
+    assert FILES + 3 <= ours["batch_requests_total"] < 2 * FILES
+    # Sweep: one Task_AddCollection for all twelve, plus pool, job and polls.
+    assert 4 <= sweep["batch_requests_total"] < FILES
+    # Baseline: per delivery a Job_Add and a Task_Add, so at least 4 per file.
+    assert theirs["batch_requests_total"] >= 4 * FILES
+    assert report["ratios"]["batch_requests_total"] == theirs["batch_requests_total"] / ours["batch_requests_total"]
+    assert ours["poll_requests_per_poll"] == 1
