@@ -18,7 +18,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(extra="ignore", populate_by_name=True, case_sensitive=False)
 
-    storage_connection_string: str | None = Field(None, alias="BatchdropStorage")
+    storage_connection_string: str | None = Field(None, alias="BatchdropStorage", repr=False)
     blob_service_uri: str | None = Field(None, alias="BatchdropStorage__blobServiceUri")
     queue_service_uri: str | None = Field(None, alias="BatchdropStorage__queueServiceUri")
     table_service_uri: str | None = Field(None, alias="BatchdropStorage__tableServiceUri")
