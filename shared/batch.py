@@ -158,6 +158,22 @@ class AzureBatch:
         except JobClosed:
             return None
 
+    def reactivate_task(self, job_id: str, task_id: str) -> bool:
+        def reactivate() -> bool:
+            try:
+                self._client.reactivate_task(job_id, task_id)
+            except ResourceExistsError as error:
+                code = _error_code(error)
+                if code == "TaskNotCompleted":
+                    return True  # another delivery reactivated it: it is running again already
+                if code == "TaskSucceeded":
+                    return False
+                raise
+            logger.info("reactivated task %s", task_id, extra={"job_id": job_id, "task_id": task_id})
+            return True
+
+        return self._call(f"reactivate task {task_id} of {job_id}", reactivate)
+
     def task_counts(self, job_id: str) -> TaskCounts | None:
         def get() -> TaskCounts | None:
             try:

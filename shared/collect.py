@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from enum import StrEnum
 
 from shared import ids
-from shared.errors import RejectedInput, TransientError
+from shared.errors import JobClosed, PermanentError, RejectedInput, TransientError
 from shared.gateways import Gateways
 from shared.models import CompletionEvent, InputRecord, InputState, TaskResult
 from shared.pipelines import OUTPUT_DIR
@@ -15,18 +16,30 @@ logger = logging.getLogger(__name__)
 MANIFEST = "_manifest.json"
 LOGS = "_logs/"
 STDERR_TAIL_BYTES = 4096
+# A task that failed outside its own code (TaskResult.infrastructure_failure: storage unreachable while the
+# node downloaded its files or uploaded its outputs, a node fault) runs again under the same id this many
+# times before its failure is published.
+MAX_REACTIVATIONS = 3
+MANIFEST_WRITE_ATTEMPTS = 5
+
+
+class CollectAction(StrEnum):
+    PUBLISHED = "published"
+    ALREADY_PUBLISHED = "already-published"  # this task's manifest was there: nothing written
+    REACTIVATED = "reactivated"  # failed outside its own code: it runs again, nothing published yet
+    SUPERSEDED = "superseded"  # the input was replaced: the newer upload's task publishes
 
 
 @dataclass(frozen=True)
 class CollectOutcome:
     task_id: str
-    action: str  # "published" or "already-published"
+    action: CollectAction
     status: str = ""
     manifest: str = ""
 
 
 def collect(gw: Gateways, event: CompletionEvent) -> CollectOutcome:
-    """Publish one completed task's outputs and its manifest; a repeat publishes nothing twice."""
+    """Publish one completed task's outputs and its manifest; a repeat, even a concurrent one, publishes once."""
     record = gw.ledger.get_input(event.task_id)
     if record is None:
         raise RejectedInput(f"completion for unknown task {event.task_id} (job {event.job_id})")
@@ -35,28 +48,124 @@ def collect(gw: Gateways, event: CompletionEvent) -> CollectOutcome:
     result_prefix = ids.result_prefix(record.name)
     manifest_name = result_prefix + MANIFEST
     if record.state is InputState.COLLECTED:
-        return CollectOutcome(record.task_id, "already-published", record.outcome, manifest_name)
-    existing = gw.blobs.read_json(gw.settings.results_container, manifest_name)
-    if existing is not None and existing.get("task_id") == record.task_id:
-        _mark_collected(gw, record, str(existing.get("status", "")))
-        return CollectOutcome(record.task_id, "already-published", str(existing.get("status")), manifest_name)
+        return CollectOutcome(record.task_id, CollectAction.ALREADY_PUBLISHED, record.outcome, manifest_name)
+    existing = gw.blobs.read_json_version(gw.settings.results_container, manifest_name)
+    if existing is not None and existing[0].get("task_id") == record.task_id:
+        return _already_published(gw, record, existing[0], manifest_name)
+    newer = _newer_version(gw, record)
+    if newer is not None:
+        return _supersede(gw, record, newer, manifest_name)
     task = event.task if event.task is not None and event.task.completed else None
     task = task or gw.batch.get_task(event.job_id, event.task_id)
     if task is None:
         raise RejectedInput(f"Batch has no task {event.task_id} in job {event.job_id}")
     if not task.completed:
         raise TransientError(f"task {event.task_id} is {task.state}, not completed yet")
-    outputs, logs = _publish_outputs(gw, record, result_prefix)
+    if task.infrastructure_failure and record.reactivations < MAX_REACTIVATIONS:
+        rerun_refused = _reactivate(gw, record, task)
+        if rerun_refused is None:
+            return CollectOutcome(record.task_id, CollectAction.REACTIVATED, "", manifest_name)
+        task = rerun_refused
+    try:
+        outputs, logs = _publish_outputs(gw, record, result_prefix)
+    except PermanentError:
+        # The staging container vanished under us: a concurrent delivery of this completion published
+        # and removed it. Anything else is a real error.
+        current = gw.blobs.read_json(gw.settings.results_container, manifest_name)
+        if current is not None and current.get("task_id") == record.task_id:
+            return _already_published(gw, record, current, manifest_name)
+        raise
     missing = _missing_outputs(gw, record, result_prefix, outputs)
     manifest = _manifest(gw, record, task, outputs, logs, missing)
-    gw.blobs.write_json(gw.settings.results_container, manifest_name, manifest)
+    winner = _write_manifest(gw, record, manifest_name, manifest, existing[1] if existing else None)
+    if winner is not None:
+        return _already_published(gw, record, winner, manifest_name)
     _mark_collected(gw, record, str(manifest["status"]))
     # Everything is published: the task's staging container has served its purpose.
     gw.blobs.delete_container(ids.staging_container(gw.settings.staging_prefix, record.task_id))
     logger.info(
         "published %s: %s", record.name, manifest["status"], extra={"job_id": record.job_id, "task_id": record.task_id}
     )
-    return CollectOutcome(record.task_id, "published", str(manifest["status"]), manifest_name)
+    return CollectOutcome(record.task_id, CollectAction.PUBLISHED, str(manifest["status"]), manifest_name)
+
+
+def _already_published(
+    gw: Gateways, record: InputRecord, manifest: dict[str, object], manifest_name: str
+) -> CollectOutcome:
+    status = str(manifest.get("status", ""))
+    _mark_collected(gw, record, status)
+    return CollectOutcome(record.task_id, CollectAction.ALREADY_PUBLISHED, status, manifest_name)
+
+
+def _write_manifest(
+    gw: Gateways, record: InputRecord, manifest_name: str, manifest: dict[str, object], version: str | None
+) -> dict[str, object] | None:
+    """Write the manifest unless this task's is already there; None when written, else the one found.
+
+    Create-only when there was none, etag-conditional over an earlier version's manifest: two deliveries of
+    one completion cannot both write, and a replaced input's new task still replaces the old task's manifest.
+    """
+    container = gw.settings.results_container
+    for _ in range(MANIFEST_WRITE_ATTEMPTS):
+        if gw.blobs.write_json_if(container, manifest_name, manifest, version):
+            return None
+        current = gw.blobs.read_json_version(container, manifest_name)
+        if current is None:
+            version = None
+            continue
+        document, version = current
+        if document.get("task_id") == record.task_id:
+            return document
+        # Another version's manifest: it was written meanwhile by an earlier upload's task; replace it.
+    raise TransientError(f"manifest {manifest_name} kept changing under task {record.task_id}; retry later")
+
+
+def _newer_version(gw: Gateways, record: InputRecord) -> str | None:
+    """The etag of the input as it is now, if it was replaced after this task was created."""
+    blob = gw.blobs.get_blob(record.container, record.name)
+    if blob is None:
+        return None  # deleted: this task's manifest is the last word on it
+    etag = ids.normalise_etag(blob.etag)
+    return etag if etag != record.etag else None
+
+
+def _supersede(gw: Gateways, record: InputRecord, newer_etag: str, manifest_name: str) -> CollectOutcome:
+    """The input was replaced: its newer upload has its own task, whose manifest is the one to publish."""
+    record.state = InputState.COLLECTED
+    record.outcome = "superseded"
+    record.reason = f"input replaced (etag {newer_etag}) before this task's outputs were published"
+    gw.ledger.save_input(record)
+    gw.blobs.delete_container(ids.staging_container(gw.settings.staging_prefix, record.task_id))
+    logger.info(
+        "not publishing %s: %s", record.name, record.reason, extra={"job_id": record.job_id, "task_id": record.task_id}
+    )
+    return CollectOutcome(record.task_id, CollectAction.SUPERSEDED, "superseded", manifest_name)
+
+
+def _reactivate(gw: Gateways, record: InputRecord, task: TaskResult) -> TaskResult | None:
+    """Run the same task again after an infrastructure failure: None if it will run again, else what to publish.
+
+    The count is saved before the request: a crash in between spends an attempt, it never loops.
+    """
+    record.reactivations += 1
+    gw.ledger.save_input(record)
+    code = (task.failure or {}).get("code")
+    fields = {"job_id": record.job_id, "task_id": record.task_id}
+    try:
+        if gw.batch.reactivate_task(record.job_id, record.task_id):
+            logger.warning(
+                "task of %s failed outside its own code (%s); reactivated, attempt %d of %d",
+                record.name, code, record.reactivations, MAX_REACTIVATIONS, extra=fields,
+            )  # fmt: skip
+            return None
+        # Batch counts the task as succeeded (an exit-0 run whose upload failed, or a later run that
+        # succeeded): publish what Batch says now.
+        current = gw.batch.get_task(record.job_id, record.task_id)
+    except JobClosed:
+        current = None
+    logger.warning("task of %s failed (%s) and cannot run again", record.name, code, extra=fields)
+    record.reactivations -= 1  # it did not run again after all; the manifest says how often it did
+    return current if current is not None and current.completed else task
 
 
 def _publish_outputs(gw: Gateways, record: InputRecord, result_prefix: str) -> tuple[list[str], dict[str, str]]:
@@ -99,6 +208,13 @@ def _manifest(
     stderr = logs.get("stderr.txt")
     stderr_tail = ""
     status, failure = task.outcome.value, task.failure
+    if task.infrastructure_failure and failure is not None:
+        failure = {
+            **failure,
+            "note": f"the failure was outside the task's own code; batchdrop ran the task again "
+            f"{record.reactivations} time(s) and it still failed: drop the file again once storage and Batch "
+            "are healthy",
+        }
     if status == "succeeded" and missing:
         status = "failed"
         failure = {
@@ -127,6 +243,7 @@ def _manifest(
         "started_at": task.started_at.isoformat() if task.started_at else None,
         "finished_at": task.finished_at.isoformat() if task.finished_at else None,
         "retries": task.retries,
+        "reactivations": record.reactivations,
         "published_at": gw.clock().isoformat(),
     }
 

@@ -187,6 +187,7 @@ def _input_entity(record: InputRecord) -> dict[str, Any]:
         "state": record.state.value,
         "reason": record.reason,
         "outcome": record.outcome,
+        "reactivations": record.reactivations,
         "updated_at": datetime.now(UTC),
     }
 
@@ -204,6 +205,7 @@ def _input_record(entity: Any) -> InputRecord:
         reason=str(entity.get("reason", "")),
         outcome=str(entity.get("outcome", "")),
         updated_at=updated if isinstance(updated, datetime) else None,
+        reactivations=int(entity.get("reactivations") or 0),
     )
 
 

@@ -53,6 +53,7 @@ class InputRecord:
     reason: str = ""
     outcome: str = ""
     updated_at: datetime | None = None
+    reactivations: int = 0  # times collect ran the task again after an infrastructure failure
 
 
 @dataclass
@@ -122,6 +123,23 @@ class TaskResult:
     @property
     def outcome(self) -> TaskOutcome:
         return TaskOutcome.SUCCEEDED if self.result == "success" else TaskOutcome.FAILED
+
+    @property
+    def infrastructure_failure(self) -> bool:
+        """Failed for a reason outside the task's own code, so running it again can succeed.
+
+        That is Batch's category `servererror` (storage unreachable while the node downloaded the resource
+        files, a node fault), or outputs that did not upload although the task exited 0 (storage unreachable
+        at the end; Batch files those as `usererror` whatever the cause). Not `TaskEnded` (the wall clock or a
+        termination): another run would end the same way.
+        """
+        if not self.completed or self.outcome is TaskOutcome.SUCCEEDED or not self.failure:
+            return False
+        category = str(self.failure.get("category", "")).lower()
+        code = str(self.failure.get("code", ""))
+        if code == "TaskEnded":
+            return False
+        return category == "servererror" or (code.startswith("FileUpload") and self.exit_code == 0)
 
 
 @dataclass(frozen=True)

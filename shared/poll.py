@@ -47,7 +47,13 @@ def _poll_job(gw: Gateways, job: JobRecord, overlap: timedelta) -> int:
     since = job.watermark - overlap if job.watermark is not None else None
     completed = gw.batch.completed_since(job.job_id, since)
     already = set(job.recent_task_ids)
-    fresh = [task for task in completed if task.task_id not in already]
+    # A completion after the watermark is new even for a task id seen before: collect reactivated that
+    # task after an infrastructure failure and this is its next run ending.
+    fresh = [
+        task
+        for task in completed
+        if task.task_id not in already or (job.watermark is not None and task.completed_at > job.watermark)
+    ]
     # Enqueue before moving the watermark: a crash in between re-emits, never loses.
     gw.queue.send(CompletionEvent(job.job_id, task.task_id, task.result) for task in fresh)
     if completed:

@@ -39,6 +39,12 @@ class BatchPort(Protocol):
     def get_task(self, job_id: str, task_id: str) -> TaskResult | None:
         """The task's state and execution info, None if Batch does not know it."""
 
+    def reactivate_task(self, job_id: str, task_id: str) -> bool:
+        """Run a completed, failed task again under the same id; True if it will run (or already runs) again.
+
+        False when Batch counts the task as succeeded and refuses (TaskSucceeded).
+        """
+
     def task_counts(self, job_id: str) -> TaskCounts | None:
         """Batch's task counts for the job, None if the job is gone."""
 
@@ -63,7 +69,16 @@ class BlobPort(Protocol):
 
     def read_json(self, container: str, name: str) -> dict[str, object] | None: ...
 
+    def read_json_version(self, container: str, name: str) -> tuple[dict[str, object], str] | None:
+        """The document and its etag (the version a conditional write names), None if absent."""
+
     def write_json(self, container: str, name: str, document: dict[str, object]) -> None: ...
+
+    def write_json_if(self, container: str, name: str, document: dict[str, object], version: str | None) -> bool:
+        """Write only if the blob is still at `version` (None: only if it does not exist yet).
+
+        False when another writer got there first; the caller reads again and decides.
+        """
 
     def read_tail(self, container: str, name: str, max_bytes: int) -> str: ...
 

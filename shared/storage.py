@@ -11,7 +11,13 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
+from azure.core import MatchConditions
+from azure.core.exceptions import (
+    AzureError,
+    ResourceExistsError,
+    ResourceModifiedError,
+    ResourceNotFoundError,
+)
 from azure.storage.blob import (
     BlobSasPermissions,
     BlobServiceClient,
@@ -170,15 +176,50 @@ class AzureBlobs:
         document = json.loads(data)
         return document if isinstance(document, dict) else None
 
+    def read_json_version(self, container: str, name: str) -> tuple[dict[str, object], str] | None:
+        try:
+            downloader = self._service.get_blob_client(container, name).download_blob()
+            data = downloader.readall()
+        except ResourceNotFoundError:
+            return None
+        except AzureError as error:
+            raise TransientError(f"read {container}/{name}: {type(error).__name__}") from None
+        document = json.loads(data)
+        return (document if isinstance(document, dict) else {}), str(downloader.properties.etag)
+
     def write_json(self, container: str, name: str, document: dict[str, object]) -> None:
         self.ensure_container(container)
-        body = json.dumps(document, indent=2, sort_keys=True, default=str).encode()
         try:
             self._service.get_blob_client(container, name).upload_blob(
-                body, overwrite=True, content_settings=ContentSettings(content_type="application/json")
+                _json_body(document), overwrite=True, content_settings=ContentSettings(content_type="application/json")
             )
         except AzureError as error:
             raise TransientError(f"write {container}/{name}: {type(error).__name__}") from None
+
+    def write_json_if(self, container: str, name: str, document: dict[str, object], version: str | None) -> bool:
+        self.ensure_container(container)
+        blob = self._service.get_blob_client(container, name)
+        settings = ContentSettings(content_type="application/json")
+        try:
+            if version is None:  # If-None-Match: *
+                blob.upload_blob(_json_body(document), overwrite=False, content_settings=settings)
+            else:  # If-Match: version
+                blob.upload_blob(
+                    _json_body(document),
+                    overwrite=True,
+                    content_settings=settings,
+                    etag=version,
+                    match_condition=MatchConditions.IfNotModified,
+                )
+        except (ResourceExistsError, ResourceModifiedError):
+            return False
+        except ResourceNotFoundError:
+            return False  # If-Match on a blob deleted meanwhile
+        except AzureError as error:
+            if getattr(error, "status_code", None) == 412:
+                return False
+            raise TransientError(f"write {container}/{name}: {type(error).__name__}") from None
+        return True
 
     def read_tail(self, container: str, name: str, max_bytes: int) -> str:
         blob = self._service.get_blob_client(container, name)
@@ -193,6 +234,10 @@ class AzureBlobs:
         except AzureError as error:
             raise TransientError(f"read {container}/{name}: {type(error).__name__}") from None
         return data.decode("utf-8", errors="replace")
+
+
+def _json_body(document: dict[str, object]) -> bytes:
+    return json.dumps(document, indent=2, sort_keys=True, default=str).encode()
 
 
 class AzureQueue:

@@ -59,6 +59,34 @@ def test_copy_json_and_tail(azurite: Azurite, blobs: AzureBlobs, namespace: str)
     assert names == ["b/_manifest.json", "b/log.txt"]
 
 
+def test_conditional_json_writes_are_create_only_or_version_checked(blobs: AzureBlobs, namespace: str) -> None:
+    container = f"cond-{namespace}"
+    assert blobs.write_json_if(container, "a/_manifest.json", {"task_id": "t1"}, None)
+    assert not blobs.write_json_if(container, "a/_manifest.json", {"task_id": "t1-again"}, None)
+    found = blobs.read_json_version(container, "a/_manifest.json")
+    assert found is not None and found[0] == {"task_id": "t1"}
+    first_version = found[1]
+    assert blobs.write_json_if(container, "a/_manifest.json", {"task_id": "t2"}, first_version)
+    # A writer still holding the first version lost the race: its write is refused, the winner's stays.
+    assert not blobs.write_json_if(container, "a/_manifest.json", {"task_id": "t3"}, first_version)
+    assert blobs.read_json(container, "a/_manifest.json") == {"task_id": "t2"}
+    assert blobs.read_json_version(container, "missing.json") is None
+    # If-Match on a blob that does not exist is refused too, not created.
+    assert not blobs.write_json_if(container, "b/_manifest.json", {"task_id": "t4"}, first_version)
+    assert blobs.read_json(container, "b/_manifest.json") is None
+
+
+def test_ledger_keeps_an_inputs_reactivation_count(azurite: Azurite, namespace: str) -> None:
+    table = TableServiceClient.from_connection_string(azurite.connection_string).get_table_client(f"r{namespace}")
+    ledger = TableLedger(table)
+    record = InputRecord("t-1", "input", "a.txt", "0x1", "report", "job-1", InputState.SUBMITTED)
+    ledger.claim_input(record)
+    record.reactivations = 2
+    ledger.save_input(record)
+    stored = ledger.get_input("t-1")
+    assert stored is not None and stored.reactivations == 2
+
+
 def test_ledger_claims_are_create_only(azurite: Azurite, namespace: str) -> None:
     table = TableServiceClient.from_connection_string(azurite.connection_string).get_table_client(f"l{namespace}")
     ledger = TableLedger(table)

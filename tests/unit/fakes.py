@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from shared.errors import JobClosed, TransientError
+from shared.errors import JobClosed, PermanentError, TransientError
 from shared.gateways import Gateways
 from shared.models import (
     BlobRef,
@@ -46,6 +46,7 @@ class FakeTask:
     state: str = "active"
     transition: datetime = START
     exit_code: int | None = None
+    failure: dict[str, object] | None = None
 
 
 @dataclass
@@ -65,6 +66,9 @@ class FakeBatch:
         self.jobs: dict[str, FakeJob] = {}
         self.requests: Counter[str] = Counter()
         self.fail_next: list[Exception] = []
+        # Batch documents that reactivation fails for a task that "completed with exit code 0": the fake can
+        # hold an exit-0 task whose upload failed to that reading.
+        self.refuse_reactivating_exit_zero = False
 
     def _request(self, operation: str) -> None:
         self.requests[operation] += 1
@@ -113,8 +117,18 @@ class FakeBatch:
         task = job.tasks.get(task_id) if job else None
         return self._result(task_id, task) if task is not None else None
 
+    def reactivate_task(self, job_id: str, task_id: str) -> bool:
+        self._request("Task_Reactivate")
+        task = self._open_job(job_id).tasks[task_id]
+        if task.state != "completed":
+            return True  # Batch: TaskNotCompleted, it runs again already
+        if task.exit_code == 0 and (task.failure is None or self.refuse_reactivating_exit_zero):
+            return False  # Batch: TaskSucceeded
+        task.state, task.exit_code, task.failure, task.transition = "active", None, None, self.clock()
+        return True
+
     def _result(self, task_id: str, task: FakeTask) -> TaskResult:
-        succeeded = task.exit_code == 0
+        succeeded = task.exit_code == 0 and task.failure is None
         return TaskResult(
             task_id=task_id,
             state=task.state,
@@ -122,7 +136,7 @@ class FakeBatch:
             result=None if task.state != "completed" else ("success" if succeeded else "failure"),
             failure=None
             if succeeded or task.state != "completed"
-            else {"category": "usererror", "code": "FailureExitCode", "message": "non-zero exit"},
+            else task.failure or {"category": "usererror", "code": "FailureExitCode", "message": "non-zero exit"},
             started_at=task.transition,
             finished_at=task.transition,
             retries=0,
@@ -152,6 +166,15 @@ class FakeBatch:
         task = self.jobs[job_id].tasks[task_id]
         task.state, task.exit_code, task.transition = "completed", exit_code, self.clock()
 
+    def fail_download(self, job_id: str, task_id: str) -> None:
+        """The node could not download a resource file: storage was unreachable (Batch: servererror)."""
+        self.fail(job_id, task_id, None, "servererror", "BlobDownloadMiscError")
+
+    def fail(self, job_id: str, task_id: str, exit_code: int | None, category: str, code: str) -> None:
+        task = self.jobs[job_id].tasks[task_id]
+        task.state, task.exit_code, task.transition = "completed", exit_code, self.clock()
+        task.failure = {"category": category, "code": code, "message": f"{code} (fake)", "details": {}}
+
     def all_tasks(self) -> list[tuple[str, str]]:
         return [(job.job_id, task_id) for job in self.jobs.values() for task_id in job.tasks]
 
@@ -168,6 +191,13 @@ class FakeBlobs:
         self.copies = 0
         self.bytes_read_by_client = 0
         self._etag = 0
+        # operation -> what another worker does just before this one performs it (once): races, made exact
+        self.interleave: dict[str, Callable[[], None]] = {}
+
+    def _before(self, operation: str) -> None:
+        meanwhile = self.interleave.pop(operation, None)
+        if meanwhile is not None:
+            meanwhile()
 
     def put(self, container: str, name: str, data: bytes = b"x") -> BlobRef:
         self._etag += 1
@@ -193,7 +223,11 @@ class FakeBlobs:
         return f"mem://{container}?sp=cw&se={expiry}&sig=SECRET"
 
     def copy(self, source_container: str, source_name: str, target_container: str, target_name: str) -> None:
-        data = self.containers[source_container][source_name][0]
+        self._before("copy")
+        found = self.containers.get(source_container, {}).get(source_name)
+        if found is None:
+            raise PermanentError(f"copy source {source_container}/{source_name} does not exist")
+        data = found[0]
         self.copies += 1
         self.put(target_container, target_name, data)
 
@@ -208,8 +242,24 @@ class FakeBlobs:
         assert isinstance(document, dict)
         return document
 
+    def read_json_version(self, container: str, name: str) -> tuple[dict[str, object], str] | None:
+        found = self.containers.get(container, {}).get(name)
+        if not found:
+            return None
+        document = json.loads(found[0])
+        assert isinstance(document, dict)
+        return document, found[1]
+
     def write_json(self, container: str, name: str, document: dict[str, object]) -> None:
         self.put(container, name, json.dumps(document, default=str).encode())
+
+    def write_json_if(self, container: str, name: str, document: dict[str, object], version: str | None) -> bool:
+        self._before("write_json_if")
+        found = self.containers.get(container, {}).get(name)
+        if (found[1] if found else None) != version:
+            return False  # If-None-Match: * on an existing blob, or If-Match on another version
+        self.write_json(container, name, document)
+        return True
 
     def read_tail(self, container: str, name: str, max_bytes: int) -> str:
         found = self.containers.get(container, {}).get(name)
