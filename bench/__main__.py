@@ -30,6 +30,7 @@ ROWS = [
     "seconds_to_all_manifests",
     "output_bytes_through_functions",
     "completion_messages",
+    "redeliveries_after_transient_errors",
     "peak_rss_mb",
 ]
 

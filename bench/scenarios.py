@@ -12,10 +12,11 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from azure.batch import BatchClient
 from azure.core.credentials import AzureNamedKeyCredential
+from azure.core.exceptions import AzureError
 from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueClient
 
@@ -23,6 +24,7 @@ from bench.baseline import Baseline
 from local.stack import Emulator
 from shared.batch import AzureBatch
 from shared.collect import collect
+from shared.errors import TransientError
 from shared.gateways import Gateways, build_gateways
 from shared.messages import decode_completion
 from shared.pipelines import PoolSpec
@@ -34,8 +36,28 @@ from shared.submit import submit_blob, sweep
 # Trivial work: the input, copied. {input} is batchdrop's own sanitised path, never a blob name.
 COMMAND = "/bin/sh -c 'mkdir -p out && cp {input} out/copy'"
 BASELINE_COMMAND = "/bin/sh -c 'mkdir -p out && cp input/data out/copy'"
+T = TypeVar("T")
 WORKERS = 8  # concurrent function instances
 COLLECT_IDLE_SECONDS = 0.2  # the queue trigger's pause when the queue is empty
+REDELIVERIES = 8  # Event Grid and the queue deliver again what failed; the bench does the same
+# What a trigger's failure looks like when storage or Batch is briefly unreachable: the host delivers again.
+TRANSIENT = (TransientError, AzureError)
+_retries = {"count": 0}
+_retries_lock = threading.Lock()
+
+
+def _redelivered(call: Callable[[], T]) -> T:
+    """Run one trigger invocation; on a transient failure deliver it again (with backoff), as the host would."""
+    for attempt in range(REDELIVERIES):
+        try:
+            return call()
+        except TRANSIENT:
+            if attempt == REDELIVERIES - 1:
+                raise
+            with _retries_lock:
+                _retries["count"] += 1
+            time.sleep(min(0.2 * 2**attempt, 10.0))
+    raise AssertionError("unreachable")
 
 
 @dataclass(frozen=True)
@@ -138,13 +160,15 @@ def _drain(gw: Gateways, queue: QueueClient, pool: ThreadPoolExecutor) -> int:
     """Collect every message now on the queue, WORKERS at a time, as the queue trigger would."""
     handled = 0
     while True:
-        messages = list(queue.receive_messages(messages_per_page=32, max_messages=32, visibility_timeout=60))
+        messages = _redelivered(
+            lambda: list(queue.receive_messages(messages_per_page=32, max_messages=32, visibility_timeout=60))
+        )
         if not messages:
             return handled
 
         def handle(message: Any) -> None:
-            collect(gw, decode_completion(message.content))
-            queue.delete_message(message)
+            _redelivered(lambda: collect(gw, decode_completion(message.content)))
+            _redelivered(lambda: queue.delete_message(message))
 
         list(pool.map(handle, messages))
         handled += len(messages)
@@ -215,7 +239,7 @@ def _run_batchdrop(
         emulator.reset_stats()
         started = time.monotonic()
         loops = [
-            Loop("poll", lambda: poll(gw), config.poll_seconds),
+            Loop("poll", lambda: _redelivered(lambda: poll(gw)), config.poll_seconds),
             Loop("collect", collect_all, COLLECT_IDLE_SECONDS),
         ]
         for loop in loops:
@@ -259,6 +283,7 @@ def _report(config: ScenarioConfig, total: int, poll_requests: int, duplicates: 
         "seconds_to_all_manifests": round(manifests_done, 2),
         "output_bytes_through_functions": output_bytes,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "redeliveries_after_transient_errors": _retries["count"],
     }
 
 
@@ -271,15 +296,16 @@ def _events(inputs: list[str]) -> Iterator[str]:
 
 def batchdrop_events(config: ScenarioConfig) -> dict[str, float]:
     def submit_all(gw: Gateways, inputs: list[str]) -> None:
+        input_container = gw.settings.input_container
         with ThreadPoolExecutor(WORKERS) as pool:
-            list(pool.map(lambda name: submit_blob(gw, gw.settings.input_container, name), _events(inputs)))
+            list(pool.map(lambda name: _redelivered(lambda: submit_blob(gw, input_container, name)), _events(inputs)))
 
     return _run_batchdrop(config, submit_all, "ev")
 
 
 def batchdrop_sweep(config: ScenarioConfig) -> dict[str, float]:
     def submit_all(gw: Gateways, inputs: list[str]) -> None:
-        report = sweep(gw)
+        report = _redelivered(lambda: sweep(gw))
         assert report.submitted == len(inputs), report
 
     return _run_batchdrop(config, submit_all, "sw")
@@ -300,10 +326,10 @@ def baseline(config: ScenarioConfig) -> dict[str, float]:
     emulator = _emulator(config)
     emulator.reset_stats()
     started = time.monotonic()
-    monitor = Loop("baseline monitor", naive.poll_and_collect, config.poll_seconds)
+    monitor = Loop("baseline monitor", lambda: _redelivered(naive.poll_and_collect), config.poll_seconds)
     monitor.start()
     with ThreadPoolExecutor(WORKERS) as pool:
-        list(pool.map(naive.on_event, _events(inputs)))
+        list(pool.map(lambda name: _redelivered(lambda: naive.on_event(name)), _events(inputs)))
     tasks_done = time.monotonic() - started
     _wait_until(lambda: len(naive.collected) >= 2 * config.files, [monitor], config.timeout_seconds)
     manifests_done = time.monotonic() - started
