@@ -280,6 +280,12 @@ class ChaosStack:
 
         return retrying(listing)
 
+    def task_state(self, job_id: str, task_id: str) -> str:
+        """Batch's state of one task as its wire value: active, preparing, running, completed."""
+        client = self.batch_client()
+        state = retrying(lambda: client.get_task(job_id, task_id)).state
+        return str(getattr(state, "value", state)).lower()
+
     def host_log(self) -> str:
         return (self.workdir / "logs" / "host.log").read_text(errors="replace")
 
@@ -313,12 +319,19 @@ class Verdict:
     duplicate_manifests: int
     misfiled: list[str]
     manifests_by_name: dict[str, dict[str, Any]]
+    reactivated: int = 0  # inputs whose task batchdrop ran again after an infrastructure failure
 
 
-def verify(stack: ChaosStack, files: Mapping[str, bytes] | Sequence[str], check_echo: bool = True) -> Verdict:
+def verify(
+    stack: ChaosStack,
+    files: Mapping[str, bytes] | Sequence[str],
+    check_echo: bool = True,
+    earlier_tasks: Iterable[str] = (),
+) -> Verdict:
     """Read every manifest, every task id and the host log; compare with the inputs that were dropped.
 
     `files` maps input names to their content (or lists names whose content is `input_content(name)`).
+    `earlier_tasks` are the tasks of uploads no longer in `input` (replaced or deleted): not strays.
     """
     contents = dict(files) if isinstance(files, Mapping) else {name: input_content(name) for name in files}
     names = list(contents)
@@ -326,6 +339,7 @@ def verify(stack: ChaosStack, files: Mapping[str, bytes] | Sequence[str], check_
     results = service.get_container_client(RESULTS)
     etags = {blob.name: blob.etag for blob in retrying(lambda: list(service.get_container_client(INPUT).list_blobs()))}
     expected_tasks = {ids.task_id(INPUT, name, etags[name]): name for name in names if name in etags}
+    expected_tasks.update({task: "(earlier upload)" for task in earlier_tasks})
     manifests: dict[str, dict[str, Any]] = {}
     lost: list[str] = []
     misfiled: list[str] = []
@@ -372,6 +386,7 @@ def verify(stack: ChaosStack, files: Mapping[str, bytes] | Sequence[str], check_
         duplicate_manifests=sum(count - 1 for name, count in publishes.items() if name in set(names) and count > 1),
         misfiled=sorted(misfiled),
         manifests_by_name=manifests,
+        reactivated=sum(1 for manifest in manifests.values() if manifest.get("reactivations")),
     )
 
 
@@ -392,6 +407,7 @@ class Tally:
     misfiled: int
     seconds: float
     notes: str = ""
+    reactivated: int = 0
     at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     @classmethod
@@ -399,7 +415,8 @@ class Tally:
            notes: str = "") -> Tally:  # fmt: skip
         return cls(scenario, injected, injections, verdict.inputs, verdict.manifests, verdict.succeeded,
                    verdict.failed, verdict.duplicate_tasks + verdict.stray_tasks, verdict.duplicate_manifests,
-                   len(verdict.lost), len(verdict.misfiled), round(seconds, 1), notes)  # fmt: skip
+                   len(verdict.lost), len(verdict.misfiled), round(seconds, 1), notes,
+                   verdict.reactivated)  # fmt: skip
 
 
 def record(tally: Tally) -> None:
@@ -414,13 +431,14 @@ def table(tallies: Sequence[Tally]) -> str:
     """The reliability table in Markdown."""
     lines = [
         "| scenario | injected | times | inputs | manifests (ok / failed) | duplicate tasks | duplicate manifests "
-        "| lost | misfiled | seconds |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| lost | misfiled | tasks run again | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for t in tallies:
         lines.append(
             f"| {t.scenario} | {t.injected} | {t.injections} | {t.inputs} | {t.manifests} ({t.succeeded} / {t.failed}) "
-            f"| {t.duplicate_tasks} | {t.duplicate_manifests} | {t.lost} | {t.misfiled} | {t.seconds} |"
+            f"| {t.duplicate_tasks} | {t.duplicate_manifests} | {t.lost} | {t.misfiled} | {t.reactivated} "
+            f"| {t.seconds} |"
         )
     return "\n".join(lines)
 

@@ -13,7 +13,16 @@ from shared.errors import TransientError
 from shared.messages import encode_completion
 from shared.models import CompletedTask, CompletionEvent, InputState
 from shared.submit import sweep
-from tests.chaos.harness import ChaosStack, Tally, in_parallel, input_content, pipeline, record, shuffled, verify
+from tests.chaos.harness import (
+    ChaosStack,
+    Tally,
+    in_parallel,
+    input_content,
+    pipeline,
+    record,
+    shuffled,
+    verify,
+)
 
 pytestmark = pytest.mark.chaos
 INPUTS = 150
@@ -88,18 +97,9 @@ def test_every_event_three_times_and_two_sweeps_give_one_task_and_one_manifest_e
 
 
 COMPLETION_INPUTS = 64
-CONCURRENT_COLLECT_BUG = (
-    "bug in shared/collect.py: collect is not safe against concurrent deliveries of one completion. Each "
-    "delivery that passes the 'already collected / manifest exists' check before the other writes publishes "
-    "again (manifest written twice), and one whose copy starts after the other deleted the staging container "
-    "fails with 'copy source ... does not exist', recorded as a rejection; one that lists staging after the "
-    "deletion would overwrite the manifest with no outputs. Needs a create-only manifest write or a "
-    "compare-and-swap claim on the ledger row before publishing."
-)
 
 
 @pytest.mark.timeout(600)
-@pytest.mark.xfail(strict=True, reason=CONCURRENT_COLLECT_BUG)
 def test_every_completion_message_three_times_at_once_publishes_each_manifest_once(
     chaos_dir: Path, stacks: list[ChaosStack]
 ) -> None:
