@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import fnmatch
+import heapq
 import json
 import re
 import string
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from shared.errors import ConfigError
-from shared.ids import PIPELINE_NAME
+from shared.ids import MAX_BLOB_NAME, PIPELINE_NAME
 
 PLACEHOLDERS = frozenset({"input", "output_dir", "app_dir"})
 OUTPUT_DIR = "out"
@@ -56,6 +59,24 @@ class MatchSpec(BaseModel):
         if not name.startswith(self.prefix):
             return False
         return fnmatch.fnmatchcase(name[len(self.prefix) :], self.glob)
+
+    def common_name(self, other: MatchSpec) -> str | None:
+        """A blob name both specs take, or None when no name that can be submitted matches both.
+
+        Exact for the semantics of `matches` (prefix, then `fnmatch.fnmatchcase` on the rest: case-sensitive,
+        `*` any run of characters including `/`, `**` the same as `*`, `?` any one character including `/`,
+        `[...]`/`[!...]` a set or its complement, no escapes) over the names `ids.check_blob_name` lets
+        through (1 to 1,024 characters, no control characters, not ending in `/` or `.`).
+        """
+        first, second = self._tokens(), other._tokens()
+        name = _common_name(first, second, empty_star_cost=2)
+        if name is not None and len(name) > MAX_BLOB_NAME:
+            # the readable witness can be longer than needed; the shortest one decides
+            name = _common_name(first, second, empty_star_cost=0)
+        return name if name is not None and len(name) <= MAX_BLOB_NAME else None
+
+    def _tokens(self) -> list[_Chars | None]:
+        return [_one_char(char) for char in self.prefix] + _glob_tokens(self.glob)
 
 
 class PipelineSpec(BaseModel):
@@ -115,6 +136,19 @@ class PipelineSet(BaseModel):
             raise ValueError("at least one pipeline is required")
         return self
 
+    def overlaps(self) -> list[str]:
+        """Every pair of pipelines that could both take one input, with a name they would both take."""
+        found = []
+        for index, first in enumerate(self.pipelines):
+            for second in self.pipelines[index + 1 :]:
+                name = first.match.common_name(second.match)
+                if name is not None:
+                    found.append(
+                        f"pipelines[{first.name!r}].match ({_describe_match(first.match)}) and "
+                        f"pipelines[{second.name!r}].match ({_describe_match(second.match)}) can both take {name!r}"
+                    )
+        return found
+
     def matching(self, name: str) -> list[PipelineSpec]:
         return [pipeline for pipeline in self.pipelines if pipeline.match.matches(name)]
 
@@ -123,7 +157,10 @@ class PipelineSet(BaseModel):
 
 
 class RoutingConflict(Exception):
-    """More than one pipeline takes the same input."""
+    """More than one pipeline takes the same input.
+
+    `load_pipelines` refuses such files, so this only guards pipeline sets built without it.
+    """
 
 
 def route(pipelines: PipelineSet, name: str) -> PipelineSpec | None:
@@ -143,13 +180,17 @@ def load_pipelines(path: Path) -> PipelineSet:
     except json.JSONDecodeError as error:
         raise ConfigError(f"{path}: not valid JSON: {error}") from None
     try:
-        return PipelineSet.model_validate(raw)
+        pipelines = PipelineSet.model_validate(raw)
     except ValidationError as error:
         problems = []
         for issue in error.errors():
             where = _describe_location(raw, issue["loc"])
             problems.append(f"{where}: {issue['msg']}")
         raise ConfigError(f"{path}: " + "; ".join(problems)) from None
+    overlaps = pipelines.overlaps()
+    if overlaps:
+        raise ConfigError(f"{path}: " + "; ".join(overlaps) + "; an input may match one pipeline at most")
+    return pipelines
 
 
 def _describe_location(raw: object, location: tuple[int | str, ...]) -> str:
@@ -164,3 +205,147 @@ def _describe_location(raw: object, location: tuple[int | str, ...]) -> str:
             node = node.get(str(part)) if isinstance(node, dict) else None
             parts.append(f".{part}")
     return "".join(parts).lstrip(".") or "file"
+
+
+def _describe_match(match: MatchSpec) -> str:
+    return f"prefix {match.prefix!r}, glob {match.glob!r}"
+
+
+# Overlap of two match specs: each is a tiny automaton over one token per position (a set of characters, or
+# None for `*`); a cheapest-first search of their product finds a name both accept, if there is one.
+
+_Chars = tuple[tuple[int, int], ...]  # sorted, disjoint, inclusive code point ranges
+_State = tuple[int, int, bool, bool, bool]  # position in each, whether each `*` there took a character, ends well
+
+NAME_CHARS: _Chars = ((0x20, 0x7E), (0x80, sys.maxunicode))  # what ids.check_blob_name allows in a name
+_BAD_LAST: _Chars = ((ord("."), ord(".")), (ord("/"), ord("/")))  # ids.check_blob_name refuses them last
+_READABLE = "x" + string.ascii_lowercase + string.digits + string.ascii_uppercase + "-_"
+
+
+def _one_char(char: str) -> _Chars:
+    return _intersect(((ord(char), ord(char)),), NAME_CHARS)
+
+
+def _glob_tokens(glob: str) -> list[_Chars | None]:
+    """The glob as fnmatch reads it: None for `*`, else the characters that one position may hold."""
+    tokens: list[_Chars | None] = []
+    index = 0
+    while index < len(glob):
+        char = glob[index]
+        end = _bracket_end(glob, index) if char == "[" else None
+        if char == "*":
+            if not tokens or tokens[-1] is not None:
+                tokens.append(None)
+        elif char == "?":
+            tokens.append(NAME_CHARS)
+        elif end is not None:
+            tokens.append(_bracket_chars(glob[index : end + 1]))
+            index = end
+        else:
+            tokens.append(_one_char(char))
+        index += 1
+    return tokens
+
+
+def _bracket_end(glob: str, start: int) -> int | None:
+    """Where the set opened at `start` closes, by fnmatch's rules; None when the `[` is a plain character."""
+    index = start + 1
+    if index < len(glob) and glob[index] == "!":
+        index += 1
+    if index < len(glob) and glob[index] == "]":
+        index += 1
+    end = glob.find("]", index)
+    return end if end >= 0 else None
+
+
+def _bracket_chars(expression: str) -> _Chars:
+    """The characters a `[...]` set takes, asking fnmatch's own translation rather than re-implementing it."""
+    pattern = re.compile(fnmatch.translate(expression))
+    # The set is literals and ranges between characters of the expression, so membership can only change at
+    # one of them or just after one: a probe per stretch decides the whole stretch.
+    edges = sorted({0} | {ord(char) for char in expression} | {ord(char) + 1 for char in expression})
+    edges = [edge for edge in edges if edge <= sys.maxunicode]
+    ranges = [
+        (low, next_low - 1)
+        for low, next_low in zip(edges, [*edges[1:], sys.maxunicode + 1], strict=True)
+        if pattern.match(chr(low))
+    ]
+    return _intersect(tuple(ranges), NAME_CHARS)
+
+
+def _intersect(first: _Chars, second: _Chars) -> _Chars:
+    found = []
+    for low, high in first:
+        for other_low, other_high in second:
+            if max(low, other_low) <= min(high, other_high):
+                found.append((max(low, other_low), min(high, other_high)))
+    return tuple(sorted(found))
+
+
+def _subtract(chars: _Chars, removed: _Chars) -> _Chars:
+    left = list(chars)
+    for cut_low, cut_high in removed:
+        left = [
+            piece
+            for low, high in left
+            for piece in ((low, min(high, cut_low - 1)), (max(low, cut_high + 1), high))
+            if piece[0] <= piece[1]
+        ]
+    return tuple(left)
+
+
+def _pick(chars: _Chars) -> str:
+    readable = next((char for char in _READABLE if _intersect(chars, _one_char(char))), None)
+    return readable or chr(chars[0][0])
+
+
+def _common_name(first: list[_Chars | None], second: list[_Chars | None], empty_star_cost: int) -> str | None:
+    """The cheapest name both token lists accept: a character costs 1, a `*` that took none `empty_star_cost`."""
+    start: _State = (0, 0, False, False, False)
+    cheapest = {start: 0}
+    came_from: dict[_State, tuple[_State, str]] = {}
+    queue = [(0, 0, start)]
+    pushed = 0
+    while queue:
+        cost, _, state = heapq.heappop(queue)
+        if cost > cheapest[state]:
+            continue
+        if state[0] == len(first) and state[1] == len(second) and state[4]:
+            name = []
+            while state != start:
+                state, char = came_from[state]
+                name.append(char)
+            return "".join(reversed(name))
+        for step_cost, following, char in _moves(first, second, state, empty_star_cost):
+            if cost + step_cost < cheapest.get(following, sys.maxsize):
+                cheapest[following] = cost + step_cost
+                came_from[following] = (state, char)
+                pushed += 1
+                heapq.heappush(queue, (cost + step_cost, pushed, following))
+    return None
+
+
+def _moves(
+    first: list[_Chars | None], second: list[_Chars | None], state: _State, empty_star_cost: int
+) -> Iterator[tuple[int, _State, str]]:
+    at_first, at_second, first_took, second_took, ends_well = state
+    if at_first < len(first) and first[at_first] is None:
+        yield (0 if first_took else empty_star_cost), (at_first + 1, at_second, False, second_took, ends_well), ""
+    if at_second < len(second) and second[at_second] is None:
+        yield (0 if second_took else empty_star_cost), (at_first, at_second + 1, first_took, False, ends_well), ""
+    if at_first == len(first) or at_second == len(second):
+        return
+    first_token, second_token = first[at_first], second[at_second]
+    first_chars = NAME_CHARS if first_token is None else first_token
+    both = _intersect(first_chars, NAME_CHARS if second_token is None else second_token)
+    if not both:
+        return
+    good_last = _subtract(both, _BAD_LAST)
+    following = (
+        at_first + (first_token is not None),
+        at_second + (second_token is not None),
+        first_token is None,
+        second_token is None,
+        bool(good_last),
+    )
+    yield 1, following, _pick(good_last or both)
