@@ -93,11 +93,18 @@ def main(argv: list[str] | None = None) -> int:
                 poll_seconds=args.poll_seconds,
             )
             report: dict[str, dict[str, float]] = {}
+            failed: list[str] = []
             for name in args.only or ["batchdrop", "batchdrop_sweep", "baseline"]:
                 started = time.monotonic()
                 print(f"running {name} with {args.files} files ...", file=sys.stderr, flush=True)
-                report[name] = run_scenario(name, config)
+                try:
+                    report[name] = run_scenario(name, config)
+                except RuntimeError as error:  # the other scenarios still run and are reported
+                    failed.append(f"{name}: {error}")
+                    print(f"  {name} FAILED: {error}", file=sys.stderr, flush=True)
+                    continue
                 print(f"  {name} done in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+                print(f"  {json.dumps(report[name])}", file=sys.stderr, flush=True)  # kept if a later one hangs
         finally:
             emulator.stop()
             azurite.stop()
@@ -111,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(report, indent=2))
     print(table(report))
     print(f"\nwritten to {args.out}")
-    return 0
+    for failure in failed:
+        print(f"FAILED {failure}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

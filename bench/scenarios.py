@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from azure.batch import BatchClient
 from azure.core.credentials import AzureNamedKeyCredential
-from azure.core.exceptions import AzureError
+from azure.core.exceptions import AzureError, ResourceNotFoundError
 from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueClient
 
@@ -168,7 +168,10 @@ def _drain(gw: Gateways, queue: QueueClient, pool: ThreadPoolExecutor) -> int:
 
         def handle(message: Any) -> None:
             _redelivered(lambda: collect(gw, decode_completion(message.content)))
-            _redelivered(lambda: queue.delete_message(message))
+            try:
+                _redelivered(lambda: queue.delete_message(message))
+            except ResourceNotFoundError:
+                pass  # its visibility ran out (or a retried delete had landed): delivered again, collect is idempotent
 
         list(pool.map(handle, messages))
         handled += len(messages)
