@@ -42,6 +42,7 @@ from local.stack import (
 from shared import ids
 from shared.gateways import Gateways, build_gateways
 from shared.settings import load_settings
+from tests.eventgrid import blob_created, post_events
 
 T = TypeVar("T")
 INPUT, APPS, RESULTS = "input", "apps", "results"
@@ -221,24 +222,7 @@ class ChaosStack:
     def post_event(self, name: str, event_id: str) -> int:
         """One Event Grid BlobCreated delivery to the ingest_event webhook; the HTTP status."""
         assert self.host is not None and self.azurite is not None
-        event = [{
-            "id": event_id, "eventType": "Microsoft.Storage.BlobCreated",
-            "subject": f"/blobServices/default/containers/{INPUT}/blobs/{name}",
-            "eventTime": datetime.now(UTC).isoformat(), "dataVersion": "",
-            "topic": "/subscriptions/x/resourceGroups/y/providers/Microsoft.Storage/storageAccounts/devstoreaccount1",
-            "data": {"url": f"{self.azurite.blob_endpoint}/{INPUT}/{urllib.parse.quote(name)}", "api": "PutBlob"},
-        }]  # fmt: skip
-        request = urllib.request.Request(
-            f"{self.host.url}/runtime/webhooks/EventGrid?functionName=ingest_event",
-            data=json.dumps(event).encode(),
-            headers={"aeg-event-type": "Notification", "Content-Type": "application/json"},
-            method="POST",
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                return int(response.status)
-        except urllib.error.HTTPError as error:
-            return int(error.code)
+        return post_events(self.host.url, [blob_created(self.azurite.blob_endpoint, INPUT, name, event_id)])
 
     def status(self) -> dict[str, Any]:
         assert self.host is not None

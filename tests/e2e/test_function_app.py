@@ -6,7 +6,6 @@ import json
 import time
 import urllib.request
 from collections.abc import Iterator
-from datetime import UTC, datetime
 
 import pytest
 from azure.batch import BatchClient
@@ -14,6 +13,7 @@ from azure.core.credentials import AzureNamedKeyCredential
 from azure.storage.blob import BlobServiceClient
 
 from local.stack import PROJECT_ROOT, Stack, app_settings, start_azurite, start_emulator, start_host
+from tests.eventgrid import blob_created, post_events
 
 pytestmark = pytest.mark.e2e
 
@@ -72,21 +72,8 @@ def wait_for_manifests(
 
 def post_event(stack: Stack, name: str, account: str = "devstoreaccount1") -> int:
     assert stack.host is not None
-    endpoint = stack.azurite.blob_endpoint.replace("/devstoreaccount1", f"/{account}")
-    event = [{
-        "id": f"evt-{name}", "eventType": "Microsoft.Storage.BlobCreated", "subject":
-        f"/blobServices/default/containers/input/blobs/{name}", "eventTime": datetime.now(UTC).isoformat(),
-        "dataVersion": "", "topic": f"/subscriptions/x/storageAccounts/{account}",
-        "data": {"url": f"{endpoint}/input/{urllib.request.quote(name)}", "api": "PutBlob"},
-    }]  # fmt: skip
-    request = urllib.request.Request(
-        f"{stack.host.url}/runtime/webhooks/EventGrid?functionName=ingest_event",
-        data=json.dumps(event).encode(),
-        headers={"aeg-event-type": "Notification", "Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return int(response.status)
+    event = blob_created(stack.azurite.blob_endpoint, "input", name, f"evt-{name}", account)
+    return post_events(stack.host.url, [event], timeout=30)
 
 
 def test_dropped_files_get_exactly_one_manifest_each(stack: Stack) -> None:
