@@ -62,6 +62,11 @@ def collect(gw: Gateways, event: CompletionEvent) -> CollectOutcome:
     if not task.completed:
         raise TransientError(f"task {event.task_id} is {task.state}, not completed yet")
     if task.infrastructure_failure and record.reactivations < MAX_REACTIVATIONS:
+        stored = _count_reactivation(gw, record)
+        if stored.state is InputState.COLLECTED:
+            # Another delivery published this input after we read its row: its manifest is the last word,
+            # and running the task again now would only contradict it.
+            return CollectOutcome(record.task_id, CollectAction.ALREADY_PUBLISHED, stored.outcome, manifest_name)
         rerun_refused = _reactivate(gw, record, task)
         if rerun_refused is None:
             return CollectOutcome(record.task_id, CollectAction.REACTIVATED, "", manifest_name)
@@ -142,13 +147,18 @@ def _supersede(gw: Gateways, record: InputRecord, newer_etag: str, manifest_name
     return CollectOutcome(record.task_id, CollectAction.SUPERSEDED, "superseded", manifest_name)
 
 
-def _reactivate(gw: Gateways, record: InputRecord, task: TaskResult) -> TaskResult | None:
-    """Run the same task again after an infrastructure failure: None if it will run again, else what to publish.
+def _count_reactivation(gw: Gateways, record: InputRecord) -> InputRecord:
+    """Save one more reactivation before asking Batch: a crash in between spends an attempt, it never loops.
 
-    The count is saved before the request: a crash in between spends an attempt, it never loops.
+    Returns the row as stored: the ledger keeps a collected row collected, so a delivery that read the row
+    before another one published learns of it here instead of undoing it.
     """
     record.reactivations += 1
-    gw.ledger.save_input(record)
+    return gw.ledger.save_input(record)
+
+
+def _reactivate(gw: Gateways, record: InputRecord, task: TaskResult) -> TaskResult | None:
+    """Run the same task again after an infrastructure failure: None if it will run again, else what to publish."""
     code = (task.failure or {}).get("code")
     fields = {"job_id": record.job_id, "task_id": record.task_id}
     try:

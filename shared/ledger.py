@@ -5,20 +5,26 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
-from azure.data.tables import TableClient, UpdateMode
+from azure.core import MatchConditions
+from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
+from azure.data.tables import TableClient, TableTransactionError, UpdateMode
 
 from shared.errors import TransientError
 from shared.models import InputRecord, InputState, JobRecord, JobState
+from shared.ports import FINAL_STATES
 
 INPUTS = "input"
 JOBS = "job"
 REJECTIONS = "rejected"
 TRANSACTION_SIZE = 100  # Table storage's limit per entity group transaction
 MAX_RECENT_IDS = 400  # keeps the job row under Table storage's 64 KiB property limit
+SAVE_ATTEMPTS = 5
+# An entity group transaction refused because a row changed, appeared or went after it was read.
+_CONFLICTS = (404, 409, 412)
 
 
 def _quote(value: str) -> str:
@@ -66,20 +72,81 @@ class TableLedger:
         except AzureError as error:
             raise self._guard(f"read {task_id}", error) from None
 
-    def save_input(self, record: InputRecord) -> None:
+    def save_input(self, record: InputRecord) -> InputRecord:
+        """Write the row, except that a row in a final state keeps it; returns the row as stored.
+
+        Another instance may finish the input between our read and this write (a collector marks it
+        collected while a stale delivery saves a reactivation count, or while a sweep saves `submitted`):
+        a write that would move a final row back is dropped. A final state is written as it is; anything
+        else only over the version of the row it was checked against (If-Match), reading again on conflict.
+        """
+        entity = _input_entity(record)
         try:
-            self._ready().upsert_entity(_input_entity(record), mode=UpdateMode.REPLACE)
+            table = self._ready()
+            if record.state in FINAL_STATES:
+                table.upsert_entity(entity, mode=UpdateMode.REPLACE)
+                return replace(record)
+            for _ in range(SAVE_ATTEMPTS):
+                try:
+                    current = table.get_entity(INPUTS, record.task_id)
+                except ResourceNotFoundError:
+                    current = None
+                try:
+                    if current is None:
+                        table.create_entity(entity)
+                        return replace(record)
+                    stored = _input_record(current)
+                    if stored.state in FINAL_STATES:
+                        return stored
+                    table.update_entity(
+                        entity,
+                        mode=UpdateMode.REPLACE,
+                        etag=current.metadata["etag"],
+                        match_condition=MatchConditions.IfNotModified,
+                    )
+                    return replace(record)
+                except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
+                    continue  # the row changed after we read it: read again and decide again
         except AzureError as error:
             raise self._guard(f"save {record.task_id}", error) from None
+        raise TransientError(f"ledger save {record.task_id}: the row kept changing; retry later")
 
     def save_inputs(self, records: Sequence[InputRecord]) -> None:
-        table = self._ready()
+        """save_input for many rows, in one entity group transaction per 100 (the rule is the same)."""
         for start in range(0, len(records), TRANSACTION_SIZE):
             chunk = records[start : start + TRANSACTION_SIZE]
             try:
-                table.submit_transaction([("upsert", _input_entity(r), {"mode": UpdateMode.REPLACE}) for r in chunk])
+                self._save_chunk(self._ready(), chunk)
             except AzureError as error:
                 raise self._guard(f"save {len(chunk)} inputs", error) from None
+
+    def _save_chunk(self, table: TableClient, chunk: Sequence[InputRecord]) -> None:
+        for _ in range(SAVE_ATTEMPTS):
+            operations: list[Any] = []
+            for record in chunk:
+                entity = _input_entity(record)
+                if record.state in FINAL_STATES:
+                    operations.append(("upsert", entity, {"mode": UpdateMode.REPLACE}))
+                    continue
+                try:
+                    current = table.get_entity(INPUTS, record.task_id)
+                except ResourceNotFoundError:
+                    operations.append(("create", entity))
+                    continue
+                if _input_record(current).state in FINAL_STATES:
+                    continue
+                condition = {"etag": current.metadata["etag"], "match_condition": MatchConditions.IfNotModified}
+                operations.append(("update", entity, {"mode": UpdateMode.REPLACE, **condition}))
+            if not operations:
+                return
+            try:
+                table.submit_transaction(operations)
+                return
+            except TableTransactionError as error:
+                if error.status_code not in _CONFLICTS:
+                    raise
+                # Nothing of the transaction was written; one of its rows changed after we read it.
+        raise TransientError(f"ledger save {len(chunk)} inputs: rows kept changing; retry later")
 
     def inputs(self, state: InputState | None = None, job_id: str | None = None) -> list[InputRecord]:
         query = f"PartitionKey eq '{INPUTS}'"

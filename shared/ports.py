@@ -19,6 +19,9 @@ from shared.models import (
 )
 from shared.pipelines import PipelineSpec, PoolSpec
 
+# An input in one of these states is done with: LedgerPort.save_input never moves its row out of it again.
+FINAL_STATES = frozenset({InputState.COLLECTED, InputState.SKIPPED, InputState.REJECTED})
+
 
 class BatchPort(Protocol):
     def ensure_pool(self, pool: PoolSpec) -> None:
@@ -98,10 +101,12 @@ class LedgerPort(Protocol):
 
     def get_input(self, task_id: str) -> InputRecord | None: ...
 
-    def save_input(self, record: InputRecord) -> None: ...
+    def save_input(self, record: InputRecord) -> InputRecord:
+        """Write the row unless it is in a final state (collected, skipped, rejected) and `record` is not;
+        return the row as stored. A row never moves out of a final state, however writers interleave."""
 
     def save_inputs(self, records: Sequence[InputRecord]) -> None:
-        """Save many rows in as few requests as the store allows (Table transactions of 100)."""
+        """save_input for many rows, in as few requests as the store allows (Table transactions of 100)."""
 
     def inputs(self, state: InputState | None = None, job_id: str | None = None) -> list[InputRecord]: ...
 

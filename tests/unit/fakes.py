@@ -24,6 +24,7 @@ from shared.models import (
     TaskSpec,
 )
 from shared.pipelines import PipelineSet, PipelineSpec, PoolSpec
+from shared.ports import FINAL_STATES
 from shared.settings import Settings, load_settings
 
 START = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
@@ -286,16 +287,32 @@ class FakeQueue:
 
 
 class FakeLedger:
+    """LedgerPort in memory: a row in a final state keeps it, as TableLedger's conditional writes ensure."""
+
     def __init__(self) -> None:
         self.input_rows: dict[str, InputRecord] = {}
         self.job_rows: dict[str, JobRecord] = {}
         self.rejection_rows: list[dict[str, str]] = []
         self.unavailable = False
         self.transactions = 0
+        # operation -> what another worker does just before this one performs it (once): races, made exact
+        self.interleave: dict[str, Callable[[], None]] = {}
 
     def _check(self) -> None:
         if self.unavailable:
             raise TransientError("ledger unavailable")
+
+    def _before(self, operation: str) -> None:
+        meanwhile = self.interleave.pop(operation, None)
+        if meanwhile is not None:
+            meanwhile()
+
+    def _write_input(self, record: InputRecord) -> InputRecord:
+        stored = self.input_rows.get(record.task_id)
+        if stored is not None and stored.state in FINAL_STATES and record.state not in FINAL_STATES:
+            return replace(stored)
+        self.input_rows[record.task_id] = replace(record)
+        return replace(record)
 
     def claim_input(self, record: InputRecord) -> tuple[InputRecord, bool]:
         self._check()
@@ -309,15 +326,17 @@ class FakeLedger:
         found = self.input_rows.get(task_id)
         return replace(found) if found else None
 
-    def save_input(self, record: InputRecord) -> None:
+    def save_input(self, record: InputRecord) -> InputRecord:
+        self._before("save_input")
         self._check()
-        self.input_rows[record.task_id] = replace(record)
+        return self._write_input(record)
 
     def save_inputs(self, records: Sequence[InputRecord]) -> None:
+        self._before("save_inputs")
         self._check()
         self.transactions += 1
         for record in records:
-            self.input_rows[record.task_id] = replace(record)
+            self._write_input(record)
 
     def inputs(self, state: InputState | None = None, job_id: str | None = None) -> list[InputRecord]:
         return [
