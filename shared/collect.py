@@ -13,14 +13,15 @@ from shared.models import CompletionEvent, InputRecord, InputState, TaskResult
 from shared.pipelines import OUTPUT_DIR
 
 logger = logging.getLogger(__name__)
-MANIFEST = "_manifest.json"
-LOGS = "_logs/"
+MANIFEST = ids.MANIFEST_NAME
+LOGS = ids.LOGS_FOLDER
 STDERR_TAIL_BYTES = 4096
 # A task that failed outside its own code (TaskResult.infrastructure_failure: storage unreachable while the
 # node downloaded its files or uploaded its outputs, a node fault) runs again under the same id this many
 # times before its failure is published.
 MAX_REACTIVATIONS = 3
 MANIFEST_WRITE_ATTEMPTS = 5
+REFUSALS_NAMED = 5  # in the failure message; the manifest's refused_outputs has them all
 
 
 class CollectAction(StrEnum):
@@ -28,6 +29,15 @@ class CollectAction(StrEnum):
     ALREADY_PUBLISHED = "already-published"  # this task's manifest was there: nothing written
     REACTIVATED = "reactivated"  # failed outside its own code: it runs again, nothing published yet
     SUPERSEDED = "superseded"  # the input was replaced: the newer upload's task publishes
+
+
+@dataclass(frozen=True)
+class Published:
+    """What collect copied into results, and what it refused to."""
+
+    outputs: list[str]  # results names of the outputs
+    logs: dict[str, str]  # log name (stdout.txt) -> its results name
+    refused: dict[str, str]  # staging name (out/...) -> why it was not published
 
 
 @dataclass(frozen=True)
@@ -72,7 +82,7 @@ def collect(gw: Gateways, event: CompletionEvent) -> CollectOutcome:
             return CollectOutcome(record.task_id, CollectAction.REACTIVATED, "", manifest_name)
         task = rerun_refused
     try:
-        outputs, logs = _publish_outputs(gw, record, result_prefix)
+        published = _publish_outputs(gw, record, result_prefix)
     except PermanentError:
         # The staging container vanished under us: a concurrent delivery of this completion published
         # and removed it. Anything else is a real error.
@@ -80,8 +90,8 @@ def collect(gw: Gateways, event: CompletionEvent) -> CollectOutcome:
         if current is not None and current.get("task_id") == record.task_id:
             return _already_published(gw, record, current, manifest_name)
         raise
-    missing = _missing_outputs(gw, record, result_prefix, outputs)
-    manifest = _manifest(gw, record, task, outputs, logs, missing)
+    missing = _missing_outputs(gw, record, result_prefix, published.outputs)
+    manifest = _manifest(gw, record, task, published, missing)
     winner = _write_manifest(gw, record, manifest_name, manifest, existing[1] if existing else None)
     if winner is not None:
         return _already_published(gw, record, winner, manifest_name)
@@ -178,23 +188,41 @@ def _reactivate(gw: Gateways, record: InputRecord, task: TaskResult) -> TaskResu
     return current if current is not None and current.completed else task
 
 
-def _publish_outputs(gw: Gateways, record: InputRecord, result_prefix: str) -> tuple[list[str], dict[str, str]]:
+def _publish_outputs(gw: Gateways, record: InputRecord, result_prefix: str) -> Published:
+    """Copy the task's outputs and logs into its input's results folder; a name that is unsafe there is refused.
+
+    Unsafe: an empty, `.` or `..` segment (a leading `/` is an empty one), or a name that would pose as
+    batchdrop's own (`_manifest.json` at any depth, `_logs/` at the top). Such an output is not published and
+    the manifest fails naming it, rather than being published under an escaped name, because:
+    Batch's upload of the files under `out/` never makes the first kind, so the task wrote around Batch with its
+    SAS, and the user should see a failure that names what it wrote, not a success with a renamed file they
+    would not look for; an app that writes `_manifest.json` learns the name is taken and can rename it; and a
+    refused name is never read back, so what happens does not depend on how a storage service or an HTTP stack
+    normalises dot segments in the copy's source URL.
+    """
     settings = gw.settings
     staging = ids.staging_container(settings.staging_prefix, record.task_id)
-    outputs: list[str] = []
-    logs: dict[str, str] = {}
+    published = Published([], {}, {})
     for blob in gw.blobs.list_blobs(staging):
-        relative = blob.name
-        if relative.startswith("out/"):
-            target = result_prefix + relative[len("out/") :]
-            outputs.append(target)
-        elif relative.startswith("logs/"):
-            target = result_prefix + LOGS + relative[len("logs/") :]
-            logs[relative[len("logs/") :]] = target
-        else:
+        try:
+            if blob.name.startswith("out/"):
+                target = ids.output_result_name(result_prefix, blob.name[len("out/") :])
+                published.outputs.append(target)
+            elif blob.name.startswith("logs/"):
+                target = ids.log_result_name(result_prefix, blob.name[len("logs/") :])
+                published.logs[blob.name[len("logs/") :]] = target
+            else:
+                continue
+        except ids.UnsafeName as unsafe:
+            published.refused[blob.name] = str(unsafe)
+            logger.warning(
+                "not publishing %r of %s: %s", blob.name, record.name, unsafe,
+                extra={"job_id": record.job_id, "task_id": record.task_id},
+            )  # fmt: skip
             continue
         gw.blobs.copy(staging, blob.name, settings.results_container, target)
-    return sorted(outputs), logs
+    published.outputs.sort()
+    return published
 
 
 def _missing_outputs(gw: Gateways, record: InputRecord, result_prefix: str, outputs: list[str]) -> list[str]:
@@ -208,13 +236,9 @@ def _missing_outputs(gw: Gateways, record: InputRecord, result_prefix: str, outp
 
 
 def _manifest(
-    gw: Gateways,
-    record: InputRecord,
-    task: TaskResult,
-    outputs: list[str],
-    logs: dict[str, str],
-    missing: list[str],
+    gw: Gateways, record: InputRecord, task: TaskResult, published: Published, missing: list[str]
 ) -> dict[str, object]:
+    logs = published.logs
     stderr = logs.get("stderr.txt")
     stderr_tail = ""
     status, failure = task.outcome.value, task.failure
@@ -225,7 +249,18 @@ def _manifest(
             f"{record.reactivations} time(s) and it still failed: drop the file again once storage and Batch "
             "are healthy",
         }
-    if status == "succeeded" and missing:
+    if status == "succeeded" and published.refused:
+        status = "failed"
+        named = list(published.refused)
+        failure = {
+            "category": "batchdrop",
+            "code": "UnsafeOutputName",
+            "message": f"the task exited {task.exit_code} but wrote output(s) that batchdrop does not publish: "
+            + "; ".join(f"{name} ({published.refused[name]})" for name in named[:REFUSALS_NAMED])
+            + (f"; and {len(named) - REFUSALS_NAMED} more" if len(named) > REFUSALS_NAMED else ""),
+            "details": {"refused": published.refused},
+        }
+    elif status == "succeeded" and missing:
         status = "failed"
         failure = {
             "category": "batchdrop",
@@ -246,7 +281,8 @@ def _manifest(
         "status": status,
         "exit_code": task.exit_code,
         "failure": failure,
-        "outputs": outputs,
+        "outputs": published.outputs,
+        "refused_outputs": published.refused,
         "stdout": logs.get("stdout.txt"),
         "stderr": stderr,
         "stderr_tail": stderr_tail,

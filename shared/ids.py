@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import posixpath
 import re
 from datetime import UTC, datetime, timedelta
 
 MAX_BLOB_NAME = 1024
+MANIFEST_NAME = "_manifest.json"
+LOGS_FOLDER = "_logs/"
 MAX_BATCH_ID = 64
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 _UNSAFE_FILE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -71,6 +74,51 @@ def _escape_segment(segment: str) -> str:
     if segment in ("", ".", ".."):
         return f"%{segment}"
     return segment
+
+
+class UnsafeName(ValueError):
+    """A name a task chose for an output that batchdrop will not publish; the message says why."""
+
+
+_SEPARATORS = re.compile(r"[/\\]")  # a backslash too: some clients and servers read it as '/'
+
+
+def output_result_name(result_prefix: str, name: str) -> str:
+    """Where the task's output `out/<name>` is published; UnsafeName if it cannot be published as that."""
+    if _SEPARATORS.split(name, maxsplit=1)[0] + "/" == LOGS_FOLDER:
+        raise UnsafeName(f"'{LOGS_FOLDER}' is the folder batchdrop publishes the task's logs in")
+    return _result_name(result_prefix, name)
+
+
+def log_result_name(result_prefix: str, name: str) -> str:
+    """Where the task's log `logs/<name>` is published; UnsafeName if it cannot be published as that."""
+    return _result_name(result_prefix, LOGS_FOLDER + name)
+
+
+def _result_name(result_prefix: str, relative: str) -> str:
+    """`relative` below an input's results folder, refused when it could land elsewhere or pose as a manifest.
+
+    A task chooses these names (with its write SAS it can create any name in its staging container), and on
+    Azure with a bearer token no signature pins the path a request names, so anything a URL or path normaliser
+    could resolve differently is refused rather than trusted to arrive where it was sent.
+    """
+    for segment in _SEPARATORS.split(relative):
+        if not segment:
+            raise UnsafeName("it has an empty path segment (a leading or trailing '/', or '//')")
+        if not segment.strip(". "):
+            raise UnsafeName(f"it has the path segment {segment!r}, which URL and path normalisers resolve or drop")
+    if relative.endswith("."):
+        raise UnsafeName("it ends with '.', which Azure Storage cannot address reliably")
+    if _SEPARATORS.split(relative)[-1] == MANIFEST_NAME:
+        raise UnsafeName(f"'{MANIFEST_NAME}' is the name of batchdrop's manifests")
+    name = result_prefix + relative
+    if len(name) > MAX_BLOB_NAME:
+        raise UnsafeName(f"its name in results would be {len(name)} characters long; Azure allows {MAX_BLOB_NAME}")
+    # The invariant, checked apart from the rules above: nothing published leaves the input's folder or
+    # takes a manifest's name, whatever those rules become.
+    if not name.startswith(result_prefix) or posixpath.normpath(name) != name or name.endswith("/" + MANIFEST_NAME):
+        raise AssertionError(f"{name!r} would not stay a plain name inside {result_prefix!r}")
+    return name
 
 
 def staging_container(prefix: str, task: str) -> str:
