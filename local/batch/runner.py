@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_FILE_MODE = 0o770
+PRIVATE_DIR_MODE = 0o700
 _WILDCARD = re.compile(r"[*?\[]")
 
 
@@ -64,6 +65,9 @@ class Attempt:
     wall_clock_seconds: float | None
     auto_storage_connection_string: str | None = None
     task_dir_override: Path | None = None  # the start task runs in <node>/startup
+    # userIdentity autoUser scope task: the task directory is owner-only (0700). Every task still runs as the
+    # emulator's OS user, so this keeps other OS accounts out, not other tasks (see docs/emulator.md).
+    private_task_dir: bool = False
 
     @property
     def task_dir(self) -> Path:
@@ -85,7 +89,10 @@ def prepare(attempt: Attempt) -> None:
     """Create the task directory and download its resource files; raises Failure on error."""
     try:
         node_dirs(attempt.node_root)
-        attempt.working_dir.mkdir(parents=True, exist_ok=True)
+        attempt.task_dir.mkdir(parents=True, exist_ok=True)
+        if attempt.private_task_dir:
+            attempt.task_dir.chmod(PRIVATE_DIR_MODE)  # before anything is written into it
+        attempt.working_dir.mkdir(exist_ok=True)
     except OSError as problem:
         raise Failure(
             "servererror",

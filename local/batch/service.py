@@ -83,6 +83,11 @@ def _succeeded(task: Doc) -> bool:
     return (task.get("executionInfo") or {}).get("result") == "success"
 
 
+def _auto_user(task: Doc) -> Doc:
+    """The task's autoUser specification; empty when it runs as a named user."""
+    return dict((task.get("userIdentity") or {}).get("autoUser") or {})
+
+
 def _remove_trees(paths: list[Path]) -> None:
     for path in paths:
         shutil.rmtree(path, ignore_errors=True)
@@ -1115,6 +1120,7 @@ class BatchService:
         validation.check_duration(constraints.get("retentionTime"), "constraints.retentionTime")
         validation.check_int(constraints.get("maxTaskRetryCount"), "constraints.maxTaskRetryCount", -1)
         validation.check_int(body.get("requiredSlots"), "requiredSlots", 1)
+        validation.user_identity(body.get("userIdentity"))
         self._check_exit_conditions(job, body.get("exitConditions"))
         depends = body.get("dependsOn") or {}
         if len("".join(str(task_id) for task_id in depends.get("taskIds") or [])) > 64000:
@@ -1206,9 +1212,7 @@ class BatchService:
                 "maxTaskRetryCount": int(retry if retry is not None else job["constraints"]["maxTaskRetryCount"]),
             },
             "requiredSlots": int(body.get("requiredSlots") or 1),
-            "userIdentity": copy.deepcopy(
-                body.get("userIdentity") or {"autoUser": {"scope": "pool", "elevationLevel": "nonadmin"}}
-            ),
+            "userIdentity": validation.user_identity(body.get("userIdentity")),
             "executionInfo": {"retryCount": 0, "requeueCount": 0},
             "_seq": self._next_seq(),
         }
@@ -1651,6 +1655,7 @@ class BatchService:
                 "AZ_BATCH_TASK_RETRY_COUNT": str(task["executionInfo"].get("retryCount", 0)),
             }
         )
+        env.update(self._identity_environment(task))
         if job.get("jobPreparationTask"):
             prep_dir = task_dir.parent / str(job["jobPreparationTask"].get("id") or "jobpreparation")
             env["AZ_BATCH_JOB_PREP_DIR"] = str(prep_dir)
@@ -1688,7 +1693,19 @@ class BatchService:
             output_files=copy.deepcopy(list(task.get("outputFiles") or [])),
             wall_clock_seconds=None if wall_clock >= clock.UNLIMITED_SECONDS else wall_clock,
             auto_storage_connection_string=self.auto_storage,
+            private_task_dir=_auto_user(task).get("scope") == "task",
         )
+
+    @staticmethod
+    def _identity_environment(task: Doc) -> dict[str, str]:
+        """What the task is told about its user; the process itself always runs as the emulator's OS user."""
+        username = (task.get("userIdentity") or {}).get("username")
+        if username:
+            return {"AZ_BATCH_TASK_USER": str(username), "AZ_BATCH_TASK_USER_IDENTITY": str(username)}
+        auto_user = _auto_user(task)
+        scope = "Task" if auto_user.get("scope") == "task" else "Pool"
+        level = "Admin" if auto_user.get("elevationLevel") == "admin" else "NonAdmin"
+        return {"AZ_BATCH_TASK_USER_IDENTITY": scope + level}
 
     def _current_run(self, job_key: str, task_key: str, attempt_number: int) -> Run | None:
         run = self.runs.get((job_key, task_key))

@@ -110,6 +110,45 @@ def check_environment(settings: Any, name: str) -> None:
         raise invalid_property(name, settings, "must be an array of {name, value}")
 
 
+AUTO_USER_SCOPES = ("task", "pool")
+ELEVATION_LEVELS = ("nonadmin", "admin")
+
+
+def user_identity(value: Any, name: str = "userIdentity") -> dict[str, Any]:
+    """The identity a task runs as, checked, with the defaults the Batch spec documents filled in.
+
+    Omitted: the pool's non-admin auto-user, as on a Linux node (the spec's job preparation task says
+    "a non-administrative user unique to the Pool on Linux Compute Nodes"). An autoUser without scope or
+    elevationLevel gets AutoUserSpecification's documented defaults, pool and nonAdmin.
+    """
+    if value is None:
+        return {"autoUser": {"scope": "pool", "elevationLevel": "nonadmin"}}
+    if not isinstance(value, dict):
+        raise invalid_property(name, value, "must be a JSON object")
+    username, auto_user = value.get("username"), value.get("autoUser")
+    if (username is None) == (auto_user is None):
+        raise invalid_property(name, value, "specify either username or autoUser, but not both")
+    if username is not None:
+        if not isinstance(username, str) or not username:
+            raise invalid_property(f"{name}.username", username, "must be a non-empty string")
+        return {"username": username}
+    if not isinstance(auto_user, dict):
+        raise invalid_property(f"{name}.autoUser", auto_user, "must be a JSON object")
+    checked: dict[str, str] = {}
+    for field, allowed, default in (
+        ("scope", AUTO_USER_SCOPES, "pool"),
+        ("elevationLevel", ELEVATION_LEVELS, "nonadmin"),
+    ):
+        given = auto_user.get(field)
+        if given is None:
+            checked[field] = default
+        elif isinstance(given, str) and given.lower() in allowed:
+            checked[field] = given.lower()
+        else:
+            raise invalid_property(f"{name}.autoUser.{field}", given, f"must be one of {', '.join(allowed)}")
+    return {"autoUser": checked}
+
+
 def check_metadata(metadata: Any) -> None:
     if metadata is None:
         return
