@@ -248,10 +248,21 @@ def _job_options(job_id: str, pipeline: PipelineSpec) -> batch_models.BatchJobCr
     )
 
 
+def _task_user() -> batch_models.UserIdentity:
+    # A non-admin auto-user of its own per task. Without it a task runs as the pool's shared auto-user, so
+    # tasks sharing a node (task_slots_per_node > 1) could read each other's inputs and outputs.
+    return batch_models.UserIdentity(
+        auto_user=batch_models.AutoUserSpecification(
+            scope=batch_models.AutoUserScope.TASK, elevation_level=batch_models.ElevationLevel.NON_ADMIN
+        )
+    )
+
+
 def _task_options(task: TaskSpec) -> batch_models.BatchTaskCreateOptions:
     return batch_models.BatchTaskCreateOptions(
         id=task.task_id,
         command_line=task.command_line,
+        user_identity=_task_user(),
         resource_files=[
             batch_models.ResourceFile(http_url=resource.url, file_path=resource.file_path)
             for resource in task.resource_files
