@@ -68,15 +68,9 @@ def table(report: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--files", type=int, default=300)
-    parser.add_argument("--nodes", type=int, default=4)
-    parser.add_argument("--slots", type=int, default=8)
-    parser.add_argument("--poll-seconds", type=float, default=10.0, help="poll timer period (Azure advice: 30)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--only", choices=sorted(SCENARIOS), action="append")
-    args = parser.parse_args(argv)
+def run_isolated(name: str, args: argparse.Namespace) -> dict[str, float]:
+    """One scenario on an Azurite and an emulator of its own: none pays for another's data (Azurite's
+    in-memory store answers more slowly the more blobs it holds)."""
     with tempfile.TemporaryDirectory(prefix="batchdrop-bench-") as workdir:
         azurite = start_azurite(Path(workdir), in_memory=True)
         emulator = start_emulator(Path(workdir))
@@ -92,22 +86,40 @@ def main(argv: list[str] | None = None) -> int:
                 batch_key=emulator.account_key,
                 poll_seconds=args.poll_seconds,
             )
-            report: dict[str, dict[str, float]] = {}
-            failed: list[str] = []
-            for name in args.only or ["batchdrop", "batchdrop_sweep", "baseline"]:
-                started = time.monotonic()
-                print(f"running {name} with {args.files} files ...", file=sys.stderr, flush=True)
-                try:
-                    report[name] = run_scenario(name, config)
-                except RuntimeError as error:  # the other scenarios still run and are reported
-                    failed.append(f"{name}: {error}")
-                    print(f"  {name} FAILED: {error}", file=sys.stderr, flush=True)
-                    continue
-                print(f"  {name} done in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
-                print(f"  {json.dumps(report[name])}", file=sys.stderr, flush=True)  # kept if a later one hangs
+            return run_scenario(name, config)
         finally:
             emulator.stop()
             azurite.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--files", type=int, default=300)
+    parser.add_argument("--nodes", type=int, default=4)
+    parser.add_argument("--slots", type=int, default=8)
+    parser.add_argument("--poll-seconds", type=float, default=10.0, help="poll timer period (Azure advice: 30)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--only", choices=sorted(SCENARIOS), action="append")
+    parser.add_argument("--combine", type=Path, nargs="+", metavar="REPORT",
+                        help="merge reports of scenarios run separately (--only) into --out; runs nothing")  # fmt: skip
+    args = parser.parse_args(argv)
+    report: dict[str, dict[str, float]] = {}
+    failed: list[str] = []
+    if args.combine:
+        for path in args.combine:
+            loaded = json.loads(path.read_text())
+            report.update({name: figures for name, figures in loaded.items() if name in SCENARIOS})
+    for name in [] if args.combine else args.only or ["batchdrop", "batchdrop_sweep", "baseline"]:
+        started = time.monotonic()
+        print(f"running {name} with {args.files} files ...", file=sys.stderr, flush=True)
+        try:
+            report[name] = run_isolated(name, args)
+        except RuntimeError as error:  # the other scenarios still run and are reported
+            failed.append(f"{name}: {error}")
+            print(f"  {name} FAILED: {error}", file=sys.stderr, flush=True)
+            continue
+        print(f"  {name} done in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+        print(f"  {json.dumps(report[name])}", file=sys.stderr, flush=True)  # kept if a later one hangs
     if "batchdrop" in report and "baseline" in report:
         ours, theirs = report["batchdrop"], report["baseline"]
         report["ratios"] = {

@@ -63,3 +63,21 @@ def test_request_counts_come_from_the_emulator(report: dict[str, dict[str, float
     assert theirs["batch_requests_total"] >= 4 * FILES
     assert report["ratios"]["batch_requests_total"] == theirs["batch_requests_total"] / ours["batch_requests_total"]
     assert ours["poll_requests_per_poll"] == 1
+
+
+def test_reports_of_separate_runs_combine_into_one_with_ratios(
+    report: dict[str, dict[str, float]], tmp_path: Path
+) -> None:
+    parts = []
+    for system in ("batchdrop", "baseline"):
+        part = tmp_path / f"{system}.json"
+        part.write_text(json.dumps({system: report[system]}))
+        parts.append(str(part))
+    out = tmp_path / "combined.json"
+    run = subprocess.run([sys.executable, "-m", "bench", "--combine", *parts, "--out", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    combined = json.loads(out.read_text())
+    assert combined["batchdrop"] == report["batchdrop"] and combined["baseline"] == report["baseline"]
+    assert combined["ratios"] == report["ratios"]
+    assert "batchdrop_sweep" not in combined
