@@ -167,16 +167,18 @@ class AzureBlobs:
         self._ensured.discard(container)
 
     def read_json(self, container: str, name: str) -> dict[str, object] | None:
-        try:
-            data = self._service.get_blob_client(container, name).download_blob().readall()
-        except ResourceNotFoundError:
-            return None
-        except AzureError as error:
-            raise TransientError(f"read {container}/{name}: {type(error).__name__}") from None
-        document = json.loads(data)
-        return document if isinstance(document, dict) else None
+        found = self._download_json(container, name)
+        return found[0] if found is not None and isinstance(found[0], dict) else None
 
     def read_json_version(self, container: str, name: str) -> tuple[dict[str, object], str] | None:
+        found = self._download_json(container, name)
+        if found is None:
+            return None
+        document, etag = found
+        return (document if isinstance(document, dict) else {}), etag
+
+    def _download_json(self, container: str, name: str) -> tuple[object, str] | None:
+        """The blob parsed as JSON, with its etag; None when there is no such blob."""
         try:
             downloader = self._service.get_blob_client(container, name).download_blob()
             data = downloader.readall()
@@ -184,8 +186,7 @@ class AzureBlobs:
             return None
         except AzureError as error:
             raise TransientError(f"read {container}/{name}: {type(error).__name__}") from None
-        document = json.loads(data)
-        return (document if isinstance(document, dict) else {}), str(downloader.properties.etag)
+        return json.loads(data), str(downloader.properties.etag)
 
     def write_json(self, container: str, name: str, document: dict[str, object]) -> None:
         self.ensure_container(container)
