@@ -80,30 +80,17 @@ class TableLedger:
         a write that would move a final row back is dropped. A final state is written as it is; anything
         else only over the version of the row it was checked against (If-Match), reading again on conflict.
         """
-        entity = _input_entity(record)
         try:
             table = self._ready()
-            if record.state in FINAL_STATES:
-                table.upsert_entity(entity, mode=UpdateMode.REPLACE)
-                return replace(record)
+            write = {"upsert": table.upsert_entity, "create": table.create_entity, "update": table.update_entity}
             for _ in range(SAVE_ATTEMPTS):
+                operation, stored = _planned_write(table, record)
+                if operation is None:
+                    assert stored is not None
+                    return stored
+                kind, entity, options = operation
                 try:
-                    current = table.get_entity(INPUTS, record.task_id)
-                except ResourceNotFoundError:
-                    current = None
-                try:
-                    if current is None:
-                        table.create_entity(entity)
-                        return replace(record)
-                    stored = _input_record(current)
-                    if stored.state in FINAL_STATES:
-                        return stored
-                    table.update_entity(
-                        entity,
-                        mode=UpdateMode.REPLACE,
-                        etag=current.metadata["etag"],
-                        match_condition=MatchConditions.IfNotModified,
-                    )
+                    write[kind](entity, **options)
                     return replace(record)
                 except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
                     continue  # the row changed after we read it: read again and decide again
@@ -122,21 +109,8 @@ class TableLedger:
 
     def _save_chunk(self, table: TableClient, chunk: Sequence[InputRecord]) -> None:
         for _ in range(SAVE_ATTEMPTS):
-            operations: list[Any] = []
-            for record in chunk:
-                entity = _input_entity(record)
-                if record.state in FINAL_STATES:
-                    operations.append(("upsert", entity, {"mode": UpdateMode.REPLACE}))
-                    continue
-                try:
-                    current = table.get_entity(INPUTS, record.task_id)
-                except ResourceNotFoundError:
-                    operations.append(("create", entity))
-                    continue
-                if _input_record(current).state in FINAL_STATES:
-                    continue
-                condition = {"etag": current.metadata["etag"], "match_condition": MatchConditions.IfNotModified}
-                operations.append(("update", entity, {"mode": UpdateMode.REPLACE, **condition}))
+            planned = (_planned_write(table, record)[0] for record in chunk)
+            operations: list[Any] = [operation for operation in planned if operation is not None]
             if not operations:
                 return
             try:
@@ -240,6 +214,26 @@ class TableLedger:
         except AzureError as error:
             raise self._guard("list rejections", error) from None
         return found
+
+
+_Write = tuple[str, dict[str, Any], dict[str, Any]]  # (upsert | create | update, entity, options)
+
+
+def _planned_write(table: TableClient, record: InputRecord) -> tuple[_Write | None, InputRecord | None]:
+    """The one write that saves `record` without moving a final row back, decided against the stored row:
+    (write, None), or (None, the stored row) when that row is final and keeps its state."""
+    entity = _input_entity(record)
+    if record.state in FINAL_STATES:
+        return ("upsert", entity, {"mode": UpdateMode.REPLACE}), None
+    try:
+        current = table.get_entity(INPUTS, record.task_id)
+    except ResourceNotFoundError:
+        return ("create", entity, {}), None
+    stored = _input_record(current)
+    if stored.state in FINAL_STATES:
+        return None, stored
+    condition = {"etag": current.metadata["etag"], "match_condition": MatchConditions.IfNotModified}
+    return ("update", entity, {"mode": UpdateMode.REPLACE, **condition}), None
 
 
 def _input_entity(record: InputRecord) -> dict[str, Any]:
