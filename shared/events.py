@@ -10,6 +10,7 @@ from urllib.parse import unquote, urlparse
 from shared.errors import ConfigError, RejectedInput
 from shared.gateways import Gateways
 from shared.settings import STORAGE_CONNECTION, Settings
+from shared.storage import parse_connection_string
 from shared.submit import SubmitOutcome, submit_blob
 
 # What `UseDevelopmentStorage=true` stands for (the SDKs expand it to Azurite's well-known account).
@@ -58,10 +59,8 @@ def account_of_topic(topic: object) -> str | None:
 def storage_account(settings: Settings) -> str:
     """The storage account batchdrop's own clients use: the connection string's, else the blob service URI's."""
     if settings.storage_connection_string:  # the same precedence as build_gateways
-        parts = {}
-        for item in settings.storage_connection_string.split(";"):
-            key, _, value = item.partition("=")
-            parts[key.strip().lower()] = value.strip()
+        pairs = parse_connection_string(settings.storage_connection_string)
+        parts = {key.lower(): value for key, value in pairs.items()}
         if parts.get("accountname"):
             return parts["accountname"].lower()
         from_endpoint = account_of_url(parts.get("blobendpoint", ""))
