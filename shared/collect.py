@@ -84,8 +84,8 @@ def collect(gw: Gateways, event: CompletionEvent) -> CollectOutcome:
     try:
         published = _publish_outputs(gw, record, result_prefix)
     except PermanentError:
-        # The staging container vanished under us: a concurrent delivery of this completion published
-        # and removed it. Anything else is a real error.
+        # A copy source vanished under us: this completion was published meanwhile and its job's staging
+        # cleared (a late redelivery). Anything else is a real error.
         current = gw.blobs.read_json(gw.settings.results_container, manifest_name)
         if current is not None and current.get("task_id") == record.task_id:
             return _already_published(gw, record, current, manifest_name)
@@ -96,8 +96,7 @@ def collect(gw: Gateways, event: CompletionEvent) -> CollectOutcome:
     if winner is not None:
         return _already_published(gw, record, winner, manifest_name)
     _mark_collected(gw, record, str(manifest["status"]))
-    # Everything is published: the task's staging container has served its purpose.
-    gw.blobs.delete_container(ids.staging_container(gw.settings.staging_prefix, record.task_id))
+    # The staging container stays until the job is terminated: poll clears a closed job's staging in bulk.
     logger.info(
         "published %s: %s", record.name, manifest["status"], extra={"job_id": record.job_id, "task_id": record.task_id}
     )
@@ -150,7 +149,6 @@ def _supersede(gw: Gateways, record: InputRecord, newer_etag: str, manifest_name
     record.outcome = "superseded"
     record.reason = f"input replaced (etag {newer_etag}) before this task's outputs were published"
     gw.ledger.save_input(record)
-    gw.blobs.delete_container(ids.staging_container(gw.settings.staging_prefix, record.task_id))
     logger.info(
         "not publishing %s: %s", record.name, record.reason, extra={"job_id": record.job_id, "task_id": record.task_id}
     )

@@ -283,6 +283,9 @@ def _job_entity(record: JobRecord) -> dict[str, Any]:
         entity["watermark"] = record.watermark
     if record.terminated_at is not None:
         entity["terminated_at"] = record.terminated_at
+    if record.staging_cleared_through is not None:
+        entity["staging_cleared_through"] = record.staging_cleared_through
+    entity["staging_cleared"] = record.staging_cleared
     return entity
 
 
@@ -299,4 +302,6 @@ def _job_record(entity: Any) -> JobRecord:
         watermark=moment("watermark"),
         recent_task_ids=list(json.loads(entity.get("recent_task_ids") or "[]")),
         terminated_at=moment("terminated_at"),
+        staging_cleared_through=entity.get("staging_cleared_through"),
+        staging_cleared=bool(entity.get("staging_cleared", False)),
     )

@@ -67,6 +67,9 @@ class JobRecord:
     watermark: datetime | None = None
     recent_task_ids: list[str] = field(default_factory=list)
     terminated_at: datetime | None = None
+    # Staging clean-up after termination: task ids up to this one have had their staging container deleted.
+    staging_cleared_through: str | None = None
+    staging_cleared: bool = False
 
 
 @dataclass(frozen=True)

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from shared import ids
 from shared.gateways import Gateways
 from shared.models import CompletionEvent, InputState, JobRecord, JobState
 
 logger = logging.getLogger(__name__)
+
+# Staging containers deleted per poll for terminated jobs: bounded so one timer run stays short at any job size.
+STAGING_DELETES_PER_POLL = 2000
+STAGING_DELETE_THREADS = 8
 
 
 @dataclass(frozen=True)
@@ -18,6 +24,7 @@ class PollReport:
     events: int
     terminated: list[str]
     deleted: list[str]
+    staging_deleted: int = 0
 
 
 def poll(gw: Gateways) -> PollReport:
@@ -28,18 +35,21 @@ def poll(gw: Gateways) -> PollReport:
     terminated: list[str] = []
     deleted: list[str] = []
     active_jobs = 0
+    staging_budget = STAGING_DELETES_PER_POLL
     for job in gw.ledger.jobs(active_only=False):
         if job.state is JobState.ACTIVE:
             active_jobs += 1
             events += _poll_job(gw, job, overlap)
             if _close_if_done(gw, job, now):
                 terminated.append(job.job_id)
-        elif job.state is JobState.TERMINATED and _retention_over(gw, job, now):
+        if job.state is JobState.TERMINATED and not job.staging_cleared and staging_budget > 0:
+            staging_budget -= _clear_staging(gw, job, staging_budget)
+        if job.state is JobState.TERMINATED and job.staging_cleared and _retention_over(gw, job, now):
             gw.batch.delete_job(job.job_id)
             job.state = JobState.DELETED
             gw.ledger.save_job(job)
             deleted.append(job.job_id)
-    return PollReport(active_jobs, events, terminated, deleted)
+    return PollReport(active_jobs, events, terminated, deleted, STAGING_DELETES_PER_POLL - staging_budget)
 
 
 def _poll_job(gw: Gateways, job: JobRecord, overlap: timedelta) -> int:
@@ -89,6 +99,30 @@ def _close_if_done(gw: Gateways, job: JobRecord, now: datetime) -> bool:
     gw.ledger.save_job(job)
     logger.info("terminated job %s: window closed, every input collected", job.job_id, extra={"job_id": job.job_id})
     return True
+
+
+def _clear_staging(gw: Gateways, job: JobRecord, budget: int) -> int:
+    """Delete up to `budget` staging containers of a terminated job's tasks; the number deleted.
+
+    Collect leaves each task's staging container in place: deleting one per collection made collection's cost
+    grow with the account (Azurite scans every blob to delete a container). Once the job is terminated
+    nothing of it will be collected again, so its staging goes in bulk, a bounded number per poll, with a
+    cursor in the job's row so a later poll goes on where this one stopped.
+    """
+    task_ids = sorted(record.task_id for record in gw.ledger.inputs(job_id=job.job_id))
+    if job.staging_cleared_through is not None:
+        task_ids = [task_id for task_id in task_ids if task_id > job.staging_cleared_through]
+    batch = task_ids[:budget]
+    containers = [ids.staging_container(gw.settings.staging_prefix, task_id) for task_id in batch]
+    with ThreadPoolExecutor(STAGING_DELETE_THREADS) as pool:
+        list(pool.map(gw.blobs.delete_container, containers))
+    if batch:
+        job.staging_cleared_through = batch[-1]
+    job.staging_cleared = len(batch) == len(task_ids)
+    gw.ledger.save_job(job)
+    if job.staging_cleared:
+        logger.info("cleared staging of job %s", job.job_id, extra={"job_id": job.job_id})
+    return len(batch)
 
 
 def _retention_over(gw: Gateways, job: JobRecord, now: datetime) -> bool:

@@ -13,6 +13,7 @@ from azure.batch.models._models import BatchJobTerminateOptions
 from azure.core.credentials import AzureNamedKeyCredential
 
 from local.stack import Azurite, Emulator, start_emulator
+from shared import ids
 from shared.errors import TransientError
 from shared.gateways import utc_now
 from shared.models import InputState, JobState
@@ -114,9 +115,14 @@ def test_closed_window_job_is_terminated_after_its_last_collection(
     outcome = submit_blob(world.gw, world.names["input"], "a.txt")
     world.gw.clock = lambda: utc_now() + timedelta(minutes=2)  # the window has closed
     world.run_until_manifests(["a.txt"])
+    staging = world.blob_service.get_container_client(
+        ids.staging_container(world.gw.settings.staging_prefix, outcome.task_id)
+    )
+    assert staging.exists()  # collect leaves it; the job's end clears it
     poll(world.gw)
     job = world.gw.ledger.get_job(outcome.job_id)
-    assert job is not None and job.state is JobState.TERMINATED
+    assert job is not None and job.state is JobState.TERMINATED and job.staging_cleared
+    assert not staging.exists()
     assert str(client(emulator).get_job(outcome.job_id).state) in ("completed", "BatchJobState.COMPLETED")
     world.gw.clock = lambda: utc_now() + timedelta(hours=2)
     assert poll(world.gw).deleted == [outcome.job_id]

@@ -138,12 +138,53 @@ def test_job_ends_after_window_closes_and_everything_is_collected(world: World) 
     assert poll(world.gw).terminated == []  # completed but not yet collected
     for event in world.queue.drain():
         collect(world.gw, event)
-    assert poll(world.gw).terminated == [outcome.job_id]
+    staging = ids.staging_container("staging", outcome.task_id)
+    assert staging in world.blobs.containers  # collect leaves staging to the job's end
+    report = poll(world.gw)
+    assert report.terminated == [outcome.job_id]
+    assert report.staging_deleted == 1 and staging not in world.blobs.containers
     assert world.batch.jobs[outcome.job_id].state == "completed"
     world.clock.advance(hours=25)
     assert poll(world.gw).deleted == [outcome.job_id]
     assert outcome.job_id not in world.batch.jobs
     assert world.ledger.job_rows[outcome.job_id].state is JobState.DELETED
+
+
+def test_a_terminated_jobs_staging_is_cleared_a_bounded_number_per_poll(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("shared.poll.STAGING_DELETES_PER_POLL", 2)
+    outcomes = [submit(world.gw, world.blobs.put("input", f"{name}.txt")) for name in "abcde"]
+    for outcome in outcomes:
+        run_task(world, outcome)
+    poll(world.gw)
+    for event in world.queue.drain():
+        collect(world.gw, event)
+    staging = {ids.staging_container("staging", outcome.task_id) for outcome in outcomes}
+    world.clock.advance(hours=2)
+
+    cleared = [poll(world.gw).staging_deleted for _ in range(4)]
+
+    assert cleared == [2, 2, 1, 0]
+    assert not staging & set(world.blobs.containers)
+    (job_id,) = {outcome.job_id for outcome in outcomes}
+    assert world.ledger.job_rows[job_id].staging_cleared
+    assert all(world.blobs.text("results", f"{name}.txt/_manifest.json") for name in "abcde")
+
+
+def test_a_job_is_not_deleted_before_its_staging_is_cleared(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("shared.poll.STAGING_DELETES_PER_POLL", 1)
+    outcomes = [submit(world.gw, world.blobs.put("input", f"{name}.txt")) for name in "abc"]
+    for outcome in outcomes:
+        run_task(world, outcome)
+    poll(world.gw)
+    for event in world.queue.drain():
+        collect(world.gw, event)
+    world.clock.advance(hours=2)
+    assert poll(world.gw).terminated == [outcomes[0].job_id]  # and one of its three staging containers cleared
+    world.clock.advance(hours=25)
+    assert poll(world.gw).deleted == []  # retention is over, but a staging container is still left
+    assert poll(world.gw).deleted == [outcomes[0].job_id]  # the last one cleared, then the job deleted
 
 
 def test_status_counts_by_job(world: World) -> None:
