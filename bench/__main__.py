@@ -30,6 +30,7 @@ ROWS = [
     "seconds_to_all_manifests",
     "output_bytes_through_functions",
     "completion_messages",
+    "staging_containers_left_for_job_end",
     "redeliveries_after_transient_errors",
     "peak_rss_mb",
 ]

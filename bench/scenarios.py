@@ -263,6 +263,10 @@ def _run_batchdrop(
     report = _report(config, total, poll_requests, _duplicates(config, gw, names), tasks_done, manifests_done,
                      gw.blobs.bytes_read)  # type: ignore[attr-defined]  # fmt: skip
     report["completion_messages"] = published[0]  # > files when a poll re-emitted within its overlap
+    # Collect leaves staging to the job's end (the poll clears it after termination, past this run's window).
+    report["staging_containers_left_for_job_end"] = sum(
+        1 for _ in service.list_containers(name_starts_with=f"{gw.settings.staging_prefix}-")
+    )
     return report
 
 
