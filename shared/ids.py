@@ -58,20 +58,27 @@ def local_input_path(name: str) -> str:
 MAX_RESULT_PREFIX = 700  # leaves 324 of Azure's 1,024 characters for the output names below it
 
 
+LONG_NAMES = "_long-names"
+
+
 def result_prefix(name: str) -> str:
     """The folder in `results` for one input; dot segments are escaped so no path resolves upward.
 
     A name too long to have outputs below it gets `_long-names/<digest>/`; its manifest names the input.
+    The escaping is one-to-one: two input names never share a folder (`a//b` is `a/%/b/`, `a/%/b` is
+    `a/%%/b/`), and no input's folder is `_long-names/...` (an input of that name is `%_long-names/...`).
     """
     segments = [_escape_segment(segment) for segment in name.split("/")]
+    if segments[0] == LONG_NAMES:
+        segments[0] = f"%{LONG_NAMES}"
     prefix = "/".join(segments) + "/"
     if len(prefix) > MAX_RESULT_PREFIX:
-        return f"_long-names/{hashlib.sha256(name.encode()).hexdigest()[:40]}/"
+        return f"{LONG_NAMES}/{hashlib.sha256(name.encode()).hexdigest()[:40]}/"
     return prefix
 
 
 def _escape_segment(segment: str) -> str:
-    if segment in ("", ".", ".."):
+    if segment in ("", ".", "..") or segment.startswith("%"):
         return f"%{segment}"
     return segment
 

@@ -59,6 +59,29 @@ def test_result_prefix_never_climbs_out_of_its_folder() -> None:
     assert ids.result_prefix("dir/a.txt") == "dir/a.txt/"
 
 
+@pytest.mark.parametrize(
+    "names",
+    [
+        ("a//b", "a/%/b", "a/%%/b"),
+        ("a/./b", "a/%./b", "a/%%./b"),
+        ("a/../b", "a/%../b", "a/%%../b"),
+        ("%", "%%", "", "/"),
+        ("_long-names/" + "0" * 40, "%_long-names/" + "0" * 40),
+    ],
+)
+def test_different_input_names_never_share_a_results_folder(names: tuple[str, ...]) -> None:
+    prefixes = [ids.result_prefix(name) for name in names]
+    assert len(set(prefixes)) == len(names), prefixes
+
+
+def test_no_input_takes_the_long_names_folder() -> None:
+    long_name = "d/" + "x" * 1020
+    digest_folder = ids.result_prefix(long_name)
+    # An upload named after another input's digest folder gets a folder of its own.
+    assert ids.result_prefix(digest_folder.rstrip("/")) == "%" + digest_folder
+    assert ids.result_prefix("dir/%41.txt") == "dir/%%41.txt/"
+
+
 def test_blob_name_checks_name_the_problem() -> None:
     assert ids.check_blob_name("ok.txt") is None
     assert "1025 characters" in (ids.check_blob_name("a" * 1025) or "")
