@@ -150,16 +150,22 @@ def test_job_ends_after_window_closes_and_everything_is_collected(world: World) 
     assert world.ledger.job_rows[outcome.job_id].state is JobState.DELETED
 
 
-def test_a_terminated_jobs_staging_is_cleared_a_bounded_number_per_poll(
-    world: World, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr("shared.poll.STAGING_DELETES_PER_POLL", 2)
-    outcomes = [submit(world.gw, world.blobs.put("input", f"{name}.txt")) for name in "abcde"]
+def collected(world: World, names: str) -> list[SubmitOutcome]:
+    """One input per letter of `names`, submitted, run, polled and collected."""
+    outcomes = [submit(world.gw, world.blobs.put("input", f"{name}.txt")) for name in names]
     for outcome in outcomes:
         run_task(world, outcome)
     poll(world.gw)
     for event in world.queue.drain():
         collect(world.gw, event)
+    return outcomes
+
+
+def test_a_terminated_jobs_staging_is_cleared_a_bounded_number_per_poll(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("shared.poll.STAGING_DELETES_PER_POLL", 2)
+    outcomes = collected(world, "abcde")
     staging = {ids.staging_container("staging", outcome.task_id) for outcome in outcomes}
     world.clock.advance(hours=2)
 
@@ -174,12 +180,7 @@ def test_a_terminated_jobs_staging_is_cleared_a_bounded_number_per_poll(
 
 def test_a_job_is_not_deleted_before_its_staging_is_cleared(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("shared.poll.STAGING_DELETES_PER_POLL", 1)
-    outcomes = [submit(world.gw, world.blobs.put("input", f"{name}.txt")) for name in "abc"]
-    for outcome in outcomes:
-        run_task(world, outcome)
-    poll(world.gw)
-    for event in world.queue.drain():
-        collect(world.gw, event)
+    outcomes = collected(world, "abc")
     world.clock.advance(hours=2)
     assert poll(world.gw).terminated == [outcomes[0].job_id]  # and one of its three staging containers cleared
     world.clock.advance(hours=25)
