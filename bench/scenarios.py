@@ -150,6 +150,10 @@ def _gateways(config: ScenarioConfig, names: dict[str, str], workdir: Path) -> G
         "BATCHDROP_COMPLETIONS_QUEUE": names["queue"],
         "BATCHDROP_LEDGER_TABLE": names["table"],
         "BATCHDROP_POLL_OVERLAP_SECONDS": 10,
+        # The job stays open for the whole run, so every poll (and the steady-state one) is a poll of an active
+        # job holding all its tasks, whenever the run starts. Job end is tested in tests/integration/test_faults.py.
+        "BATCHDROP_JOB_WINDOW_MINUTES": 1440,
+        "BATCHDROP_JOB_CLOSE_GRACE_MINUTES": 7 * 24 * 60,
     })  # fmt: skip
     gw = build_gateways(settings)
     gw.blobs = CountingBlobs(gw.blobs)  # type: ignore[arg-type]

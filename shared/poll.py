@@ -83,12 +83,8 @@ def _close_if_done(gw: Gateways, job: JobRecord, now: datetime) -> bool:
     """Terminate the job once its window has closed and every input in it is collected."""
     if now < job.window_end + timedelta(minutes=gw.settings.job_close_grace_minutes):
         return False
-    pending = [
-        record
-        for record in gw.ledger.inputs(job_id=job.job_id)
-        if record.state in (InputState.CLAIMED, InputState.SUBMITTED)
-    ]
-    if pending:
+    # Filtered by state in the query: each poll after the window reads the rows still pending, not the job's all.
+    if any(gw.ledger.inputs(state=state, job_id=job.job_id) for state in (InputState.SUBMITTED, InputState.CLAIMED)):
         return False
     counts = gw.batch.task_counts(job.job_id)
     if counts is not None and counts.active + counts.running > 0:
