@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -26,6 +27,8 @@ from shared.pipelines import APP_DIR, OUTPUT_DIR, PipelineSpec, RoutingConflict,
 
 logger = logging.getLogger(__name__)
 CLAIM_FRESH = timedelta(minutes=2)
+SWEEP_CHUNK = 100  # Batch's limit of tasks in one add-collection request
+SPEC_THREADS = 8
 # One job creation at a time per process: concurrent first events for a new job make one Batch call.
 _job_creation = threading.Lock()
 
@@ -86,9 +89,14 @@ def submit(gw: Gateways, blob: BlobRef) -> SubmitOutcome:
 
 
 def sweep(gw: Gateways) -> SweepReport:
-    """Submit every input that has no task yet, in bulk; nothing new means no Batch request."""
+    """Submit every input that has no task yet, in bulk; nothing new means no Batch request.
+
+    Inputs go to Batch a chunk of SWEEP_CHUNK per job as they are claimed, so a sweep over many new files starts
+    tasks early, and a sweep cut short (a timer's time limit) leaves its submitted chunks recorded: the next
+    sweep takes over only what this one had claimed and not yet submitted.
+    """
     known = gw.ledger.known_task_ids()
-    listed = skipped = rejected = 0
+    listed = skipped = rejected = submitted = 0
     by_job: dict[str, list[tuple[InputRecord, PipelineSpec]]] = defaultdict(list)
     open_jobs: set[str] = set()
     container = gw.settings.input_container
@@ -111,20 +119,31 @@ def sweep(gw: Gateways) -> SweepReport:
             record = _ensure_job(gw, record, pipeline)
             open_jobs.add(record.job_id)
         by_job[record.job_id].append((record, pipeline))
-    submitted = 0
+        if len(by_job[record.job_id]) == SWEEP_CHUNK:
+            submitted += _submit_chunk(gw, record.job_id, by_job.pop(record.job_id))
     for job_id, entries in by_job.items():
-        try:
-            gw.batch.add_tasks(job_id, [_task_spec(gw, record, pipeline) for record, pipeline in entries])
-        except JobClosed:
-            for record, pipeline in entries:
-                moved = _move_to_open_job(gw, record, pipeline)
-                gw.batch.add_task(moved.job_id, _task_spec(gw, moved, pipeline))
-        for record, _ in entries:
-            record.state = InputState.SUBMITTED
-        gw.ledger.save_inputs([record for record, _ in entries])
-        submitted += len(entries)
+        submitted += _submit_chunk(gw, job_id, entries)
     logger.info("sweep listed %d, submitted %d, skipped %d, rejected %d", listed, submitted, skipped, rejected)
     return SweepReport(listed, submitted, skipped, rejected)
+
+
+def _submit_chunk(gw: Gateways, job_id: str, entries: list[tuple[InputRecord, PipelineSpec]]) -> int:
+    """One Batch request for up to SWEEP_CHUNK claimed inputs of one job, then their rows marked submitted."""
+    with ThreadPoolExecutor(SPEC_THREADS) as pool:  # each spec creates a staging container: storage round trips
+        specs = list(pool.map(lambda entry: _task_spec(gw, *entry), entries))
+    records = [record for record, _ in entries]
+    try:
+        gw.batch.add_tasks(job_id, specs)
+    except JobClosed:  # ended in Batch before the ledger knew: each input goes to the current window's job
+        records = []
+        for record, pipeline in entries:
+            moved = _move_to_open_job(gw, record, pipeline)
+            gw.batch.add_task(moved.job_id, _task_spec(gw, moved, pipeline))
+            records.append(moved)
+    for record in records:
+        record.state = InputState.SUBMITTED
+    gw.ledger.save_inputs(records)
+    return len(records)
 
 
 def _claim(gw: Gateways, blob: BlobRef, take_over: bool = False) -> tuple[InputRecord, PipelineSpec] | SubmitOutcome:

@@ -1,3 +1,4 @@
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
@@ -5,7 +6,7 @@ import pytest
 
 from shared import ids
 from shared.errors import RejectedInput
-from shared.models import InputState, JobState
+from shared.models import InputState, JobState, TaskSpec
 from shared.poll import poll
 from shared.submit import submit, submit_blob, sweep
 from tests.unit.fakes import PIPELINE, World, make_world
@@ -144,6 +145,43 @@ def test_late_input_for_a_terminated_job_moves_to_an_open_job(world: World) -> N
     outcome = submit(world.gw, late_blob)
     assert outcome.action == "created" and outcome.job_id != first.job_id
     assert world.ledger.input_rows[outcome.task_id].job_id == outcome.job_id
+
+
+def test_a_sweep_into_a_job_ended_in_batch_records_the_job_its_inputs_moved_to(world: World) -> None:
+    first = submit(world.gw, world.blobs.put("input", "a.txt"))
+    world.blobs.put("input", "late.txt")  # its event was missed: the sweep finds it
+    world.clock.advance(hours=2)
+    world.batch.jobs[first.job_id].state = "completed"  # ended outside batchdrop; the ledger still says active
+
+    assert sweep(world.gw).submitted == 1
+
+    (late,) = [row for row in world.ledger.input_rows.values() if row.name == "late.txt"]
+    assert late.state is InputState.SUBMITTED and late.job_id != first.job_id
+    assert late.task_id in world.batch.jobs[late.job_id].tasks
+
+
+def test_a_sweep_cut_short_keeps_the_chunks_it_sent(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("shared.submit.SWEEP_CHUNK", 2)
+    for name in "abcde":
+        world.blobs.put("input", f"{name}.txt")
+    sent: list[int] = []
+    add_tasks = world.batch.add_tasks
+
+    def stopped_after_two_chunks(job_id: str, tasks: Sequence[TaskSpec]) -> None:
+        if len(sent) == 2:
+            raise RuntimeError("the sweep's timer is stopped at its time limit")
+        sent.append(len(tasks))
+        add_tasks(job_id, tasks)
+
+    monkeypatch.setattr(world.batch, "add_tasks", stopped_after_two_chunks)
+    with pytest.raises(RuntimeError):
+        sweep(world.gw)
+
+    states = sorted(row.state.value for row in world.ledger.input_rows.values())
+    assert sent == [2, 2] and states == ["claimed"] + ["submitted"] * 4
+    monkeypatch.setattr(world.batch, "add_tasks", add_tasks)
+    assert sweep(world.gw).submitted == 1  # only what the cut-short sweep had claimed and not sent
+    assert len(world.batch.all_tasks()) == 5
 
 
 def first_created(world: World):  # type: ignore[no-untyped-def]
