@@ -31,6 +31,7 @@ ROWS = [
     "output_bytes_through_functions",
     "completion_messages",
     "staging_containers_left_for_job_end",
+    "manifests_when_stopped",
     "redeliveries_after_transient_errors",
     "peak_rss_mb",
 ]
@@ -86,6 +87,7 @@ def run_isolated(name: str, args: argparse.Namespace) -> dict[str, float]:
                 batch_account=emulator.account_name,
                 batch_key=emulator.account_key,
                 poll_seconds=args.poll_seconds,
+                stop_after_seconds=args.stop_after,
             )
             return run_scenario(name, config)
         finally:
@@ -100,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slots", type=int, default=8)
     parser.add_argument("--poll-seconds", type=float, default=10.0, help="poll timer period (Azure advice: 30)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--stop-after", type=float, metavar="SECONDS",
+                        help="stop waiting for manifests this long after the first submission; report the figures "
+                        "so far (seconds_to_all_manifests null, manifests_when_stopped)")  # fmt: skip
     parser.add_argument("--only", choices=sorted(SCENARIOS), action="append")
     parser.add_argument("--combine", type=Path, nargs="+", metavar="REPORT",
                         help="merge reports of scenarios run separately (--only) into --out; runs nothing")  # fmt: skip

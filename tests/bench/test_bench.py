@@ -34,7 +34,9 @@ def test_every_system_reports_every_metric(report: dict[str, dict[str, float]]) 
 
     for system in ("batchdrop", "batchdrop_sweep", "baseline"):
         batchdrop_only = ("completion_messages", "staging_containers_left_for_job_end")
-        missing = [row for row in ROWS if row not in batchdrop_only and row not in report[system]]
+        only_when_stopped = ("manifests_when_stopped",)
+        missing = [row for row in ROWS if row not in batchdrop_only + only_when_stopped and row not in report[system]]
+        assert "manifests_when_stopped" not in report[system]  # this run finished
         assert not missing, (system, missing)
         assert report[system]["files"] == FILES
 
@@ -84,3 +86,23 @@ def test_reports_of_separate_runs_combine_into_one_with_ratios(
     assert combined["batchdrop"] == report["batchdrop"] and combined["baseline"] == report["baseline"]
     assert combined["ratios"] == report["ratios"]
     assert "batchdrop_sweep" not in combined
+
+
+def test_a_run_stopped_early_still_reports_requests_and_duplicates(tmp_path: Path) -> None:
+    out = tmp_path / "stopped.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--files", str(FILES), "--nodes", "1", "--slots", "4",
+         "--poll-seconds", "30", "--stop-after", "0", "--only", "batchdrop", "--only", "baseline", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    stopped = json.loads(out.read_text())
+    for system in ("batchdrop", "baseline"):
+        figures = stopped[system]
+        # Stopped right after submission, before a second poll (every 30 s) could have found completions.
+        assert figures["seconds_to_all_manifests"] is None
+        assert figures["manifests_when_stopped"] < FILES
+        assert figures["poll_requests_per_poll"] >= 1
+    assert stopped["batchdrop"]["duplicate_tasks"] == 0
+    assert stopped["baseline"]["duplicate_tasks"] == FILES
+    assert stopped["baseline"]["batch_requests_total"] >= 4 * FILES  # two requests per delivery, two deliveries
