@@ -7,6 +7,7 @@ poll, and a collector downloads each output and uploads it again into results.
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -30,6 +31,7 @@ class Baseline:
     command: str
     collected: set[str] = field(default_factory=set)
     output_bytes: int = 0
+    stopping: threading.Event = field(default_factory=threading.Event)  # the bench's --stop-after, not the sample's
 
     def on_event(self, name: str) -> None:
         """One event: make sure the job exists, then add a task with a fresh random id."""
@@ -77,6 +79,8 @@ class Baseline:
         except ResourceNotFoundError:  # the first event has not created the job yet
             return 0
         for task in tasks:
+            if self.stopping.is_set():
+                break
             if task.state != "completed" or task.id in self.collected:
                 continue
             source = next((env.value for env in task.environment_settings or [] if env.name == "SOURCE_NAME"), task.id)
