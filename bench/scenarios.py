@@ -235,12 +235,11 @@ def _wait_until(done: Callable[[], bool], loops: list[Loop], config: ScenarioCon
     return True
 
 
-def _stopped(report: dict[str, float | None], finished: bool, manifests: int) -> dict[str, float | None]:
+def _stopped(report: dict[str, float | None], finished: bool, manifests: int) -> None:
     """Mark a report cut short by --stop-after: no time to all manifests, and how many there were."""
     if not finished:
         report["seconds_to_all_manifests"] = None
         report["manifests_when_stopped"] = manifests
-    return report
 
 
 def _run_batchdrop(
@@ -363,21 +362,21 @@ def baseline(config: ScenarioConfig) -> dict[str, float]:
     tasks_done = time.monotonic() - started
     finished = _wait_until(lambda: len(naive.collected) >= 2 * config.files, [monitor], config, started)
     manifests_done = time.monotonic() - started
-    naive.stopping.set()  # a stopped run does not wait for the monitor's pass through every task
+    # From here on the monitor collects nothing more: a stopped run does not wait for its pass through every
+    # task, and the steady-state poll below is its listing alone (its Batch requests; collecting makes none).
+    naive.stopping.set()
     monitor.stop()
     manifests = _manifests(service, names["results"])
     assert manifests == config.files or not finished, manifests
     total = int(emulator.stats()["total"])  # type: ignore[call-overload]
     emulator.reset_stats()
-    if finished:
-        naive.poll_and_collect()
-    else:  # its poll's Batch requests are the listing alone (collecting makes none), without collecting the rest
-        list(client.list_tasks(naive.job_id))
+    naive.poll_and_collect()
     poll_requests = int(emulator.stats()["total"])  # type: ignore[call-overload]
     tasks = sum(1 for _ in client.list_tasks(naive.job_id, select=["id"]))
     report = _report(config, total, poll_requests, tasks - config.files, tasks_done, manifests_done,
                      naive.output_bytes)  # fmt: skip
-    return _stopped(report, finished, manifests)  # type: ignore[arg-type, return-value]
+    _stopped(report, finished, manifests)  # type: ignore[arg-type]
+    return report
 
 
 SCENARIOS: dict[str, Callable[[ScenarioConfig], dict[str, float]]] = {
