@@ -24,6 +24,7 @@ from azure.core.exceptions import (
 from shared.errors import JobClosed, PermanentError, TransientError
 from shared.models import CompletedTask, TaskCounts, TaskResult, TaskSpec
 from shared.pipelines import PipelineSpec, PoolSpec
+from shared.redact import redact, redact_value
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -37,6 +38,10 @@ TASK_SELECT = ["id", "state", "stateTransitionTime", "executionInfo"]
 def _error_code(error: HttpResponseError) -> str:
     code = getattr(error.error, "code", None) if error.error is not None else None
     return str(code or "")
+
+
+def _is_transient(code: str, status: int) -> bool:
+    return code in QUOTA_CODES or status == 429 or status >= 500
 
 
 def _retry_after(error: HttpResponseError) -> float | None:
@@ -74,13 +79,13 @@ class AzureBatch:
             status = error.status_code or 0
             if code in JOB_CLOSED_CODES:
                 raise JobClosed(f"{what}: {code}") from None
-            if code in QUOTA_CODES or status == 429 or status >= 500:
+            if _is_transient(code, status):
                 raise TransientError(f"{what}: Batch answered {status} {code}", _retry_after(error)) from None
-            raise PermanentError(f"{what}: Batch answered {status} {code}: {error.message}") from None
+            raise PermanentError(f"{what}: Batch answered {status} {code}: {redact(str(error.message))}") from None
         except (ServiceRequestError, ServiceResponseError) as error:
             raise TransientError(f"{what}: Batch unreachable: {type(error).__name__}") from None
         except AzureError as error:
-            raise TransientError(f"{what}: {type(error).__name__}: {error}") from None
+            raise TransientError(f"{what}: {type(error).__name__}: {redact(str(error))}") from None
 
     def ensure_pool(self, pool: PoolSpec) -> None:
         # Create and accept PoolExists: one request, and no pool_exists(), which in SDK 15.1 raises
@@ -120,14 +125,15 @@ class AzureBatch:
         if not tasks:
             return
 
+        what = f"add {len(tasks)} tasks to {job_id}"
+
         def create() -> None:
             try:
                 self._client.create_tasks(job_id, [_task_options(task) for task in tasks])
             except batch_models.CreateTasksError as error:
-                failures = [f"{r.task_id}: {r.error.code if r.error else r.status}" for r in error.failure_tasks]
-                raise PermanentError(f"add {len(tasks)} tasks to {job_id}: {'; '.join(failures[:5])}") from None
+                raise _create_tasks_error(what, error) from None
 
-        self._call(f"add {len(tasks)} tasks to {job_id}", create)
+        self._call(what, create)
 
     def completed_since(self, job_id: str, since: datetime | None) -> list[CompletedTask]:
         query = "state eq 'completed'"
@@ -214,6 +220,51 @@ class AzureBatch:
             pass
 
 
+def _create_tasks_error(what: str, error: batch_models.CreateTasksError) -> Exception:
+    """What a bulk add's aggregate error means for the caller.
+
+    The SDK reports a request that failed as a whole (job completed or missing, throttled past its retries,
+    storage of the service unreachable) in `errors`, and tasks that Batch refused one by one in
+    `failure_tasks` (TaskExists is already dropped there). A closed job wins: the caller moves every input to
+    an open job. Then anything worth retrying: the tasks not yet added are added by the next delivery, and
+    the ones that were are TaskExists then. Only refusals of the tasks themselves are permanent.
+    """
+    closed: list[str] = []
+    transient: list[str] = []
+    permanent: list[str] = []
+    retry_after: float | None = None
+    for problem in error.errors or []:
+        if isinstance(problem, HttpResponseError):
+            code, status = _error_code(problem), problem.status_code or 0
+            if code in JOB_CLOSED_CODES:
+                closed.append(code)
+            elif _is_transient(code, status):
+                transient.append(f"Batch answered {status} {code}")
+                retry_after = retry_after or _retry_after(problem)
+            else:
+                permanent.append(f"Batch answered {status} {code}: {redact(str(problem.message))}")
+        elif isinstance(problem, AzureError):
+            transient.append(f"Batch unreachable: {type(problem).__name__}")
+        else:
+            permanent.append(f"{type(problem).__name__}: {redact(str(problem))}")
+    for refused in error.failure_tasks or []:
+        code = str(refused.error.code if refused.error and refused.error.code else _text(refused.status))
+        if code in JOB_CLOSED_CODES:
+            closed.append(code)
+            continue
+        message = refused.error.message.value if refused.error and refused.error.message else ""
+        values = (refused.error.error_values or []) if refused.error else []
+        details = ", ".join(f"{item.key}={item.value}" for item in values)
+        permanent.append(redact(f"task {refused.task_id}: {code}: {message} {details}".strip()))
+    if closed:
+        return JobClosed(f"{what}: {closed[0]}")
+    if transient:
+        return TransientError(f"{what}: {'; '.join(transient[:5])}", retry_after)
+    if permanent:
+        return PermanentError(f"{what}: {'; '.join(permanent[:5])}")
+    return TransientError(f"{what}: the SDK reported a failure without a reason")
+
+
 def _text(value: object) -> str:
     """SDK enums are str subclasses whose str() is 'Enum.MEMBER'; the wire value is what we store."""
     return str(value.value) if isinstance(value, Enum) else str(value)
@@ -292,11 +343,12 @@ def _task_result(task: batch_models.BatchTask) -> TaskResult:
     failure: dict[str, object] | None = None
     if info is not None and info.failure_info is not None:
         failure_info = info.failure_info
+        # Batch copies what a node saw into failure info: a storage error there can carry a SAS URL.
         failure = {
             "category": _text(failure_info.category),
             "code": failure_info.code,
-            "message": failure_info.message,
-            "details": {d.name: d.value for d in failure_info.details or []},
+            "message": redact(failure_info.message or "") or failure_info.message,
+            "details": {d.name: redact_value(d.value) for d in failure_info.details or []},
         }
     return TaskResult(
         task_id=task.id,

@@ -168,17 +168,19 @@ class AzureBlobs:
 
     def read_json(self, container: str, name: str) -> dict[str, object] | None:
         found = self._download_json(container, name)
-        return found[0] if found is not None and isinstance(found[0], dict) else None
+        return found[0] if found is not None else None
 
     def read_json_version(self, container: str, name: str) -> tuple[dict[str, object], str] | None:
+        """A blob that is not a JSON object (truncated, or written by hand) reads as an empty document at its
+        version: a manifest that no task wrote, which collection replaces at that version."""
         found = self._download_json(container, name)
         if found is None:
             return None
         document, etag = found
-        return (document if isinstance(document, dict) else {}), etag
+        return (document or {}), etag
 
-    def _download_json(self, container: str, name: str) -> tuple[object, str] | None:
-        """The blob parsed as JSON, with its etag; None when there is no such blob."""
+    def _download_json(self, container: str, name: str) -> tuple[dict[str, object] | None, str] | None:
+        """(the blob's JSON object, or None when it holds anything else; its etag); None when there is no blob."""
         try:
             downloader = self._service.get_blob_client(container, name).download_blob()
             data = downloader.readall()
@@ -186,7 +188,15 @@ class AzureBlobs:
             return None
         except AzureError as error:
             raise TransientError(f"read {container}/{name}: {type(error).__name__}") from None
-        return json.loads(data), str(downloader.properties.etag)
+        etag = str(downloader.properties.etag)
+        try:
+            document = json.loads(data)
+        except ValueError:  # not JSON, or not UTF-8
+            document = None
+        if not isinstance(document, dict):
+            logger.warning("%s/%s is not a JSON object (%d bytes); treating it as absent", container, name, len(data))
+            return None, etag
+        return document, etag
 
     def write_json(self, container: str, name: str, document: dict[str, object]) -> None:
         self.ensure_container(container)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -28,6 +29,8 @@ from shared.ports import FINAL_STATES
 from shared.settings import Settings, load_settings
 
 START = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+# Batch's rule for task ids; the emulator and Batch refuse others (400 InvalidPropertyValue).
+TASK_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class Clock:
@@ -67,6 +70,8 @@ class FakeBatch:
         self.jobs: dict[str, FakeJob] = {}
         self.requests: Counter[str] = Counter()
         self.fail_next: list[Exception] = []
+        # Batch answering 429 to every request, past the SDK's retries: the adapter raises TransientError.
+        self.throttled = False
         # Batch documents that reactivation fails for a task that "completed with exit code 0": the fake can
         # hold an exit-0 task whose upload failed to that reading.
         self.refuse_reactivating_exit_zero = False
@@ -75,6 +80,13 @@ class FakeBatch:
         self.requests[operation] += 1
         if self.fail_next:
             raise self.fail_next.pop(0)
+        if self.throttled:
+            raise TransientError(f"{operation}: Batch answered 429 TooManyRequests")
+
+    @staticmethod
+    def _check_task(job_id: str, task: TaskSpec) -> None:
+        if not TASK_ID.match(task.task_id):
+            raise PermanentError(f"add task {task.task_id} to {job_id}: Batch answered 400 InvalidPropertyValue")
 
     def ensure_pool(self, pool: PoolSpec) -> None:
         self._request("Pool_Add")
@@ -92,14 +104,21 @@ class FakeBatch:
 
     def add_task(self, job_id: str, task: TaskSpec) -> None:
         self._request("Task_Add")
-        self._open_job(job_id).tasks.setdefault(task.task_id, FakeTask(task, transition=self.clock()))
+        job = self._open_job(job_id)
+        self._check_task(job_id, task)
+        job.tasks.setdefault(task.task_id, FakeTask(task, transition=self.clock()))
 
     def add_tasks(self, job_id: str, tasks: Sequence[TaskSpec]) -> None:
         for start in range(0, len(tasks), 100):
             self._request("Task_AddCollection")
             job = self._open_job(job_id)
+            refused = [task for task in tasks[start : start + 100] if not TASK_ID.match(task.task_id)]
             for task in tasks[start : start + 100]:
-                job.tasks.setdefault(task.task_id, FakeTask(task, transition=self.clock()))
+                if task not in refused:
+                    job.tasks.setdefault(task.task_id, FakeTask(task, transition=self.clock()))
+            if refused:  # Batch adds the valid tasks of a collection and reports the others one by one
+                names = "; ".join(f"task {task.task_id}: InvalidPropertyValue" for task in refused[:5])
+                raise PermanentError(f"add {len(tasks)} tasks to {job_id}: {names}")
 
     def completed_since(self, job_id: str, since: datetime | None) -> list[CompletedTask]:
         self._request("Task_List")
@@ -235,21 +254,24 @@ class FakeBlobs:
     def delete_container(self, container: str) -> None:
         self.containers.pop(container, None)
 
-    def read_json(self, container: str, name: str) -> dict[str, object] | None:
+    def _json(self, container: str, name: str) -> tuple[dict[str, object] | None, str] | None:
+        """As AzureBlobs: (the JSON object, or None when the blob holds anything else, etag); None if absent."""
         found = self.containers.get(container, {}).get(name)
         if not found:
             return None
-        document = json.loads(found[0])
-        assert isinstance(document, dict)
-        return document
+        try:
+            document = json.loads(found[0])
+        except ValueError:
+            document = None
+        return (document if isinstance(document, dict) else None), found[1]
+
+    def read_json(self, container: str, name: str) -> dict[str, object] | None:
+        found = self._json(container, name)
+        return found[0] if found is not None else None
 
     def read_json_version(self, container: str, name: str) -> tuple[dict[str, object], str] | None:
-        found = self.containers.get(container, {}).get(name)
-        if not found:
-            return None
-        document = json.loads(found[0])
-        assert isinstance(document, dict)
-        return document, found[1]
+        found = self._json(container, name)
+        return (found[0] or {}, found[1]) if found is not None else None
 
     def write_json(self, container: str, name: str, document: dict[str, object]) -> None:
         self.put(container, name, json.dumps(document, default=str).encode())
