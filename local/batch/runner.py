@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import http.client
 import os
 import re
 import shlex
@@ -121,8 +122,23 @@ def _chmod(path: Path, file_mode: str | None) -> None:
     path.chmod(mode)
 
 
+# Everything a failed transfer can raise short of an HTTP answer: connection refused or reset, timeouts, a
+# response cut short, a malformed URL. Batch reports these as server errors of the transfer.
+TRANSFER_ERRORS: tuple[type[Exception], ...] = (OSError, ValueError, http.client.HTTPException)
+# Options for the node's storage clients. The SDK's default retries ride out a storage outage for about a
+# minute per transfer, as a node agent would; tests of the failure itself turn them off.
+STORAGE_CLIENT_OPTIONS: dict[str, Any] = {}
+_URL_QUERY = re.compile(r"\?[^\s'\"<>()\[\]]*=[^\s'\"<>()\[\]]*")
+
+
+def redact_queries(text: str) -> str:
+    """`text` with the query of every URL in it (a SAS is a query) replaced; error texts of urllib3 and
+    azure-core carry the request URL, query included."""
+    return _URL_QUERY.sub("?REDACTED", text)
+
+
 def _blob_failure(status: int | None, source: str, file_path: str, message: str) -> Failure:
-    details = {"FilePath": file_path, "Source": _redact(source), "Message": message}
+    details = {"FilePath": file_path, "Source": _redact(source), "Message": redact_queries(message)[:500]}
     if status == 404:
         return Failure("usererror", "BlobNotFound", "One of the specified Azure Blob(s) is not found.", details)
     if status in (401, 403):
@@ -154,8 +170,8 @@ def _download(attempt: Attempt, resource: dict[str, Any]) -> None:
                 shutil.copyfileobj(response, sink)
         except urllib.error.HTTPError as problem:
             raise _blob_failure(problem.code, url, file_path, f"HTTP {problem.code} {problem.reason}") from None
-        except (urllib.error.URLError, OSError, ValueError) as problem:
-            raise _blob_failure(None, url, file_path, str(problem)) from None
+        except TRANSFER_ERRORS as problem:  # URLError is an OSError
+            raise _blob_failure(None, url, file_path, f"{type(problem).__name__}: {problem}") from None
         _chmod(target, file_mode)
         return
     container_url = resource.get("storageContainerUrl")
@@ -163,7 +179,7 @@ def _download(attempt: Attempt, resource: dict[str, Any]) -> None:
     if container_url:
         from azure.storage.blob import ContainerClient
 
-        container_client = ContainerClient.from_container_url(str(container_url))
+        container_client = ContainerClient.from_container_url(str(container_url), **STORAGE_CLIENT_OPTIONS)
         source = str(container_url)
     elif resource.get("autoStorageContainerName"):
         name = str(resource["autoStorageContainerName"])
@@ -171,20 +187,23 @@ def _download(attempt: Attempt, resource: dict[str, Any]) -> None:
             raise _blob_failure(None, name, file_path, "the emulator was started without --auto-storage")
         from azure.storage.blob import ContainerClient
 
-        container_client = ContainerClient.from_connection_string(attempt.auto_storage_connection_string, name)
+        container_client = ContainerClient.from_connection_string(
+            attempt.auto_storage_connection_string, name, **STORAGE_CLIENT_OPTIONS
+        )
         source = name
     else:
         raise _blob_failure(None, "", file_path, "the resource file names no source")
     prefix = resource.get("blobPrefix") or None
-    from azure.core.exceptions import HttpResponseError
+    from azure.core.exceptions import AzureError, HttpResponseError
 
+    unreachable: tuple[type[Exception], ...] = (AzureError, *TRANSFER_ERRORS)  # ServiceRequestError and kin
     try:
         with container_client:
             _download_container(attempt, container_client, source, prefix, file_path, file_mode)
     except HttpResponseError as problem:
         raise _blob_failure(problem.status_code, source, file_path, problem.reason or str(problem)) from None
-    except OSError as problem:
-        raise _blob_failure(None, source, file_path, str(problem)) from None
+    except unreachable as problem:
+        raise _blob_failure(None, source, file_path, f"{type(problem).__name__}: {problem}") from None
 
 
 def _download_container(
@@ -312,8 +331,10 @@ def should_upload(condition: str, succeeded: bool) -> bool:
 
 def upload_outputs(attempt: Attempt, succeeded: bool) -> None:
     """Upload the OutputFiles whose condition holds; raises a fileUploadError Failure on error."""
-    from azure.core.exceptions import AzureError
+    from azure.core.exceptions import AzureError, HttpResponseError
     from azure.storage.blob import ContainerClient, ContentSettings
+
+    failed_upload: tuple[type[Exception], ...] = (AzureError, *TRANSFER_ERRORS)
 
     for output in attempt.output_files:
         condition = str((output.get("uploadOptions") or {}).get("uploadCondition") or "tasksuccess")
@@ -334,7 +355,7 @@ def upload_outputs(attempt: Attempt, succeeded: bool) -> None:
             cache_control=headers.get("cache-control"),
         )
         try:
-            with ContainerClient.from_container_url(container_url) as client:
+            with ContainerClient.from_container_url(container_url, **STORAGE_CLIENT_OPTIONS) as client:
                 for local, relative in matching_files(attempt.working_dir, pattern):
                     if _WILDCARD.search(pattern):
                         blob_name = f"{path.rstrip('/')}/{relative}" if path else relative
@@ -342,15 +363,19 @@ def upload_outputs(attempt: Attempt, succeeded: bool) -> None:
                         blob_name = path or relative
                     with local.open("rb") as data:
                         client.upload_blob(blob_name, data, overwrite=True, content_settings=settings)
-        except (AzureError, OSError, ValueError) as problem:
-            status = getattr(problem, "status_code", None)
+        except failed_upload as problem:
+            status = problem.status_code if isinstance(problem, HttpResponseError) else None
+            # Storage refusing the upload (an expired or read-only SAS) is the task's doing; storage that cannot
+            # be reached, or fails, is the service's, and Batch reports it as a server error.
+            user_error = status is not None and 400 <= status < 500
+            reason = (problem.reason if isinstance(problem, HttpResponseError) else None) or problem
             raise Failure(
-                "usererror",
+                "usererror" if user_error else "servererror",
                 "FileUploadMiscError",
                 "Miscellaneous error encountered while uploading one of the output files.",
                 {
                     "FilePattern": pattern,
                     "Destination": _redact(container_url),
-                    "Message": f"{status or ''} {getattr(problem, 'reason', None) or problem}".strip()[:500],
+                    "Message": redact_queries(f"{status or type(problem).__name__} {reason}".strip())[:500],
                 },
             ) from None
