@@ -11,6 +11,7 @@ from shared.errors import JobClosed, PermanentError, RejectedInput, TransientErr
 from shared.gateways import Gateways
 from shared.models import CompletionEvent, InputRecord, InputState, TaskResult
 from shared.pipelines import OUTPUT_DIR
+from shared.redact import redact, redact_value
 
 logger = logging.getLogger(__name__)
 MANIFEST = ids.MANIFEST_NAME
@@ -278,12 +279,13 @@ def _manifest(
         "task_id": record.task_id,
         "status": status,
         "exit_code": task.exit_code,
-        "failure": failure,
+        # Failure info is what a node saw; a storage error there can carry a SAS URL (adapters redact too).
+        "failure": redact_value(failure),
         "outputs": published.outputs,
         "refused_outputs": published.refused,
         "stdout": logs.get("stdout.txt"),
         "stderr": stderr,
-        "stderr_tail": stderr_tail,
+        "stderr_tail": redact(stderr_tail),
         "started_at": task.started_at.isoformat() if task.started_at else None,
         "finished_at": task.finished_at.isoformat() if task.finished_at else None,
         "retries": task.retries,

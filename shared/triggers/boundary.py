@@ -8,15 +8,18 @@ from typing import TypeVar
 
 from shared.errors import ConfigError, PermanentError, TransientError
 from shared.gateways import Gateways, gateways
+from shared.redact import install_log_redaction, redact
 
 logger = logging.getLogger("batchdrop.triggers")
 T = TypeVar("T")
+# Every trigger imports this module: from here on no log record of the app's process carries a SAS signature.
+install_log_redaction()
 
 
 def reject(subject: str, error: PermanentError) -> None:
     """Record something refused before any use case could run (a malformed event or message)."""
     logger.warning("%s: %s", subject, error)
-    gateways().ledger.record_rejection(subject, str(error))
+    gateways().ledger.record_rejection(redact(subject), redact(str(error)))
 
 
 def run(subject: str, use_case: Callable[[Gateways], T]) -> T | None:
@@ -26,7 +29,7 @@ def run(subject: str, use_case: Callable[[Gateways], T]) -> T | None:
         return use_case(gw)
     except PermanentError as error:
         logger.warning("%s: %s", subject, error)
-        gw.ledger.record_rejection(subject, str(error))
+        gw.ledger.record_rejection(redact(subject), redact(str(error)))
         return None
     except TransientError as error:
         logger.warning("%s: will retry: %s", subject, error)
