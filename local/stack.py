@@ -8,10 +8,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
@@ -28,7 +30,11 @@ T = TypeVar("T")
 
 
 class StackError(RuntimeError):
-    """A local server did not start."""
+    """A local server did not start; `pid` is the process that was started (and stopped again), if any."""
+
+    def __init__(self, message: str, pid: int | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid
 
 
 def free_port() -> int:
@@ -82,21 +88,9 @@ class Azurite(Service):
     table_port: int = 0
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Azurite ignores SIGTERM once it has served a request: the first SIGINT closes its three services
-        (data saved), a second one ends the process."""
-        before = self._closed_count()
-        _signal_group(self.pid, signal.SIGINT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _pid_alive(self.pid) and self._closed_count() < before + 3:
-            time.sleep(0.05)
-        _signal_group(self.pid, signal.SIGINT)
-        super().stop(timeout=3)
-
-    def _closed_count(self) -> int:
-        try:
-            return self.log_path.read_text(errors="replace").count(AZURITE_CLOSED)
-        except OSError:
-            return 0
+        stop_recorded_azurite(self.pid, self.log_path, timeout)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=1)
 
     @property
     def blob_endpoint(self) -> str:
@@ -190,6 +184,28 @@ def stop_pid(pid: int, timeout: float = 10.0) -> None:
     _signal_group(pid, signal.SIGKILL)
 
 
+def stop_recorded_azurite(pid: int, log_path: Path, timeout: float = 10.0) -> None:
+    """Stop an Azurite started by this module, by pid, given its log (also one started by another process).
+
+    Azurite ignores SIGTERM once it has served a request: the first SIGINT closes its three services (each
+    logs "successfully closed" once its data is saved), a second one ends the process.
+    """
+    before = _count_closed(log_path)
+    _signal_group(pid, signal.SIGINT)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _pid_alive(pid) and _count_closed(log_path) < before + 3:
+        time.sleep(0.05)
+    _signal_group(pid, signal.SIGINT)
+    stop_pid(pid, timeout=3)
+
+
+def _count_closed(log_path: Path) -> int:
+    try:
+        return log_path.read_text(errors="replace").count(AZURITE_CLOSED)
+    except OSError:
+        return 0
+
+
 def _spawn(argv: Sequence[str], log_path: Path, env: Mapping[str, str] | None, cwd: Path) -> subprocess.Popen[bytes]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_file = log_path.open("ab")
@@ -216,38 +232,79 @@ def _stop_on_interrupt(wait: Callable[[], T], process: subprocess.Popen[bytes]) 
         raise
 
 
-def _await_ready_line(name: str, process: subprocess.Popen[bytes], log_path: Path) -> str:
-    """Read stdout until the server's `READY <url>` line; the rest of stdout goes to the log."""
-    assert process.stdout is not None
-    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        raw = process.stdout.readline()
-        if not raw:
-            break
-        line = raw.decode(errors="replace").strip()
-        if line.startswith("READY "):
-            _drain_to_log(process, log_path)
-            return line.split(" ", 1)[1]
+def _log_tail(log_path: Path) -> str:
+    return log_path.read_text(errors="replace")[-3000:] if log_path.exists() else ""
+
+
+class _StdoutPump:
+    """Copies a child's stdout into its log line by line, from a thread; until `stop_queueing`, the lines are
+    also queued for a waiter (`None` once stdout closes).
+
+    A thread rather than a `readline()` in the waiter: a child that hangs without printing must not hang
+    the waiter past its timeout.
+    """
+
+    def __init__(self, process: subprocess.Popen[bytes], log_path: Path, queue_lines: bool = True) -> None:
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self._queueing = threading.Event()
+        if queue_lines:
+            self._queueing.set()
+        self._process = process
+        self._log_path = log_path
+        threading.Thread(target=self._pump, name=f"log-{process.pid}", daemon=True).start()
+
+    def stop_queueing(self) -> None:
+        self._queueing.clear()
+
+    def _pump(self) -> None:
+        assert self._process.stdout is not None
+        try:
+            with self._log_path.open("ab") as log_file:
+                for raw in iter(self._process.stdout.readline, b""):
+                    log_file.write(raw)
+                    log_file.flush()
+                    if self._queueing.is_set():
+                        self.lines.put(raw.decode(errors="replace").strip())
+        finally:
+            self.lines.put(None)
+
+
+def _await_ready_line(name: str, process: subprocess.Popen[bytes], log_path: Path, timeout: float) -> str:
+    """Wait up to `timeout` seconds for the server's `READY <url>` line on stdout; stop it (by pid) otherwise."""
+    stdout = _StdoutPump(process, log_path)
+    deadline = time.monotonic() + timeout
+    closed = False
+    try:
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                line = stdout.lines.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if line is None:
+                closed = True
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=min(5.0, max(remaining, 0.1)))
+                break
+            if line.startswith("READY "):
+                return line.split(" ", 1)[1]
+    finally:
+        stdout.stop_queueing()
+    exit_code = process.poll()
     stop_pid(process.pid)
-    tail = log_path.read_text(errors="replace")[-3000:] if log_path.exists() else ""
-    raise StackError(f"{name} did not print READY (exit code {process.poll()}); log {log_path}:\n{tail}")
+    if exit_code is not None:
+        ended = f"exited with code {exit_code}"
+    else:
+        ended = "closed its stdout" if closed else f"no READY line after {timeout:g} s"
+    raise StackError(
+        f"{name} (pid {process.pid}) did not print READY ({ended}); log {log_path}:\n{_log_tail(log_path)}",
+        pid=process.pid,
+    )
 
 
-def _drain_to_log(process: subprocess.Popen[bytes], log_path: Path) -> None:
-    import threading
-
-    def pump() -> None:
-        assert process.stdout is not None
-        with log_path.open("ab") as log_file:
-            for chunk in iter(process.stdout.readline, b""):
-                log_file.write(chunk)
-                log_file.flush()
-
-    threading.Thread(target=pump, name=f"log-{process.pid}", daemon=True).start()
-
-
-def _await_ports(name: str, process: subprocess.Popen[bytes], ports: Sequence[int], log_path: Path) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+def _await_ports(
+    name: str, process: subprocess.Popen[bytes], ports: Sequence[int], log_path: Path, timeout: float
+) -> None:
+    deadline = time.monotonic() + timeout
     pending = list(ports)
     while pending and time.monotonic() < deadline:
         if process.poll() is not None:
@@ -259,9 +316,27 @@ def _await_ports(name: str, process: subprocess.Popen[bytes], ports: Sequence[in
                 continue
         time.sleep(0.1)
     if pending:
+        exit_code = process.poll()
         stop_pid(process.pid)
-        tail = log_path.read_text(errors="replace")[-3000:] if log_path.exists() else ""
-        raise StackError(f"{name} did not open ports {pending} (exit code {process.poll()}); log:\n{tail}")
+        raise StackError(
+            f"{name} (pid {process.pid}) did not open ports {pending} (exit code {exit_code}); "
+            f"log:\n{_log_tail(log_path)}",
+            pid=process.pid,
+        )
+
+
+def start_server(
+    name: str,
+    argv: Sequence[str],
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+    ready_timeout: float = READY_TIMEOUT_SECONDS,
+) -> Service:
+    """Start a server that prints `READY <url>` once it serves; StackError (and the server stopped) if it
+    has not within `ready_timeout` seconds."""
+    process = _spawn(argv, log_path, env, PROJECT_ROOT)
+    url = _stop_on_interrupt(lambda: _await_ready_line(name, process, log_path, ready_timeout), process)
+    return Service(name=name, process=process, url=url, log_path=log_path)
 
 
 def azurite_binary() -> Path:
@@ -271,7 +346,12 @@ def azurite_binary() -> Path:
     return binary
 
 
-def start_azurite(workdir: Path, ports: tuple[int, int, int] | None = None, in_memory: bool = False) -> Azurite:
+def start_azurite(
+    workdir: Path,
+    ports: tuple[int, int, int] | None = None,
+    in_memory: bool = False,
+    ready_timeout: float = READY_TIMEOUT_SECONDS,
+) -> Azurite:
     """Azurite for blobs, queues and tables, data kept under workdir/azurite.
 
     `in_memory` skips Azurite's disk persistence, which re-serialises its whole database every few seconds
@@ -290,27 +370,28 @@ def start_azurite(workdir: Path, ports: tuple[int, int, int] | None = None, in_m
         "--tableHost", "127.0.0.1", "--tablePort", str(table_port),
     ]  # fmt: skip
     process = _spawn(argv, log_path, None, PROJECT_ROOT)
-    _drain_to_log(process, log_path)
-    _stop_on_interrupt(lambda: _await_ports("azurite", process, (blob_port, queue_port, table_port), log_path), process)
+    _StdoutPump(process, log_path, queue_lines=False)
+    ports_opened = (blob_port, queue_port, table_port)
+    _stop_on_interrupt(lambda: _await_ports("azurite", process, ports_opened, log_path, ready_timeout), process)
     return Azurite(
         name="azurite", process=process, url=f"http://127.0.0.1:{blob_port}", log_path=log_path,
         blob_port=blob_port, queue_port=queue_port, table_port=table_port,
     )  # fmt: skip
 
 
-def start_emulator(workdir: Path, extra_args: Sequence[str] = (), port: int = 0) -> Emulator:
+def start_emulator(
+    workdir: Path, extra_args: Sequence[str] = (), port: int = 0, ready_timeout: float = READY_TIMEOUT_SECONDS
+) -> Emulator:
     """The Batch emulator with its state under workdir/batch."""
     from local.batch.account import DEV_ACCOUNT_KEY, DEV_ACCOUNT_NAME
 
-    log_path = workdir / "logs" / "batch-emulator.log"
     argv = [
         sys.executable, "-m", "local.batch", "--host", "127.0.0.1", "--port", str(port),
         "--state-dir", str(workdir / "batch"), *extra_args,
     ]  # fmt: skip
-    process = _spawn(argv, log_path, None, PROJECT_ROOT)
-    url = _stop_on_interrupt(lambda: _await_ready_line("batch emulator", process, log_path), process)
+    server = start_server("batch-emulator", argv, workdir / "logs" / "batch-emulator.log", None, ready_timeout)
     return Emulator(
-        name="batch-emulator", process=process, url=url, log_path=log_path,
+        name=server.name, process=server.process, url=server.url, log_path=server.log_path,
         account_name=DEV_ACCOUNT_NAME, account_key=DEV_ACCOUNT_KEY,
     )  # fmt: skip
 
@@ -337,14 +418,11 @@ def start_host(
     env: Mapping[str, str],
     extra_args: Sequence[str] = (),
     port: int = 0,
+    ready_timeout: float = READY_TIMEOUT_SECONDS,
 ) -> Service:
     """The dev host running `app` (module:attribute) with the given app settings."""
-    log_path = workdir / "logs" / "host.log"
     argv = [
         sys.executable, "-m", "local.host", "--app", app, "--host", "127.0.0.1", "--port", str(port),
         "--state-dir", str(workdir / "host"), *extra_args,
     ]  # fmt: skip
-    full_env = {**os.environ, **env}
-    process = _spawn(argv, log_path, full_env, PROJECT_ROOT)
-    url = _stop_on_interrupt(lambda: _await_ready_line("dev host", process, log_path), process)
-    return Service(name="dev-host", process=process, url=url, log_path=log_path)
+    return start_server("dev-host", argv, workdir / "logs" / "host.log", {**os.environ, **env}, ready_timeout)

@@ -1,6 +1,7 @@
-"""Emulator throughput: `python -m local.batch.bench [--tasks 1000] [--sequential 50] [--nodes 2 --slots 4]`.
+"""Emulator throughput: `python -m bench.emulator_bench [--tasks 1000] [--sequential 50] [--nodes 2 --slots 4]`.
 
-Starts its own emulator (in a temporary state directory) and measures, with trivial tasks (`true`):
+Starts its own emulator (in a temporary state directory, through local/stack.py: the emulator itself must not
+depend on the code that launches it, so this lives in bench/) and measures, with trivial tasks (`true`):
 - per-task overhead: tasks added one at a time, each waited for; the time from the task's creationTime
   to its completion (endTime), as the emulator records them, so client polling is not counted;
 - bulk: N tasks added by one `create_tasks` call, wall time until all are completed, and each task's
@@ -18,6 +19,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from azure.batch import BatchClient
+from azure.batch import models as m
+from azure.core.credentials import AzureNamedKeyCredential
+
+from local.stack import start_emulator
+
 
 def _percentile(values: list[float], fraction: float) -> float:
     ordered = sorted(values)
@@ -29,12 +36,6 @@ def _ms(seconds: float) -> str:
 
 
 def run(tasks: int, sequential: int, nodes: int, slots: int) -> dict[str, Any]:
-    from azure.batch import BatchClient
-    from azure.batch import models as m
-    from azure.core.credentials import AzureNamedKeyCredential
-
-    from local.stack import start_emulator
-
     with tempfile.TemporaryDirectory(prefix="batch-bench-") as workdir:
         emulator = start_emulator(Path(workdir))
         try:
@@ -100,7 +101,7 @@ def run(tasks: int, sequential: int, nodes: int, slots: int) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m local.batch.bench", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.emulator_bench", description=__doc__)
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--sequential", type=int, default=50)
     parser.add_argument("--nodes", type=int, default=2)

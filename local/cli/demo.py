@@ -1,0 +1,168 @@
+"""`batchdrop demo`: up, drop every sample, wait for every manifest, print them, stop."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from azure.core.exceptions import AzureError
+from azure.storage.blob import BlobServiceClient, ContainerClient
+
+from local import stack as local_stack
+from local.cli.errors import CliError, Interrupted
+from local.cli.lifecycle import describe_stack, first_dead, start_local_stack, stop_stack
+from local.cli.results import MANIFEST, Result, download_results, read_manifest, render_results
+from local.cli.signals import interruptible
+from local.cli.state import APPS_DIR, DEFAULT_PIPELINES, StackInfo, demo_workdir, shown, tail
+from local.cli.status import fetch_status, render_status, totals_note
+from local.cli.storage import APPS, INPUT, RESULTS, app_files, blob_service, drop_files
+from shared.ids import normalise_etag, result_prefix
+
+DEMO_TIMEOUT_SECONDS = 240.0
+FAIL_MARKER = b"#fail"
+
+
+def sample_files(samples_dir: Path) -> list[Path]:
+    """The inputs `demo` drops: every file in samples/ except the pipelines file and hidden files."""
+    return sorted(
+        path for path in samples_dir.iterdir()
+        if path.is_file() and path.name != DEFAULT_PIPELINES.name and not path.name.startswith(".")
+    )  # fmt: skip
+
+
+def expected_status(path: Path) -> str:
+    """`failed` for an input whose first line is exactly `#fail` (the demo app exits 3), else `succeeded`."""
+    with path.open("rb") as handle:
+        first_line = handle.readline(len(FAIL_MARKER) + 3).rstrip(b"\r\n")
+    return "failed" if first_line == FAIL_MARKER else "succeeded"
+
+
+@dataclass
+class Wait:
+    """Manifests still awaited: name → etag of the upload they must describe."""
+
+    etags: dict[str, str]
+    found: dict[str, Result] = field(default_factory=dict)
+
+    @property
+    def pending(self) -> list[str]:
+        return sorted(name for name in self.etags if name not in self.found)
+
+    def check(self, container: ContainerClient) -> list[Result]:
+        fresh: list[Result] = []
+        for name in self.pending:
+            manifest_name = result_prefix(name) + MANIFEST
+            manifest = read_manifest(container, manifest_name)
+            if manifest is None or normalise_etag(str(manifest.get("input_etag", ""))) != self.etags[name]:
+                continue
+            self.found[name] = Result(manifest_name, manifest)
+            fresh.append(self.found[name])
+        return fresh
+
+
+def wait_for_manifests(
+    running: local_stack.Stack, info: StackInfo, service: BlobServiceClient, wait: Wait, timeout: float
+) -> bool:
+    """Poll `results` until every awaited manifest exists, printing progress; False on timeout."""
+    container = service.get_container_client(RESULTS)
+    started = time.monotonic()
+    next_note = started + 15
+    total = len(wait.etags)
+    while True:
+        elapsed = time.monotonic() - started
+        try:
+            fresh = wait.check(container)
+        except AzureError as error:
+            print(f"  [{elapsed:4.0f}s] reading results failed ({type(error).__name__}); retrying", flush=True)
+            fresh = []
+        done = len(wait.found) - len(fresh)
+        for result in fresh:
+            done += 1
+            code = f", exit code {result.exit_code}" if result.exit_code != "-" else ""
+            print(f"  [{elapsed:4.0f}s] {done}/{total} {result.input}: {result.status}{code}", flush=True)
+        if not wait.pending:
+            return True
+        dead = first_dead(running)
+        if dead is not None:
+            raise CliError(
+                f"{dead.name} exited with code {dead.process.poll()}; its log ends with:\n{dead.log_tail(30)}"
+            )
+        if elapsed > timeout:
+            return False
+        if time.monotonic() >= next_note:
+            next_note += 15
+            print(f"  [{elapsed:4.0f}s] waiting for {', '.join(wait.pending)}{totals_note(info.host_url)}", flush=True)
+        time.sleep(1.0)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    samples = sample_files(Path(args.samples))
+    if not samples:
+        raise CliError(f"no sample files in {args.samples}")
+    expected = {path.name: expected_status(path) for path in samples}
+    demo_stack_file = demo_workdir() / "stack.json"
+    previous = StackInfo.load(demo_stack_file)
+    if previous is not None and previous.live_pids():
+        raise CliError("another `batchdrop demo` is running; wait for it, or stop it with `batchdrop down`")
+    shutil.rmtree(demo_workdir(), ignore_errors=True)
+    started = time.monotonic()
+    running: local_stack.Stack | None = None
+    with interruptible():
+        try:
+            print("batchdrop demo: starting Azurite, the Batch emulator and the dev host ...", flush=True)
+            running, info = start_local_stack(demo_workdir(), Path(args.pipelines).resolve(), preferred_ports=False)
+            info.record_supervisor(os.getpid())
+            info.save(demo_stack_file)
+            print("\n".join(describe_stack(info)))
+            print(f"uploaded to {APPS}: {', '.join(name for name, _ in app_files(APPS_DIR))}")
+            service = blob_service(info)
+            etags = drop_files(service, [(path, path.name) for path in samples])
+            described = [f"{name} (expected to fail)" if expected[name] == "failed" else name for name in etags]
+            print(f"dropped {len(etags)} samples into {INPUT}: {', '.join(described)}")
+            print(f"waiting for every manifest (timeout {args.timeout:g} s) ...", flush=True)
+            wait = Wait(etags)
+            complete = wait_for_manifests(running, info, service, wait, args.timeout)
+            results = sorted(wait.found.values(), key=lambda result: result.input)
+            print()
+            if results:
+                print("\n".join(render_results(results, expected)))
+                for result in results:
+                    stderr_tail = str(result.manifest.get("stderr_tail") or "").strip().splitlines()
+                    if result.status == "failed" and stderr_tail:
+                        print(f"{result.input} (failed): stderr ends with: {stderr_tail[-1]}")
+                download_results(service, results, demo_workdir() / "results")
+                print(f"\nresults copied to {shown(demo_workdir() / 'results')}/")
+            if not complete:
+                _explain_timeout(info, wait, args.timeout)
+                return 1
+            wrong = [result.input for result in results if expected.get(result.input) != result.status]
+            if wrong:
+                print(f"FAILED: unexpected status for {', '.join(wrong)}", file=sys.stderr)
+                return 1
+            print(f"demo passed: {len(results)} manifests with the expected status in "
+                  f"{time.monotonic() - started:.0f} s.")  # fmt: skip
+            return 0
+        except Interrupted as signal_name:
+            print(f"\n{signal_name}: stopping ...", file=sys.stderr, flush=True)
+            return 130
+        finally:
+            if running is not None:
+                stop_stack(running)
+                demo_stack_file.unlink(missing_ok=True)
+                print("stopped the local stack.", flush=True)
+
+
+def _explain_timeout(info: StackInfo, wait: Wait, timeout: float) -> None:
+    print(f"FAILED: no manifest after {timeout:g} s for {', '.join(wait.pending)}", file=sys.stderr)
+    try:
+        print("\n".join(render_status(fetch_status(info.host_url, timeout=5))), file=sys.stderr)
+    except CliError as error:
+        print(f"(status unavailable: {error})", file=sys.stderr)
+    for name, process in info.processes.items():
+        print(f"--- last lines of {name} log ({shown(Path(process.log))}):", file=sys.stderr)
+        print(tail(Path(process.log), 15), file=sys.stderr)

@@ -1,0 +1,75 @@
+"""The `batchdrop` command line: arguments → one command function; known errors → one message, exit 1."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from local.cli.demo import DEMO_TIMEOUT_SECONDS, cmd_demo
+from local.cli.errors import CliError
+from local.cli.lifecycle import cmd_down, cmd_up
+from local.cli.results import cmd_results
+from local.cli.state import DEFAULT_PIPELINES, SAMPLES_DIR
+from local.cli.status import FUNCTION_KEY_SETTING, cmd_status
+from local.cli.storage import cmd_drop
+from local.stack import StackError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="batchdrop",
+        description="Run batchdrop locally (Azurite + the Batch emulator + the dev host) and use it.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = commands.add_parser("up", help="start Azurite, the Batch emulator and the dev host")
+    up.add_argument("--detach", action="store_true", help="leave the stack running in the background and return")
+    up.add_argument("--pipelines", default=str(DEFAULT_PIPELINES), metavar="FILE",
+                    help="pipelines file (default: samples/pipelines.json)")  # fmt: skip
+    up.add_argument("--random-ports", action="store_true",
+                    help="don't try the usual ports (7071 for the host, 10000-10002 for Azurite) first")  # fmt: skip
+    up.set_defaults(handler=cmd_up)
+
+    down = commands.add_parser("down", help="stop the local stack started by `up` (or a demo left behind)")
+    down.set_defaults(handler=cmd_down)
+
+    drop = commands.add_parser("drop", help="upload files into the input container")
+    drop.add_argument("files", nargs="+", metavar="FILE")
+    drop.add_argument("--as", dest="as_name", metavar="NAME", help="blob name for the (single) file")
+    drop.set_defaults(handler=cmd_drop)
+
+    status = commands.add_parser("status", help="jobs, task counts, rejected inputs and poison messages")
+    status.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+    status.add_argument("--interval", type=float, default=2.0, metavar="SECONDS", help="refresh interval for --watch")
+    status.add_argument("--url", help="a Functions host to ask instead of the local one (key from "
+                        f"{FUNCTION_KEY_SETTING})")  # fmt: skip
+    status.set_defaults(handler=cmd_status)
+
+    results = commands.add_parser("results", help="list published results (those with a _manifest.json)")
+    results.add_argument("--download", metavar="DIR", help="also copy every result's files into DIR")
+    results.set_defaults(handler=cmd_results)
+
+    demo = commands.add_parser("demo", help="up, drop every sample, wait for every manifest, print them, stop")
+    demo.add_argument("--timeout", type=float, default=DEMO_TIMEOUT_SECONDS, metavar="SECONDS")
+    demo.add_argument("--samples", default=str(SAMPLES_DIR), metavar="DIR")
+    demo.add_argument("--pipelines", default=str(DEFAULT_PIPELINES), metavar="FILE")
+    demo.set_defaults(handler=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except (CliError, StackError) as error:
+        print(f"batchdrop {args.command}: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`batchdrop status --watch | head`): stop quietly, like other CLI tools.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return code
