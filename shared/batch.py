@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from enum import Enum
+from functools import partial
 from typing import TypeVar
 
 from azure.batch import BatchClient
@@ -33,6 +34,8 @@ T = TypeVar("T")
 JOB_CLOSED_CODES = frozenset({"JobCompleted", "JobNotFound", "JobTerminating", "JobBeingDeleted"})
 QUOTA_CODES = frozenset({"ActiveJobAndScheduleQuotaReached", "TooManyRequests", "ServerBusy"})
 TASK_SELECT = ["id", "state", "stateTransitionTime", "executionInfo"]
+TASKS_PER_REQUEST = 100  # Batch's limit for one add-collection request
+SERVER_ERROR_ROUNDS = 3  # resubmissions of tasks that Batch answered `servererror`, then TransientError
 
 
 def _error_code(error: HttpResponseError) -> str:
@@ -122,18 +125,62 @@ class AzureBatch:
         self._call(f"add task {task.task_id} to {job_id}", create)
 
     def add_tasks(self, job_id: str, tasks: Sequence[TaskSpec]) -> None:
-        if not tasks:
-            return
+        """Add-collection requests of up to 100 tasks, sent one by one and read task by task.
 
+        Not the SDK's `create_tasks`: it resubmits a chunk that keeps failing with a 5xx without end (a Batch
+        outage would hang the sweep until the Functions host kills it), and it reports a job that closed as an
+        anonymous aggregate error. Here every outcome has its exception: a closed or missing job `JobClosed`,
+        throttling or a server error `TransientError` (after SERVER_ERROR_ROUNDS for tasks Batch answered
+        `servererror`), tasks Batch refused one by one `PermanentError` naming them, after the rest were added.
+        """
         what = f"add {len(tasks)} tasks to {job_id}"
+        pending = list(tasks)
+        per_request = TASKS_PER_REQUEST
+        refused: list[str] = []
+        server_error_rounds = 0
+        while pending:
+            chunk, pending = pending[:per_request], pending[per_request:]
+            results = self._call(what, partial(self._add_collection, job_id, chunk))
+            if results is None:  # RequestBodyTooLarge: halve the chunk, as the SDK does
+                if len(chunk) == 1:
+                    refused.append(f"task {chunk[0].task_id}: RequestBodyTooLarge")
+                    continue
+                per_request = max(1, len(chunk) // 2)
+                pending = chunk + pending
+                continue
+            by_id = {task.task_id: task for task in chunk}
+            again: list[TaskSpec] = []
+            for result in results:
+                status = _text(result.status)
+                code = str(result.error.code or "") if result.error else ""
+                if status == "success" or code == "TaskExists":
+                    continue
+                if code in JOB_CLOSED_CODES:
+                    raise JobClosed(f"{what}: {code}")
+                if status == "servererror" and result.task_id in by_id:
+                    again.append(by_id[result.task_id])
+                else:
+                    refused.append(_refusal(result))
+            if again:
+                server_error_rounds += 1
+                if server_error_rounds > SERVER_ERROR_ROUNDS:
+                    raise TransientError(f"{what}: Batch answered servererror for {len(again)} tasks; retry later")
+                pending = again + pending
+        if refused:
+            raise PermanentError(f"{what}: {'; '.join(refused[:5])}")
 
-        def create() -> None:
-            try:
-                self._client.create_tasks(job_id, [_task_options(task) for task in tasks])
-            except batch_models.CreateTasksError as error:
-                raise _create_tasks_error(what, error) from None
-
-        self._call(what, create)
+    def _add_collection(
+        self, job_id: str, chunk: Sequence[TaskSpec]
+    ) -> list[batch_models.BatchTaskCreateResult] | None:
+        """Batch's answer for each task of one add-collection request; None when the body is too large."""
+        group = batch_models.BatchTaskGroup(task_values=[_task_options(task) for task in chunk])
+        try:
+            answer = self._client.create_task_collection(job_id, group)
+        except HttpResponseError as error:
+            if _error_code(error) == "RequestBodyTooLarge":
+                return None
+            raise
+        return list(answer.result_values or [])
 
     def completed_since(self, job_id: str, since: datetime | None) -> list[CompletedTask]:
         query = "state eq 'completed'"
@@ -220,49 +267,13 @@ class AzureBatch:
             pass
 
 
-def _create_tasks_error(what: str, error: batch_models.CreateTasksError) -> Exception:
-    """What a bulk add's aggregate error means for the caller.
-
-    The SDK reports a request that failed as a whole (job completed or missing, throttled past its retries,
-    storage of the service unreachable) in `errors`, and tasks that Batch refused one by one in
-    `failure_tasks` (TaskExists is already dropped there). A closed job wins: the caller moves every input to
-    an open job. Then anything worth retrying: the tasks not yet added are added by the next delivery, and
-    the ones that were are TaskExists then. Only refusals of the tasks themselves are permanent.
-    """
-    closed: list[str] = []
-    transient: list[str] = []
-    permanent: list[str] = []
-    retry_after: float | None = None
-    for problem in error.errors or []:
-        if isinstance(problem, HttpResponseError):
-            code, status = _error_code(problem), problem.status_code or 0
-            if code in JOB_CLOSED_CODES:
-                closed.append(code)
-            elif _is_transient(code, status):
-                transient.append(f"Batch answered {status} {code}")
-                retry_after = retry_after or _retry_after(problem)
-            else:
-                permanent.append(f"Batch answered {status} {code}: {redact(str(problem.message))}")
-        elif isinstance(problem, AzureError):
-            transient.append(f"Batch unreachable: {type(problem).__name__}")
-        else:
-            permanent.append(f"{type(problem).__name__}: {redact(str(problem))}")
-    for refused in error.failure_tasks or []:
-        code = str(refused.error.code if refused.error and refused.error.code else _text(refused.status))
-        if code in JOB_CLOSED_CODES:
-            closed.append(code)
-            continue
-        message = refused.error.message.value if refused.error and refused.error.message else ""
-        values = (refused.error.error_values or []) if refused.error else []
-        details = ", ".join(f"{item.key}={item.value}" for item in values)
-        permanent.append(redact(f"task {refused.task_id}: {code}: {message} {details}".strip()))
-    if closed:
-        return JobClosed(f"{what}: {closed[0]}")
-    if transient:
-        return TransientError(f"{what}: {'; '.join(transient[:5])}", retry_after)
-    if permanent:
-        return PermanentError(f"{what}: {'; '.join(permanent[:5])}")
-    return TransientError(f"{what}: the SDK reported a failure without a reason")
+def _refusal(result: batch_models.BatchTaskCreateResult) -> str:
+    """One task Batch refused, as `task <id>: <code>: <message> <details>`."""
+    error = result.error
+    code = str(error.code if error and error.code else _text(result.status))
+    message = error.message.value if error and error.message else ""
+    details = ", ".join(f"{item.key}={item.value}" for item in (error.error_values or [])) if error else ""
+    return redact(f"task {result.task_id}: {code}: {message} {details}".strip())
 
 
 def _text(value: object) -> str:

@@ -71,11 +71,19 @@ def subject(request: pytest.FixtureRequest) -> Subject:
 
 
 @pytest.fixture(scope="module")
-def throttling_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
-    """An emulator that answers 429 to every API request (Batch throttling past the SDK's retries)."""
-    server = start_emulator(tmp_path_factory.mktemp("throttled"), ["--fault-rate", "1", "--fault-statuses", "429"])
-    yield server
-    server.stop()
+def failing_emulators(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[int], Emulator]]:
+    """Emulators that answer one status to every API request (throttling or an outage past the SDK's retries)."""
+    started: dict[int, Emulator] = {}
+
+    def answering(status: int) -> Emulator:
+        if status not in started:
+            workdir = tmp_path_factory.mktemp(f"answers-{status}")
+            started[status] = start_emulator(workdir, ["--fault-rate", "1", "--fault-statuses", str(status)])
+        return started[status]
+
+    yield answering
+    for server in started.values():
+        server.stop()
 
 
 @pytest.fixture
@@ -128,20 +136,39 @@ def test_a_task_batch_refuses_is_permanent_and_names_it(subject: Subject, job: s
         assert subject.task_ids(job) == {"good"}
 
 
+@pytest.mark.timeout(60)  # the SDK's create_tasks resubmitted a chunk answered 503 forever
 @pytest.mark.parametrize("bulk", [False, True], ids=["one", "bulk"])
+@pytest.mark.parametrize("status", [429, 503])
 @pytest.mark.parametrize("kind", ["fake", "azure"])
-def test_throttling_past_the_retries_is_transient(request: pytest.FixtureRequest, kind: str, bulk: bool) -> None:
+def test_throttling_or_an_outage_past_the_retries_is_transient(
+    failing_emulators: Callable[[int], Emulator], kind: str, status: int, bulk: bool
+) -> None:
     batch: BatchPort
     if kind == "fake":
         fake = FakeBatch(Clock())
         fake.ensure_job("j", pipeline("p"))
-        fake.throttled = True
+        fake.unavailable_status = status
         batch = fake
     else:
-        emulator: Emulator = request.getfixturevalue("throttling_emulator")
-        batch = AzureBatch(client_for(emulator, retry_total=0))
-    with pytest.raises(TransientError, match="429"):
+        batch = AzureBatch(client_for(failing_emulators(status), retry_total=0))
+    with pytest.raises(TransientError, match=str(status)):
         if bulk:
             batch.add_tasks("j", [spec("t-1"), spec("t-2")])
         else:
             batch.add_task("j", spec("t-1"))
+
+
+def test_a_collection_too_large_for_one_request_is_split(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Batch refuses an add-collection body over its limit (RequestBodyTooLarge); the adapter halves it."""
+    server = start_emulator(tmp_path_factory.mktemp("small-bodies"), ["--max-body-bytes", "20000"])
+    try:
+        subject = azure_subject(server)
+        pool_id = f"contract-{uuid.uuid4().hex[:8]}"
+        subject.batch.ensure_pool(pipeline(pool_id).pool)
+        subject.batch.ensure_job("big", pipeline(pool_id))
+        tasks = [TaskSpec(f"t-{n}", "python3 -c pass " + "x" * 1000, (), (), 0, 60, ()) for n in range(60)]
+        subject.batch.add_tasks("big", tasks)
+        assert subject.task_ids("big") == {task.task_id for task in tasks}
+        assert server.stats()["requests"]["Task_AddCollection"] > 3  # type: ignore[index]
+    finally:
+        server.stop()

@@ -70,8 +70,9 @@ class FakeBatch:
         self.jobs: dict[str, FakeJob] = {}
         self.requests: Counter[str] = Counter()
         self.fail_next: list[Exception] = []
-        # Batch answering 429 to every request, past the SDK's retries: the adapter raises TransientError.
-        self.throttled = False
+        # Batch answering this status (429 throttling, 503 an outage) to every request, past the SDK's retries:
+        # the adapter raises TransientError.
+        self.unavailable_status: int | None = None
         # Batch documents that reactivation fails for a task that "completed with exit code 0": the fake can
         # hold an exit-0 task whose upload failed to that reading.
         self.refuse_reactivating_exit_zero = False
@@ -80,8 +81,8 @@ class FakeBatch:
         self.requests[operation] += 1
         if self.fail_next:
             raise self.fail_next.pop(0)
-        if self.throttled:
-            raise TransientError(f"{operation}: Batch answered 429 TooManyRequests")
+        if self.unavailable_status is not None:
+            raise TransientError(f"{operation}: Batch answered {self.unavailable_status}")
 
     @staticmethod
     def _check_task(job_id: str, task: TaskSpec) -> None:
