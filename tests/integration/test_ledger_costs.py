@@ -144,7 +144,7 @@ def retention_over(ledger: Ledger, deleted: int) -> None:
 
 
 def test_a_deleted_job_leaves_the_poll_and_the_status_reads(ledgers: Any) -> None:
-    costs = []
+    costs, documents = [], []
     for deleted in (1, 30):
         ledger = ledgers(f"del{deleted}")
         fill(ledger, 5)
@@ -155,9 +155,15 @@ def test_a_deleted_job_leaves_the_poll_and_the_status_reads(ledgers: Any) -> Non
         poll(ledger.gw)
         poll_cost = (ledger.counted.requests, ledger.counted.rows)
         ledger.counted.reset()
-        document = status(ledger.gw)
+        documents.append(status(ledger.gw))
         costs.append((poll_cost, (ledger.counted.requests, ledger.counted.rows)))
 
+    # The same with 1 or 30 deleted jobs: the poll reads the two live jobs (one request, two rows), and status
+    # the live jobs and the counters.
+    assert costs[0] == costs[1]
+    assert costs[0][0] == (1, 2)
+    assert costs[0][1][0] == EXPECTED_STATUS_REQUESTS
+    for deleted, document in zip((1, 30), documents, strict=True):
         assert document["deleted_jobs"] == {
             "count": deleted,
             "counts": {"queued": 0, "running": 0, "succeeded": deleted, "failed": deleted,
@@ -165,12 +171,6 @@ def test_a_deleted_job_leaves_the_poll_and_the_status_reads(ledgers: Any) -> Non
         }  # fmt: skip
         assert document["totals"]["collected"] == 5 + 3 + 2 * deleted  # type: ignore[index]
         assert sorted(job["state"] for job in document["jobs"]) == ["active", "terminated"]  # type: ignore[attr-defined]
-
-    # The same with 1 or 30 deleted jobs: the poll reads the two live jobs (one request, two rows), and status
-    # the live jobs and the counters.
-    assert costs[0] == costs[1]
-    assert costs[0][0] == (1, 2)
-    assert costs[0][1][0] == EXPECTED_STATUS_REQUESTS
 
 
 # The live jobs (1), the counter rows of the 16 input partitions (16), the deleted jobs' sum (1), rejections (1).
