@@ -1,34 +1,68 @@
-"""The ledger in Table storage: one row per input (the idempotency key), per job, per rejection."""
+"""The ledger in Table storage: one row per input (the idempotency key), per job, per rejection, plus counters.
+
+The layout (partitions, row keys, entities) is in shared/ledger_rows.py.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import json
-from collections.abc import Sequence
+import random
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
 from azure.data.tables import TableClient, TableTransactionError, UpdateMode
 
 from shared.errors import TransientError
-from shared.models import InputRecord, InputState, JobRecord, JobState
+from shared.ledger_rows import (
+    COUNTER_PREFIX,
+    DELETED_JOBS,
+    DELETED_TOTAL,
+    INPUT_ROWS,
+    JOBS,
+    REJECTIONS,
+    counter_entity,
+    counter_key,
+    decode_counts,
+    deleted_total_entity,
+    input_entity,
+    input_partition,
+    input_partitions,
+    input_record,
+    job_entity,
+    job_record,
+    quote,
+)
+from shared.models import FinalKey, InputRecord, InputState, JobRecord, JobState, LedgerCounts
 from shared.ports import FINAL_STATES
 
-INPUTS = "input"
-JOBS = "job"
-REJECTIONS = "rejected"
 TRANSACTION_SIZE = 100  # Table storage's limit per entity group transaction
-MAX_RECENT_IDS = 400  # keeps the job row under Table storage's 64 KiB property limit
-SAVE_ATTEMPTS = 5
+# Input rows per transaction in a bulk save: each may bring its job's counter row along, and 50 + 50 <= 100.
+GROUP_SIZE = TRANSACTION_SIZE // 2
+SAVE_ATTEMPTS = 8
+READ_THREADS = 8
 # An entity group transaction refused because a row changed, appeared or went after it was read.
 _CONFLICTS = (404, 409, 412)
 
+_Write = tuple[str, dict[str, Any], dict[str, Any]]  # (create | update | upsert, entity, options)
+_Deltas = dict[str, Counter[FinalKey]]  # job id -> change to its counters
+_T = TypeVar("_T")
 
-def _quote(value: str) -> str:
-    return value.replace("'", "''")
+
+class _Conflict(Exception):
+    """A conditional write lost to another writer: read again and decide again."""
+
+
+def _backoff(attempt: int) -> None:
+    # Writers that collide on one counter row would collide again at once: spread their next tries.
+    time.sleep(random.uniform(0, 0.02 * (attempt + 1)))  # noqa: S311 (jitter, not a secret)
 
 
 class TableLedger:
@@ -47,136 +81,149 @@ class TableLedger:
             self._ensured = True
         return self._table
 
-    def _guard(self, what: str, error: AzureError) -> TransientError:
-        return TransientError(f"ledger {what}: {type(error).__name__}")
+    def _guarded(self, what: str, action: Callable[[TableClient], _T]) -> _T:
+        """Run `action` on the table; an Azure error becomes TransientError, which the triggers retry."""
+        try:
+            return action(self._ready())
+        except AzureError as error:
+            raise TransientError(f"ledger {what}: {type(error).__name__}") from None
 
     # inputs
     def claim_input(self, record: InputRecord) -> tuple[InputRecord, bool]:
-        table = self._ready()
-        try:
-            table.create_entity(_input_entity(record))
-            return record, True
-        except ResourceExistsError:
-            existing = self.get_input(record.task_id)
-            if existing is None:  # deleted between the two calls: claim again
-                return self.claim_input(record)
-            return existing, False
-        except AzureError as error:
-            raise self._guard(f"claim {record.task_id}", error) from None
+        return self._guarded(f"claim {record.task_id}", lambda table: self._claim(table, record))
+
+    def _claim(self, table: TableClient, record: InputRecord) -> tuple[InputRecord, bool]:
+        partition = input_partition(record.task_id)
+        for attempt in range(SAVE_ATTEMPTS):
+            try:
+                _submit(table, partition, [("create", input_entity(record), {})], _delta(None, record))
+                return replace(record), True
+            except _Conflict:
+                existing = _read_input(table, record.task_id)
+                if existing is not None:
+                    return existing, False
+                _backoff(attempt)  # the row went meanwhile, or its counter row changed: claim again
+        raise TransientError(f"ledger claim {record.task_id}: rows kept changing; retry later")
 
     def get_input(self, task_id: str) -> InputRecord | None:
-        try:
-            return _input_record(self._ready().get_entity(INPUTS, task_id))
-        except ResourceNotFoundError:
-            return None
-        except AzureError as error:
-            raise self._guard(f"read {task_id}", error) from None
+        return self._guarded(f"read {task_id}", lambda table: _read_input(table, task_id))
 
     def save_input(self, record: InputRecord) -> InputRecord:
         """Write the row, except that a row in a final state keeps it; returns the row as stored.
 
         Another instance may finish the input between our read and this write (a collector marks it
         collected while a stale delivery saves a reactivation count, or while a sweep saves `submitted`):
-        a write that would move a final row back is dropped. A final state is written as it is; anything
-        else only over the version of the row it was checked against (If-Match), reading again on conflict.
+        a write that would move a final row back is dropped. Every write is made over the version of the row
+        it was checked against (If-Match, or create-only), reading again on conflict; a write that moves the
+        row into or between final states updates its job's counter row in the same transaction, so the counters
+        count each input once however collectors interleave.
         """
-        try:
-            table = self._ready()
-            write = {"upsert": table.upsert_entity, "create": table.create_entity, "update": table.update_entity}
-            for _ in range(SAVE_ATTEMPTS):
-                operation, stored = _planned_write(table, record)
-                if operation is None:
-                    assert stored is not None
-                    return stored
-                kind, entity, options = operation
-                try:
-                    write[kind](entity, **options)
-                    return replace(record)
-                except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
-                    continue  # the row changed after we read it: read again and decide again
-        except AzureError as error:
-            raise self._guard(f"save {record.task_id}", error) from None
+        return self._guarded(f"save {record.task_id}", lambda table: self._save(table, record))
+
+    def _save(self, table: TableClient, record: InputRecord) -> InputRecord:
+        for attempt in range(SAVE_ATTEMPTS):
+            write, stored, deltas = _planned_write(table, record)
+            if write is None:
+                assert stored is not None
+                return stored
+            try:
+                _submit(table, input_partition(record.task_id), [write], deltas)
+                return replace(record)
+            except _Conflict:
+                _backoff(attempt)
         raise TransientError(f"ledger save {record.task_id}: the row kept changing; retry later")
 
     def save_inputs(self, records: Sequence[InputRecord]) -> None:
-        """save_input for many rows, in one entity group transaction per 100 (the rule is the same)."""
-        for start in range(0, len(records), TRANSACTION_SIZE):
-            chunk = records[start : start + TRANSACTION_SIZE]
-            try:
-                self._save_chunk(self._ready(), chunk)
-            except AzureError as error:
-                raise self._guard(f"save {len(chunk)} inputs", error) from None
+        """save_input for many rows: one entity group transaction per partition (per 50 rows of one)."""
+        latest = {record.task_id: record for record in records}  # a row twice in one transaction is refused
+        groups: dict[str, list[InputRecord]] = defaultdict(list)
+        for record in latest.values():
+            groups[input_partition(record.task_id)].append(record)
+        chunks = [
+            (partition, group[start : start + GROUP_SIZE])
+            for partition, group in groups.items()
+            for start in range(0, len(group), GROUP_SIZE)
+        ]
+        for partition, chunk in chunks:
+            self._guarded(f"save {len(chunk)} inputs", partial(self._save_chunk, partition=partition, chunk=chunk))
 
-    def _save_chunk(self, table: TableClient, chunk: Sequence[InputRecord]) -> None:
-        for _ in range(SAVE_ATTEMPTS):
-            planned = (_planned_write(table, record)[0] for record in chunk)
-            operations: list[Any] = [operation for operation in planned if operation is not None]
-            if not operations:
+    def _save_chunk(self, table: TableClient, *, partition: str, chunk: Sequence[InputRecord]) -> None:
+        for attempt in range(SAVE_ATTEMPTS):
+            writes: list[_Write] = []
+            deltas: _Deltas = defaultdict(Counter)
+            for record in chunk:
+                write, _, delta = _planned_write(table, record)
+                if write is not None:
+                    writes.append(write)
+                    for job_id, change in delta.items():
+                        deltas[job_id].update(change)
+            if not writes:
                 return
             try:
-                table.submit_transaction(operations)
+                _submit(table, partition, writes, deltas)
                 return
-            except TableTransactionError as error:
-                if error.status_code not in _CONFLICTS:
-                    raise
-                # Nothing of the transaction was written; one of its rows changed after we read it.
+            except _Conflict:
+                _backoff(attempt)  # nothing of the transaction was written; one of its rows changed after we read it
         raise TransientError(f"ledger save {len(chunk)} inputs: rows kept changing; retry later")
 
     def inputs(self, state: InputState | None = None, job_id: str | None = None) -> list[InputRecord]:
-        query = f"PartitionKey eq '{INPUTS}'"
+        query = INPUT_ROWS
         if state is not None:
-            query += f" and state eq '{_quote(state.value)}'"
+            query += f" and state eq '{quote(state.value)}'"
         if job_id is not None:
-            query += f" and job_id eq '{_quote(job_id)}'"
-        try:
-            return [_input_record(entity) for entity in self._ready().query_entities(query)]
-        except AzureError as error:
-            raise self._guard("list inputs", error) from None
+            query += f" and job_id eq '{quote(job_id)}'"
+        return self._guarded("list inputs", lambda table: [input_record(e) for e in table.query_entities(query)])
 
     def known_task_ids(self) -> set[str]:
-        query = f"PartitionKey eq '{INPUTS}'"
-        try:
+        def read(table: TableClient) -> set[str]:
             return {
                 str(entity["RowKey"])
-                for entity in self._ready().query_entities(query, select=["RowKey", "state"])
+                for entity in table.query_entities(INPUT_ROWS, select=["RowKey", "state"])
                 if entity.get("state") != InputState.CLAIMED.value
             }
-        except AzureError as error:
-            raise self._guard("list inputs", error) from None
+
+        return self._guarded("list inputs", read)
+
+    def counts(self) -> LedgerCounts:
+        """One range read of counter rows per input partition, and one of the deleted jobs' sum."""
+        return self._guarded("read counts", _read_counts)
 
     # jobs
     def get_job(self, job_id: str) -> JobRecord | None:
-        try:
-            return _job_record(self._ready().get_entity(JOBS, job_id))
-        except ResourceNotFoundError:
-            return None
-        except AzureError as error:
-            raise self._guard(f"read job {job_id}", error) from None
+        return self._guarded(f"read job {job_id}", lambda table: _read_job(table, job_id))
 
     def claim_job(self, record: JobRecord) -> tuple[JobRecord, bool]:
-        try:
-            self._ready().create_entity(_job_entity(record))
-            return record, True
-        except ResourceExistsError:
-            existing = self.get_job(record.job_id)
-            return (existing, False) if existing is not None else self.claim_job(record)
-        except AzureError as error:
-            raise self._guard(f"claim job {record.job_id}", error) from None
+        def claim(table: TableClient) -> tuple[JobRecord, bool]:
+            for _ in range(SAVE_ATTEMPTS):
+                try:
+                    table.create_entity(job_entity(record))
+                    return replace(record, recent_task_ids=list(record.recent_task_ids)), True
+                except ResourceExistsError:
+                    existing = _read_job(table, record.job_id)
+                    if existing is not None:
+                        return existing, False
+            raise TransientError(f"ledger claim job {record.job_id}: the row kept changing; retry later")
+
+        return self._guarded(f"claim job {record.job_id}", claim)
 
     def save_job(self, record: JobRecord) -> None:
-        try:
-            self._ready().upsert_entity(_job_entity(record), mode=UpdateMode.REPLACE)
-        except AzureError as error:
-            raise self._guard(f"save job {record.job_id}", error) from None
+        self._guarded(
+            f"save job {record.job_id}", lambda table: table.upsert_entity(job_entity(record), mode=UpdateMode.REPLACE)
+        )
+
+    def retire_job(self, record: JobRecord) -> None:
+        """Move the job's row to the deleted jobs, its counts into their sum (once), and drop its counter rows.
+
+        Each step can be repeated after a crash: the deleted row is created create-only in the same transaction
+        that adds to the sum, so a second retirement finds it and only finishes the clean-up.
+        """
+        self._guarded(f"retire job {record.job_id}", lambda table: _retire(table, record))
 
     def jobs(self, active_only: bool = True) -> list[JobRecord]:
         query = f"PartitionKey eq '{JOBS}'"
-        if active_only:
-            query += f" and state eq '{JobState.ACTIVE.value}'"
-        try:
-            return [_job_record(entity) for entity in self._ready().query_entities(query)]
-        except AzureError as error:
-            raise self._guard("list jobs", error) from None
+        # A deleted job's row is moved out of this partition; the filter also hides rows of the older layout.
+        query += f" and state eq '{JobState.ACTIVE.value}'" if active_only else f" and state ne '{JobState.DELETED}'"
+        return self._guarded("list jobs", lambda table: [job_record(e) for e in table.query_entities(query)])
 
     # rejections
     def record_rejection(self, subject: str, reason: str) -> None:
@@ -191,16 +238,12 @@ class TableLedger:
             "reason": reason[:4096],
             "at": now,
         }
-        try:
-            self._ready().upsert_entity(entity)
-        except AzureError as error:
-            raise self._guard("record rejection", error) from None
+        self._guarded("record rejection", lambda table: table.upsert_entity(entity))
 
     def rejections(self, limit: int = 100) -> list[dict[str, str]]:
-        query = f"PartitionKey eq '{REJECTIONS}'"
-        found: list[dict[str, str]] = []
-        try:
-            for entity in self._ready().query_entities(query, results_per_page=limit):
+        def read(table: TableClient) -> list[dict[str, str]]:
+            found: list[dict[str, str]] = []
+            for entity in table.query_entities(f"PartitionKey eq '{REJECTIONS}'", results_per_page=limit):
                 at = entity.get("at")
                 found.append(
                     {
@@ -211,97 +254,167 @@ class TableLedger:
                 )
                 if len(found) >= limit:
                     break
-        except AzureError as error:
-            raise self._guard("list rejections", error) from None
-        return found
+            return found
+
+        return self._guarded("list rejections", read)
 
 
-_Write = tuple[str, dict[str, Any], dict[str, Any]]  # (upsert | create | update, entity, options)
-
-
-def _planned_write(table: TableClient, record: InputRecord) -> tuple[_Write | None, InputRecord | None]:
-    """The one write that saves `record` without moving a final row back, decided against the stored row:
-    (write, None), or (None, the stored row) when that row is final and keeps its state."""
-    entity = _input_entity(record)
-    if record.state in FINAL_STATES:
-        return ("upsert", entity, {"mode": UpdateMode.REPLACE}), None
+def _read_input(table: TableClient, task_id: str) -> InputRecord | None:
     try:
-        current = table.get_entity(INPUTS, record.task_id)
+        return input_record(table.get_entity(input_partition(task_id), task_id))
     except ResourceNotFoundError:
-        return ("create", entity, {}), None
-    stored = _input_record(current)
-    if stored.state in FINAL_STATES:
-        return None, stored
+        return None
+
+
+def _read_job(table: TableClient, job_id: str) -> JobRecord | None:
+    for partition in (JOBS, DELETED_JOBS):
+        try:
+            return job_record(table.get_entity(partition, job_id))
+        except ResourceNotFoundError:
+            continue
+    return None
+
+
+def _delta(before: InputRecord | None, after: InputRecord) -> _Deltas:
+    """How the counters change when the row goes from `before` to `after`."""
+    old = FinalKey.of(before) if before is not None else None
+    new = FinalKey.of(after)
+    deltas: _Deltas = defaultdict(Counter)
+    if before is not None and old is not None and (before.job_id, old) != (after.job_id, new):
+        deltas[before.job_id][old] -= 1
+    if new is not None and (before is None or (before.job_id, old) != (after.job_id, new)):
+        deltas[after.job_id][new] += 1
+    return deltas
+
+
+def _planned_write(table: TableClient, record: InputRecord) -> tuple[_Write | None, InputRecord | None, _Deltas]:
+    """The one write that saves `record` without moving a final row back, decided against the stored row:
+    (write, None, counter changes), or (None, the stored row, {}) when that row is final and keeps its state."""
+    entity = input_entity(record)
+    try:
+        current = table.get_entity(entity["PartitionKey"], record.task_id)
+    except ResourceNotFoundError:
+        return ("create", entity, {}), None, _delta(None, record)
+    stored = input_record(current)
+    if stored.state in FINAL_STATES and record.state not in FINAL_STATES:
+        return None, stored, {}
     condition = {"etag": current.metadata["etag"], "match_condition": MatchConditions.IfNotModified}
-    return ("update", entity, {"mode": UpdateMode.REPLACE, **condition}), None
+    return ("update", entity, {"mode": UpdateMode.REPLACE, **condition}), None, _delta(stored, record)
 
 
-def _input_entity(record: InputRecord) -> dict[str, Any]:
-    return {
-        "PartitionKey": INPUTS,
-        "RowKey": record.task_id,
-        "container": record.container,
-        "name": record.name,
-        "etag": record.etag,
-        "pipeline": record.pipeline,
-        "job_id": record.job_id,
-        "state": record.state.value,
-        "reason": record.reason,
-        "outcome": record.outcome,
-        "reactivations": record.reactivations,
-        "updated_at": datetime.now(UTC),
-    }
+def _counter_writes(table: TableClient, partition: str, deltas: _Deltas) -> list[_Write]:
+    """The counter rows of `partition` with `deltas` applied, each written over the version read."""
+    writes: list[_Write] = []
+    for job_id, delta in deltas.items():
+        if not any(delta.values()):
+            continue
+        try:
+            current = table.get_entity(partition, counter_key(job_id))
+        except ResourceNotFoundError:
+            counts: Counter[FinalKey] = Counter()
+            counts.update(delta)
+            writes.append(("create", counter_entity(partition, job_id, counts), {}))
+            continue
+        counts = decode_counts(current.get("counts"))
+        counts.update(delta)
+        condition = {"etag": current.metadata["etag"], "match_condition": MatchConditions.IfNotModified}
+        writes.append(("update", counter_entity(partition, job_id, counts), {"mode": UpdateMode.REPLACE, **condition}))
+    return writes
 
 
-def _input_record(entity: Any) -> InputRecord:
-    updated = entity.get("updated_at")
-    return InputRecord(
-        task_id=str(entity["RowKey"]),
-        container=str(entity.get("container", "")),
-        name=str(entity.get("name", "")),
-        etag=str(entity.get("etag", "")),
-        pipeline=str(entity.get("pipeline", "")),
-        job_id=str(entity.get("job_id", "")),
-        state=InputState(entity.get("state", InputState.CLAIMED.value)),
-        reason=str(entity.get("reason", "")),
-        outcome=str(entity.get("outcome", "")),
-        updated_at=updated if isinstance(updated, datetime) else None,
-        reactivations=int(entity.get("reactivations") or 0),
-    )
+def _submit(table: TableClient, partition: str, writes: list[_Write], deltas: _Deltas) -> None:
+    """Make `writes` (rows of one partition) and their counter changes, all or nothing; _Conflict if refused."""
+    operations = writes + _counter_writes(table, partition, deltas)
+    if len(operations) == 1:  # one row: a plain request, cheaper than a transaction
+        kind, entity, options = operations[0]
+        single = {"create": table.create_entity, "update": table.update_entity, "upsert": table.upsert_entity}
+        try:
+            single[kind](entity, **options)
+        except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
+            raise _Conflict from None
+        return
+    try:
+        table.submit_transaction(operations)  # type: ignore[arg-type]
+    except TableTransactionError as error:
+        if error.status_code not in _CONFLICTS:
+            raise
+        raise _Conflict from None
 
 
-def _job_entity(record: JobRecord) -> dict[str, Any]:
-    entity: dict[str, Any] = {
-        "PartitionKey": JOBS,
-        "RowKey": record.job_id,
-        "pipeline": record.pipeline,
-        "window_end": record.window_end,
-        "state": record.state.value,
-        "recent_task_ids": json.dumps(record.recent_task_ids[-MAX_RECENT_IDS:]),
-    }
-    if record.watermark is not None:
-        entity["watermark"] = record.watermark
-    if record.terminated_at is not None:
-        entity["terminated_at"] = record.terminated_at
-    if record.staging_cleared_through is not None:
-        entity["staging_cleared_through"] = record.staging_cleared_through
-    entity["staging_cleared"] = record.staging_cleared
-    return entity
+def _parallel(read: Callable[[str], _T], keys: list[str]) -> list[_T]:
+    with ThreadPoolExecutor(READ_THREADS) as pool:
+        return list(pool.map(read, keys))
 
 
-def _job_record(entity: Any) -> JobRecord:
-    def moment(key: str) -> datetime | None:
-        value = entity.get(key)
-        return value.astimezone(UTC) if isinstance(value, datetime) else None
+def _read_counts(table: TableClient) -> LedgerCounts:
+    def partition_counters(partition: str) -> list[tuple[str, Counter[FinalKey]]]:
+        query = f"PartitionKey eq '{partition}' and RowKey ge '{COUNTER_PREFIX}'"
+        return [(str(e.get("job_id", "")), decode_counts(e.get("counts"))) for e in table.query_entities(query)]
 
-    return JobRecord(
-        job_id=str(entity["RowKey"]),
-        pipeline=str(entity.get("pipeline", "")),
-        window_end=moment("window_end") or datetime.now(UTC),
-        state=JobState(entity.get("state", JobState.ACTIVE.value)),
-        watermark=moment("watermark"),
-        recent_task_ids=list(json.loads(entity.get("recent_task_ids") or "[]")),
-        terminated_at=moment("terminated_at"),
-        staging_cleared_through=entity.get("staging_cleared_through"),
-        staging_cleared=bool(entity.get("staging_cleared", False)),
-    )
+    counts = LedgerCounts()
+    for rows in _parallel(partition_counters, input_partitions()):
+        for job_id, job_counts in rows:
+            counts.by_job.setdefault(job_id, Counter()).update(job_counts)
+    try:
+        total = table.get_entity(DELETED_JOBS, DELETED_TOTAL)
+    except ResourceNotFoundError:
+        return counts
+    counts.deleted = decode_counts(total.get("counts"))
+    counts.deleted_jobs = int(total.get("jobs") or 0)
+    return counts
+
+
+def _job_counts(table: TableClient, job_id: str) -> Counter[FinalKey]:
+    def partition_counter(partition: str) -> Counter[FinalKey]:
+        try:
+            return decode_counts(table.get_entity(partition, counter_key(job_id)).get("counts"))
+        except ResourceNotFoundError:
+            return Counter()
+
+    total: Counter[FinalKey] = Counter()
+    for found in _parallel(partition_counter, input_partitions()):
+        total.update(found)
+    return total
+
+
+def _retire(table: TableClient, record: JobRecord) -> None:
+    counts = _job_counts(table, record.job_id)
+    deleted = job_entity(replace(record, state=JobState.DELETED), DELETED_JOBS)
+    for attempt in range(SAVE_ATTEMPTS):
+        try:
+            current = table.get_entity(DELETED_JOBS, DELETED_TOTAL)
+        except ResourceNotFoundError:
+            total: _Write = ("create", deleted_total_entity(1, counts), {})
+        else:
+            summed = decode_counts(current.get("counts"))
+            summed.update(counts)
+            condition = {"etag": current.metadata["etag"], "match_condition": MatchConditions.IfNotModified}
+            entity = deleted_total_entity(int(current.get("jobs") or 0) + 1, summed)
+            total = ("update", entity, {"mode": UpdateMode.REPLACE, **condition})
+        try:
+            _submit(table, DELETED_JOBS, [("create", deleted, {}), total], {})
+            break
+        except _Conflict:
+            if _exists(table, DELETED_JOBS, record.job_id):
+                break  # retired before: its counts are in the sum already
+            _backoff(attempt)
+    else:
+        raise TransientError(f"ledger retire job {record.job_id}: the deleted jobs' sum kept changing; retry later")
+    for partition in input_partitions():
+        _delete(table, partition, counter_key(record.job_id))
+    _delete(table, JOBS, record.job_id)
+
+
+def _exists(table: TableClient, partition: str, row: str) -> bool:
+    try:
+        table.get_entity(partition, row, select=["RowKey"])
+        return True
+    except ResourceNotFoundError:
+        return False
+
+
+def _delete(table: TableClient, partition: str, row: str) -> None:
+    try:
+        table.delete_entity(partition, row)
+    except ResourceNotFoundError:
+        pass

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import NamedTuple
 
 
 class InputState(StrEnum):
@@ -70,6 +72,36 @@ class JobRecord:
     # Staging clean-up after termination: task ids up to this one have had their staging container deleted.
     staging_cleared_through: str | None = None
     staging_cleared: bool = False
+
+
+class FinalKey(NamedTuple):
+    """What the ledger counts an input in a final state under: its state, pipeline and (collected) outcome."""
+
+    state: InputState
+    pipeline: str
+    outcome: str = ""
+
+    @classmethod
+    def of(cls, record: InputRecord) -> FinalKey | None:
+        """The key `record` is counted under, None while it is not final."""
+        if record.state is InputState.COLLECTED:
+            return cls(record.state, record.pipeline, record.outcome)
+        if record.state in (InputState.SKIPPED, InputState.REJECTED):
+            return cls(record.state, record.pipeline)
+        return None
+
+
+@dataclass
+class LedgerCounts:
+    """The ledger's counters: inputs in a final state, per live job, and the sum over every deleted job.
+
+    `by_job` is keyed by job id ("" for inputs that never had a job: rejected, skipped). A deleted job's counts
+    leave `by_job` and join `deleted` once, when the job is deleted (LedgerPort.retire_job).
+    """
+
+    by_job: dict[str, Counter[FinalKey]] = field(default_factory=dict)
+    deleted: Counter[FinalKey] = field(default_factory=Counter)
+    deleted_jobs: int = 0
 
 
 @dataclass(frozen=True)

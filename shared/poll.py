@@ -46,8 +46,7 @@ def poll(gw: Gateways) -> PollReport:
             staging_budget -= _clear_staging(gw, job, staging_budget)
         if job.state is JobState.TERMINATED and job.staging_cleared and _retention_over(gw, job, now):
             gw.batch.delete_job(job.job_id)
-            job.state = JobState.DELETED
-            gw.ledger.save_job(job)
+            gw.ledger.retire_job(job)  # it leaves ledger.jobs(): no later poll or status call reads it
             deleted.append(job.job_id)
     return PollReport(active_jobs, events, terminated, deleted, STAGING_DELETES_PER_POLL - staging_budget)
 

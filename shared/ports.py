@@ -13,6 +13,7 @@ from shared.models import (
     InputRecord,
     InputState,
     JobRecord,
+    LedgerCounts,
     TaskCounts,
     TaskResult,
     TaskSpec,
@@ -113,13 +114,22 @@ class LedgerPort(Protocol):
     def known_task_ids(self) -> set[str]:
         """Task ids of every input the ledger has (for the sweep's one-read check)."""
 
-    def get_job(self, job_id: str) -> JobRecord | None: ...
+    def counts(self) -> LedgerCounts:
+        """Inputs in a final state, counted per live job and over the deleted jobs, in a number of reads that
+        does not grow with the inputs ever processed (kept as counters where the states change)."""
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        """The job's row, a deleted job's included."""
 
     def claim_job(self, record: JobRecord) -> tuple[JobRecord, bool]: ...
 
     def save_job(self, record: JobRecord) -> None: ...
 
-    def jobs(self, active_only: bool = True) -> list[JobRecord]: ...
+    def retire_job(self, record: JobRecord) -> None:
+        """Mark the job deleted: it leaves `jobs()`, and its counts join the deleted jobs' sum once."""
+
+    def jobs(self, active_only: bool = True) -> list[JobRecord]:
+        """Active jobs; with active_only=False, terminated ones too. Never deleted ones (see retire_job)."""
 
     def record_rejection(self, subject: str, reason: str) -> None:
         """Record something batchdrop refused (a blob, an event, a message) for the status API."""

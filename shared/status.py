@@ -1,49 +1,73 @@
-"""Status use case: pipelines, jobs and counts from the ledger and Batch task counts (never a task listing)."""
+"""Status use case: pipelines, jobs and counts from the ledger's counters and Batch task counts.
+
+One call reads the live jobs, the ledger's counters (a fixed number of reads) and the newest rejections, and asks
+Batch for the task counts of each active job: its cost grows with the active jobs, never with the inputs or
+jobs of the past. Deleted jobs are not listed one by one; their counts are summed in `deleted_jobs`.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
 
 from shared.gateways import Gateways
-from shared.models import InputState, JobState
+from shared.models import FinalKey, InputState, JobState
 
 COUNT_KEYS = ("queued", "running", "succeeded", "failed", "collected", "rejected", "skipped")
 BATCH_KEYS = ("queued", "running", "succeeded", "failed")
+REFUSED = {InputState.REJECTED: "rejected", InputState.SKIPPED: "skipped"}
 
 
 def _zero() -> dict[str, int]:
     return dict.fromkeys(COUNT_KEYS, 0)
 
 
+def _ledger_counts(final: Counter[FinalKey]) -> dict[str, int]:
+    """Counts of a job that Batch no longer answers for: what was collected, by its outcome."""
+    counts = _zero()
+    for key, n in final.items():
+        if key.state is InputState.COLLECTED:
+            counts["collected"] += n
+            if key.outcome in ("succeeded", "failed"):
+                counts[key.outcome] += n
+    return counts
+
+
 def status(gw: Gateways) -> dict[str, object]:
-    """The status document served by GET api/status: per pipeline, per job, and totals."""
-    records = gw.ledger.inputs()
-    collected = Counter((r.job_id, r.outcome) for r in records if r.state is InputState.COLLECTED)
-    refused = Counter((r.pipeline, r.state) for r in records if r.state in (InputState.REJECTED, InputState.SKIPPED))
+    """The status document served by GET api/status: per pipeline, per live job, and totals."""
+    ledger_counts = gw.ledger.counts()
     per_pipeline = {p.name: _zero() for p in gw.pipelines.pipelines}
     totals = _zero()
     jobs: list[dict[str, object]] = []
     for job in gw.ledger.jobs(active_only=False):
-        counts = _zero()
-        counts["collected"] = sum(n for (job_id, _), n in collected.items() if job_id == job.job_id)
+        counts = _ledger_counts(ledger_counts.by_job.get(job.job_id, Counter()))
         batch_counts = gw.batch.task_counts(job.job_id) if job.state is JobState.ACTIVE else None
         if batch_counts is not None:
             counts.update(queued=batch_counts.active, running=batch_counts.running,
                           succeeded=batch_counts.succeeded, failed=batch_counts.failed)  # fmt: skip
-        else:  # a closed job: Batch may have forgotten it, the ledger has not
-            counts.update(succeeded=collected[(job.job_id, "succeeded")], failed=collected[(job.job_id, "failed")])
+        # else a closed job: Batch may have forgotten it, the ledger has not
         jobs.append({"job_id": job.job_id, "pipeline": job.pipeline, "state": job.state.value, "counts": counts})
         pipeline_counts = per_pipeline.setdefault(job.pipeline, _zero())
-        for key in (*BATCH_KEYS, "collected"):
-            pipeline_counts[key] += counts[key]
-    for (pipeline, state), count in refused.items():
-        key = "rejected" if state is InputState.REJECTED else "skipped"
-        totals[key] += count
-        if pipeline in per_pipeline:
-            per_pipeline[pipeline][key] += count
+        for name in (*BATCH_KEYS, "collected"):
+            pipeline_counts[name] += counts[name]
+    deleted = _ledger_counts(ledger_counts.deleted)
+    for key, n in ledger_counts.deleted.items():
+        if key.state is InputState.COLLECTED:
+            pipeline_counts = per_pipeline.setdefault(key.pipeline, _zero())
+            pipeline_counts["collected"] += n
+            if key.outcome in ("succeeded", "failed"):
+                pipeline_counts[key.outcome] += n
+    # Rejected and skipped inputs have no job: they are counted under the job id "".
+    for final in (*ledger_counts.by_job.values(), ledger_counts.deleted):
+        for key, n in final.items():
+            if key.state in REFUSED:
+                totals[REFUSED[key.state]] += n
+                if key.pipeline in per_pipeline:
+                    per_pipeline[key.pipeline][REFUSED[key.state]] += n
+                if final is ledger_counts.deleted:
+                    deleted[REFUSED[key.state]] += n
     for counts in per_pipeline.values():
-        for key in (*BATCH_KEYS, "collected"):
-            totals[key] += counts[key]
+        for name in (*BATCH_KEYS, "collected"):
+            totals[name] += counts[name]
     match = {p.name: p.match for p in gw.pipelines.pipelines}
     return {
         "pipelines": [
@@ -57,6 +81,7 @@ def status(gw: Gateways) -> dict[str, object]:
         ],
         "totals": totals,
         "jobs": jobs,
+        "deleted_jobs": {"count": ledger_counts.deleted_jobs, "counts": deleted},
         "rejected": gw.ledger.rejections(),
         "poison": {f"{gw.settings.completions_queue}-poison": gw.queue.poison_count()},
     }

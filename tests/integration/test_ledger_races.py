@@ -11,6 +11,7 @@ from azure.data.tables import TableClient
 
 from local.stack import Azurite
 from shared.ledger import TableLedger
+from shared.ledger_rows import input_partition
 from shared.models import InputRecord, InputState
 
 pytestmark = pytest.mark.integration
@@ -46,6 +47,13 @@ def row(state: InputState, task_id: str = "t-1", **fields: Any) -> InputRecord:
     return InputRecord(task_id, "input", f"{task_id}.txt", "0x1", "report", "job-1", state, **fields)
 
 
+def same_partition(count: int) -> list[str]:
+    """Task ids whose rows share a partition, so that a bulk save writes them in one transaction."""
+    ids = [f"t-{index}" for index in range(200)]
+    first = input_partition(ids[0])
+    return [task_id for task_id in ids if input_partition(task_id) == first][:count]
+
+
 @pytest.fixture
 def tables(azurite: Azurite, namespace: str) -> tuple[Interleaved, TableLedger]:
     """Two ledgers on one table, as two function instances have."""
@@ -77,16 +85,17 @@ def test_a_bulk_save_of_submitted_rows_does_not_undo_one_collected_meanwhile(
     tables: tuple[Interleaved, TableLedger],
 ) -> None:
     sweep, collector = tables
-    claimed = [row(InputState.CLAIMED, f"t-{index}") for index in range(3)]
+    first, second, third = same_partition(3)
+    claimed = [row(InputState.CLAIMED, task_id) for task_id in (first, second, third)]
     for record in claimed:
         sweep.ledger.claim_input(record)
     sweep.sent.clear()
-    sweep.meanwhile["POST"] = lambda: collector.save_input(row(InputState.COLLECTED, "t-1", outcome="failed"))
+    sweep.meanwhile["POST"] = lambda: collector.save_input(row(InputState.COLLECTED, second, outcome="failed"))
 
     sweep.ledger.save_inputs([row(InputState.SUBMITTED, record.task_id) for record in claimed])
 
     states = {record.task_id: record.state for record in collector.inputs()}
-    assert states == {"t-0": InputState.SUBMITTED, "t-1": InputState.COLLECTED, "t-2": InputState.SUBMITTED}
+    assert states == {first: InputState.SUBMITTED, second: InputState.COLLECTED, third: InputState.SUBMITTED}
     assert sweep.sent["POST"] == 2  # the transaction made against the older version was refused, then redone
 
 

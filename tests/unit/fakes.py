@@ -16,10 +16,12 @@ from shared.models import (
     BlobRef,
     CompletedTask,
     CompletionEvent,
+    FinalKey,
     InputRecord,
     InputState,
     JobRecord,
     JobState,
+    LedgerCounts,
     TaskCounts,
     TaskResult,
     TaskSpec,
@@ -310,12 +312,17 @@ class FakeQueue:
 
 
 class FakeLedger:
-    """LedgerPort in memory: a row in a final state keeps it, as TableLedger's conditional writes ensure."""
+    """LedgerPort in memory: a row in a final state keeps it, as TableLedger's conditional writes ensure.
+
+    Its counters are derived from the rows (TableLedger keeps them as rows of their own); a retired job's counts
+    are summed when it is retired and no longer follow its rows, as in TableLedger.
+    """
 
     def __init__(self) -> None:
         self.input_rows: dict[str, InputRecord] = {}
         self.job_rows: dict[str, JobRecord] = {}
         self.rejection_rows: list[dict[str, str]] = []
+        self.retired: dict[str, Counter[FinalKey]] = {}
         self.unavailable = False
         self.transactions = 0
         # operation -> what another worker does just before this one performs it (once): races, made exact
@@ -362,6 +369,7 @@ class FakeLedger:
             self._write_input(record)
 
     def inputs(self, state: InputState | None = None, job_id: str | None = None) -> list[InputRecord]:
+        self._check()
         return [
             replace(r)
             for r in self.input_rows.values()
@@ -369,33 +377,64 @@ class FakeLedger:
         ]
 
     def known_task_ids(self) -> set[str]:
+        self._check()
         return {tid for tid, r in self.input_rows.items() if r.state is not InputState.CLAIMED}
 
+    def counts(self) -> LedgerCounts:
+        self._check()
+        counts = LedgerCounts()
+        for row in self.input_rows.values():
+            key = FinalKey.of(row)
+            if key is not None and row.job_id not in self.retired:
+                counts.by_job.setdefault(row.job_id, Counter())[key] += 1
+        for retired in self.retired.values():
+            counts.deleted.update(retired)
+        counts.deleted_jobs = len(self.retired)
+        return counts
+
     def get_job(self, job_id: str) -> JobRecord | None:
+        self._check()
         found = self.job_rows.get(job_id)
         return replace(found, recent_task_ids=list(found.recent_task_ids)) if found else None
 
     def claim_job(self, record: JobRecord) -> tuple[JobRecord, bool]:
+        self._check()
         if record.job_id in self.job_rows:
-            return self.job_rows[record.job_id], False
-        self.job_rows[record.job_id] = replace(record)
-        return record, True
+            return self.get_job(record.job_id) or record, False
+        self.job_rows[record.job_id] = replace(record, recent_task_ids=list(record.recent_task_ids))
+        return replace(record, recent_task_ids=list(record.recent_task_ids)), True
 
     def save_job(self, record: JobRecord) -> None:
+        self._check()
         self.job_rows[record.job_id] = replace(record, recent_task_ids=list(record.recent_task_ids))
 
+    def retire_job(self, record: JobRecord) -> None:
+        self._check()
+        if record.job_id not in self.retired:
+            self.retired[record.job_id] = Counter(
+                key
+                for row in self.input_rows.values()
+                if row.job_id == record.job_id and (key := FinalKey.of(row)) is not None
+            )
+        self.job_rows[record.job_id] = replace(
+            record, state=JobState.DELETED, recent_task_ids=list(record.recent_task_ids)
+        )
+
     def jobs(self, active_only: bool = True) -> list[JobRecord]:
+        self._check()
         return [
             replace(j, recent_task_ids=list(j.recent_task_ids))
             for j in self.job_rows.values()
-            if not active_only or j.state is JobState.ACTIVE
+            if j.state is JobState.ACTIVE or (not active_only and j.state is JobState.TERMINATED)
         ]
 
     def record_rejection(self, subject: str, reason: str) -> None:
-        self.rejection_rows.insert(0, {"input": subject, "reason": reason, "at": ""})
+        self._check()
+        self.rejection_rows.insert(0, {"input": subject, "reason": reason, "at": datetime.now(UTC).isoformat()})
 
     def rejections(self, limit: int = 100) -> list[dict[str, str]]:
-        return self.rejection_rows[:limit]
+        self._check()
+        return [dict(row) for row in self.rejection_rows[:limit]]
 
 
 PIPELINE = {

@@ -246,3 +246,22 @@ def test_a_declared_output_the_task_did_not_write_fails_the_manifest(tmp_path: P
     assert manifest["failure"]["code"] == "MissingOutput"
     assert "out/summary.txt" in manifest["failure"]["message"]
     assert "report.json" not in manifest["failure"]["message"]
+
+
+def test_a_deleted_job_leaves_status_jobs_and_its_counts_stay_in_the_totals(world: World) -> None:
+    outcomes = collected(world, "ab")
+    world.clock.advance(hours=2)
+    poll(world.gw)  # terminates the job and clears its staging
+    world.clock.advance(hours=25)
+    assert poll(world.gw).deleted == [outcomes[0].job_id]
+
+    document = status(world.gw)
+
+    assert document["jobs"] == []
+    assert document["deleted_jobs"] == {
+        "count": 1,
+        "counts": {"queued": 0, "running": 0, "succeeded": 2, "failed": 0, "collected": 2, "rejected": 0,
+                   "skipped": 0},
+    }  # fmt: skip
+    assert document["totals"]["collected"] == 2 and document["totals"]["succeeded"] == 2  # type: ignore[index]
+    assert poll(world.gw).jobs == 0 and world.ledger.jobs(active_only=False) == []

@@ -1,0 +1,140 @@
+"""The ledger's Table layout: partition and row keys, and the entities of inputs, jobs and counters.
+
+Partitions (docs/internals.md, "Ledger layout", says why):
+- `input-0` … `input-f`: one row per input keyed by task id, in the partition named by the first hex digit of
+  sha256(task id), so a task id alone finds its row; each also holds one counter row per job (`~count~<job id>`)
+  of its own inputs in a final state, written in the same entity group transaction as the input's row.
+- `job`: one row per live (active or terminated) job; `job-deleted`: deleted jobs, and `~total`, the sum of
+  their counts.
+- `rejected`: what was refused and why, newest first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+from shared.models import FinalKey, InputRecord, InputState, JobRecord, JobState
+
+INPUTS = "input"
+JOBS = "job"
+DELETED_JOBS = "job-deleted"
+REJECTIONS = "rejected"
+INPUT_PARTITIONS = 16
+# Task ids and job ids are [A-Za-z0-9_-]: a row key starting with "~" is never theirs, and sorts after them all.
+COUNTER_PREFIX = "~count~"
+DELETED_TOTAL = "~total"
+MAX_RECENT_IDS = 400  # keeps the job row under Table storage's 64 KiB property limit
+
+# Every input row, across the input partitions, without their counter rows.
+INPUT_ROWS = f"PartitionKey ge '{INPUTS}-' and PartitionKey lt '{INPUTS}.' and RowKey lt '~'"
+
+
+def quote(value: str) -> str:
+    return value.replace("'", "''")
+
+
+def input_partition(task_id: str) -> str:
+    """The partition of the input's row: spread by a hash, found again from the task id alone."""
+    return f"{INPUTS}-{hashlib.sha256(task_id.encode()).hexdigest()[0]}"
+
+
+def input_partitions() -> list[str]:
+    return [f"{INPUTS}-{digit:x}" for digit in range(INPUT_PARTITIONS)]
+
+
+def counter_key(job_id: str) -> str:
+    return COUNTER_PREFIX + job_id
+
+
+def encode_counts(counts: Counter[FinalKey]) -> str:
+    return json.dumps(sorted([key.state.value, key.pipeline, key.outcome, n] for key, n in counts.items() if n))
+
+
+def decode_counts(text: object) -> Counter[FinalKey]:
+    counts: Counter[FinalKey] = Counter()
+    for state, pipeline, outcome, n in json.loads(str(text or "[]")):
+        counts[FinalKey(InputState(state), str(pipeline), str(outcome))] += int(n)
+    return counts
+
+
+def counter_entity(partition: str, job_id: str, counts: Counter[FinalKey]) -> dict[str, Any]:
+    return {"PartitionKey": partition, "RowKey": counter_key(job_id), "job_id": job_id, "counts": encode_counts(counts)}
+
+
+def deleted_total_entity(jobs: int, counts: Counter[FinalKey]) -> dict[str, Any]:
+    return {"PartitionKey": DELETED_JOBS, "RowKey": DELETED_TOTAL, "jobs": jobs, "counts": encode_counts(counts)}
+
+
+def input_entity(record: InputRecord) -> dict[str, Any]:
+    return {
+        "PartitionKey": input_partition(record.task_id),
+        "RowKey": record.task_id,
+        "container": record.container,
+        "name": record.name,
+        "etag": record.etag,
+        "pipeline": record.pipeline,
+        "job_id": record.job_id,
+        "state": record.state.value,
+        "reason": record.reason,
+        "outcome": record.outcome,
+        "reactivations": record.reactivations,
+        "updated_at": datetime.now(UTC),
+    }
+
+
+def input_record(entity: Any) -> InputRecord:
+    updated = entity.get("updated_at")
+    return InputRecord(
+        task_id=str(entity["RowKey"]),
+        container=str(entity.get("container", "")),
+        name=str(entity.get("name", "")),
+        etag=str(entity.get("etag", "")),
+        pipeline=str(entity.get("pipeline", "")),
+        job_id=str(entity.get("job_id", "")),
+        state=InputState(entity.get("state", InputState.CLAIMED.value)),
+        reason=str(entity.get("reason", "")),
+        outcome=str(entity.get("outcome", "")),
+        updated_at=updated if isinstance(updated, datetime) else None,
+        reactivations=int(entity.get("reactivations") or 0),
+    )
+
+
+def job_entity(record: JobRecord, partition: str = JOBS) -> dict[str, Any]:
+    entity: dict[str, Any] = {
+        "PartitionKey": partition,
+        "RowKey": record.job_id,
+        "pipeline": record.pipeline,
+        "window_end": record.window_end,
+        "state": record.state.value,
+        "recent_task_ids": json.dumps(record.recent_task_ids[-MAX_RECENT_IDS:]),
+    }
+    if record.watermark is not None:
+        entity["watermark"] = record.watermark
+    if record.terminated_at is not None:
+        entity["terminated_at"] = record.terminated_at
+    if record.staging_cleared_through is not None:
+        entity["staging_cleared_through"] = record.staging_cleared_through
+    entity["staging_cleared"] = record.staging_cleared
+    return entity
+
+
+def job_record(entity: Any) -> JobRecord:
+    def moment(key: str) -> datetime | None:
+        value = entity.get(key)
+        return value.astimezone(UTC) if isinstance(value, datetime) else None
+
+    return JobRecord(
+        job_id=str(entity["RowKey"]),
+        pipeline=str(entity.get("pipeline", "")),
+        window_end=moment("window_end") or datetime.now(UTC),
+        state=JobState(entity.get("state", JobState.ACTIVE.value)),
+        watermark=moment("watermark"),
+        recent_task_ids=list(json.loads(entity.get("recent_task_ids") or "[]")),
+        terminated_at=moment("terminated_at"),
+        staging_cleared_through=entity.get("staging_cleared_through"),
+        staging_cleared=bool(entity.get("staging_cleared", False)),
+    )

@@ -1,0 +1,193 @@
+"""One set of cases for the ledger fake and the Table ledger on Azurite: the same results, the same exceptions.
+
+The unit tests trust FakeLedger to behave like TableLedger; these cases are where that trust is checked.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import Counter
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+
+import pytest
+from azure.data.tables import TableClient
+
+from shared.errors import TransientError
+from shared.ledger import TableLedger
+from shared.ledger_rows import input_partition
+from shared.models import FinalKey, InputRecord, InputState, JobRecord, JobState
+from shared.ports import LedgerPort
+from tests.unit.fakes import FakeLedger
+
+WINDOW_END = datetime(2026, 11, 24, 11, 0, tzinfo=UTC)
+
+
+@pytest.fixture(params=["fake", "table"])
+def ledger(request: pytest.FixtureRequest) -> Iterator[LedgerPort]:
+    if request.param == "fake":
+        yield FakeLedger()
+        return
+    request.applymarker(pytest.mark.integration)
+    azurite = request.getfixturevalue("azurite")
+    table = f"contract{request.getfixturevalue('namespace')}"
+    yield TableLedger(TableClient.from_connection_string(azurite.connection_string, table))
+    TableClient.from_connection_string(azurite.connection_string, table).delete_table()
+
+
+def row(state: InputState, task_id: str = "t-1", job_id: str = "job-1", **fields: object) -> InputRecord:
+    return InputRecord(task_id, "input", f"{task_id}.txt", "0x1", "report", job_id, state, **fields)  # type: ignore[arg-type]
+
+
+def collected(outcome: str = "succeeded") -> FinalKey:
+    return FinalKey(InputState.COLLECTED, "report", outcome)
+
+
+def test_a_second_claim_returns_the_stored_row_and_created_false(ledger: LedgerPort) -> None:
+    first = row(InputState.CLAIMED)
+    assert ledger.claim_input(first) == (first, True)
+    stored, created = ledger.claim_input(row(InputState.CLAIMED, job_id="job-2"))
+    assert not created and stored.job_id == "job-1"
+    assert ledger.get_input("t-1") == stored
+    assert ledger.get_input("t-unknown") is None
+
+
+@pytest.mark.parametrize("final", [InputState.COLLECTED, InputState.SKIPPED, InputState.REJECTED])
+def test_save_input_never_moves_a_row_out_of_a_final_state(ledger: LedgerPort, final: InputState) -> None:
+    ledger.claim_input(row(final, outcome="succeeded"))
+    told = ledger.save_input(row(InputState.SUBMITTED, reactivations=1))
+    assert told.state is final and told.reactivations == 0  # the writer learns what the row says
+    ledger.save_inputs([row(InputState.CLAIMED), row(InputState.SUBMITTED, "t-2")])
+    stored = {record.task_id: record.state for record in ledger.inputs()}
+    assert stored == {"t-1": final, "t-2": InputState.SUBMITTED}
+    assert ledger.save_input(row(InputState.COLLECTED, outcome="failed")).state is InputState.COLLECTED
+
+
+def test_a_save_made_from_a_stale_read_does_not_undo_a_collection(ledger: LedgerPort) -> None:
+    ledger.claim_input(row(InputState.SUBMITTED))
+    stale = ledger.get_input("t-1")
+    assert stale is not None
+    ledger.save_input(row(InputState.COLLECTED, outcome="succeeded"))  # another collector, after our read
+    stale.reactivations += 1
+
+    stored = ledger.save_input(stale)
+
+    assert stored.state is InputState.COLLECTED and stored.outcome == "succeeded"
+    found = ledger.get_input("t-1")
+    assert found is not None and found.state is InputState.COLLECTED and found.reactivations == 0
+
+
+def test_counters_count_each_final_input_once(ledger: LedgerPort) -> None:
+    ledger.claim_input(row(InputState.REJECTED, "r-1", job_id="", reason="bad name"))
+    ledger.claim_input(row(InputState.REJECTED, "r-1", job_id="", reason="bad name"))  # a redelivery
+    ledger.claim_input(row(InputState.SKIPPED, "s-1", job_id=""))
+    for task_id in ("t-1", "t-2", "t-3"):
+        ledger.claim_input(row(InputState.CLAIMED, task_id))
+    ledger.save_inputs([row(InputState.SUBMITTED, task_id) for task_id in ("t-1", "t-2", "t-3")])
+    assert ledger.counts().by_job.get("job-1", Counter()) == Counter()  # nothing final yet
+
+    ledger.save_input(row(InputState.COLLECTED, "t-1", outcome="succeeded"))
+    ledger.save_input(row(InputState.COLLECTED, "t-1", outcome="succeeded"))  # two collectors, one input
+    ledger.save_input(row(InputState.COLLECTED, "t-2", outcome="succeeded"))
+    ledger.save_input(row(InputState.COLLECTED, "t-2", outcome="failed"))  # a later word on the same input
+    ledger.save_inputs([row(InputState.COLLECTED, "t-3", outcome="superseded"), row(InputState.SUBMITTED, "t-1")])
+
+    counts = ledger.counts()
+    assert counts.by_job["job-1"] == Counter({collected(): 1, collected("failed"): 1, collected("superseded"): 1})
+    assert counts.by_job[""] == Counter(
+        {FinalKey(InputState.REJECTED, "report"): 1, FinalKey(InputState.SKIPPED, "report"): 1}
+    )
+    assert counts.deleted_jobs == 0 and counts.deleted == Counter()
+
+
+def test_jobs_claim_save_and_retire(ledger: LedgerPort) -> None:
+    job = JobRecord("job-1", "report", WINDOW_END, recent_task_ids=["t-1"])
+    assert ledger.claim_job(job) == (job, True)
+    again, created = ledger.claim_job(JobRecord("job-1", "other", WINDOW_END))
+    assert not created and again.pipeline == "report" and again.recent_task_ids == ["t-1"]
+    assert ledger.get_job("job-unknown") is None
+    ledger.claim_job(JobRecord("job-2", "report", WINDOW_END))
+    for task_id in ("t-1", "t-2"):
+        ledger.claim_input(row(InputState.COLLECTED, task_id, outcome="succeeded"))
+    ledger.claim_input(row(InputState.COLLECTED, "t-3", job_id="job-2", outcome="failed"))
+
+    job.state, job.terminated_at = JobState.TERMINATED, WINDOW_END
+    ledger.save_job(job)
+    assert [j.job_id for j in ledger.jobs()] == ["job-2"]
+    assert sorted(j.job_id for j in ledger.jobs(active_only=False)) == ["job-1", "job-2"]
+
+    ledger.retire_job(job)
+    ledger.retire_job(job)  # a poll that crashed after retiring it does so again: counted once
+
+    assert [j.job_id for j in ledger.jobs(active_only=False)] == ["job-2"]
+    retired = ledger.get_job("job-1")
+    assert retired is not None and retired.state is JobState.DELETED and retired.terminated_at == WINDOW_END
+    counts = ledger.counts()
+    assert counts.deleted_jobs == 1 and counts.deleted == Counter({collected(): 2})
+    assert "job-1" not in counts.by_job and counts.by_job["job-2"] == Counter({collected("failed"): 1})
+
+
+def test_rejections_newest_first_and_bounded(ledger: LedgerPort) -> None:
+    for index in range(5):
+        ledger.record_rejection(f"input/{index}", f"reason {index}")
+    found = ledger.rejections(limit=3)
+    assert [r["input"] for r in found] == ["input/4", "input/3", "input/2"]
+    assert all(r["reason"].startswith("reason") and datetime.fromisoformat(r["at"]) for r in found)
+
+
+def test_rows_spread_over_partitions_and_every_read_finds_them(ledger: LedgerPort) -> None:
+    task_ids = [f"t-{index:03}" for index in range(120)]
+    assert len({input_partition(task_id) for task_id in task_ids}) == 16
+    ledger.save_inputs([row(InputState.SUBMITTED, task_id, job_id=f"job-{index % 2}") for index, task_id in
+                        enumerate(task_ids)])  # fmt: skip
+    ledger.claim_input(row(InputState.CLAIMED, "t-new"))
+    ledger.save_input(row(InputState.COLLECTED, "t-000", job_id="job-0", outcome="succeeded"))
+
+    assert all(ledger.get_input(task_id) is not None for task_id in task_ids)
+    assert ledger.known_task_ids() == set(task_ids)  # counter rows are not inputs, claimed rows not known
+    assert len(ledger.inputs(job_id="job-1")) == 61  # and the claimed one
+    assert [r.task_id for r in ledger.inputs(state=InputState.COLLECTED)] == ["t-000"]
+    assert len(ledger.inputs(state=InputState.SUBMITTED, job_id="job-0")) == 59
+
+
+def unreachable_ledger() -> TableLedger:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    connection = (
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+        "AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==;"
+        f"TableEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"
+    )
+    return TableLedger(TableClient.from_connection_string(connection, "ledger", retry_total=0))
+
+
+def unavailable_fake() -> FakeLedger:
+    fake = FakeLedger()
+    fake.unavailable = True
+    return fake
+
+
+CALLS: dict[str, Callable[[LedgerPort], object]] = {
+    "claim_input": lambda store: store.claim_input(row(InputState.CLAIMED)),
+    "get_input": lambda store: store.get_input("t-1"),
+    "save_input": lambda store: store.save_input(row(InputState.COLLECTED, outcome="succeeded")),
+    "save_inputs": lambda store: store.save_inputs([row(InputState.SUBMITTED)]),
+    "inputs": lambda store: store.inputs(),
+    "known_task_ids": lambda store: store.known_task_ids(),
+    "counts": lambda store: store.counts(),
+    "get_job": lambda store: store.get_job("job-1"),
+    "claim_job": lambda store: store.claim_job(JobRecord("job-1", "report", WINDOW_END)),
+    "save_job": lambda store: store.save_job(JobRecord("job-1", "report", WINDOW_END)),
+    "retire_job": lambda store: store.retire_job(JobRecord("job-1", "report", WINDOW_END)),
+    "jobs": lambda store: store.jobs(),
+    "record_rejection": lambda store: store.record_rejection("input/x", "why"),
+    "rejections": lambda store: store.rejections(),
+}
+
+
+@pytest.mark.parametrize("make", [unavailable_fake, unreachable_ledger], ids=["fake", "table"])
+@pytest.mark.parametrize("call", CALLS)
+def test_every_call_to_an_unreachable_ledger_raises_transient_error(make: Callable[[], LedgerPort], call: str) -> None:
+    with pytest.raises(TransientError):
+        CALLS[call](make())
