@@ -121,8 +121,7 @@ class Journal:
             self.writes_since_compaction = 0
         temporary = self.path.with_suffix(".compact")
         try:
-            with temporary.open("w", encoding="utf-8") as target:
-                target.writelines(snapshot)
+            self._write_snapshot(temporary, snapshot)
             with self._lock:
                 if self._file is None:  # closed meanwhile: the old file is the journal
                     temporary.unlink(missing_ok=True)
@@ -135,6 +134,11 @@ class Journal:
         finally:
             with self._lock:
                 self._pending = None
+
+    def _write_snapshot(self, temporary: Path, lines: list[str]) -> None:
+        """The slow part of a compaction, run with no lock held."""
+        with temporary.open("w", encoding="utf-8") as target:
+            target.writelines(lines)
 
     def close(self) -> None:
         with self._lock:
