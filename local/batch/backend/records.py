@@ -99,6 +99,18 @@ class TaskRecord(Record):
     process: ProcessIdentity | None = None  # set while a process of this task runs
     files_cleaned: bool = False  # retention removed the task's directory
 
+    def to_json(self) -> Doc:
+        # saved on every task state change: built directly rather than by asdict's recursive deep copy
+        process = self.process
+        return {
+            "seq": self.seq,
+            "attempt": self.attempt,
+            "process": None
+            if process is None
+            else {"pid": process.pid, "create_time": process.create_time, "cmdline": list(process.cmdline)},
+            "files_cleaned": self.files_cleaned,
+        }
+
     @classmethod
     def from_json(cls, data: Doc) -> TaskRecord:
         process = data.get("process")
