@@ -128,7 +128,7 @@ class Execution:
                         "servererror",
                         "Unknown",
                         "An unknown scheduling error has occurred.",
-                        {"Message": str(problem)[:500]},
+                        {"Message": runner.redact_queries(str(problem))[:500]},
                     ),
                     launched=False,
                 )

@@ -422,7 +422,10 @@ class Pools:
             except Exception as problem:  # a worker thread's boundary: the node must not stay waiting forever
                 logger.exception("start task on node %s of pool %s crashed in the emulator", node_key, pool_key)
                 failure = runner.Failure(
-                    "servererror", "Unknown", "An unknown error has occurred.", {"Message": str(problem)[:500]}
+                    "servererror",
+                    "Unknown",
+                    "An unknown error has occurred.",
+                    {"Message": runner.redact_queries(str(problem))[:500]},
                 )
             with state.lock:
                 state.start_task_pids.pop((pool_key, node_key), None)
