@@ -58,8 +58,6 @@ def signed_headers(
 ) -> dict[str, str]:
     """`headers` plus ocp-date and a SharedKey Authorization for a request the emulator will accept."""
     signed = {**(headers or {}), "ocp-date": formatdate(usegmt=True)}
-    if method not in ("GET", "HEAD"):
-        signed.setdefault("Content-Length", "0")
     signature = sign(account_key, string_to_sign(method, raw_target, signed, account_name))
     return {**signed, "Authorization": f"SharedKey {account_name}:{signature}"}
 
