@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from local.batch.auth import signed_headers
+from local.batch.wire import ERROR_METADATA
 from local.stack import Emulator
 
 API_VERSION = "2025-06-01"
@@ -48,7 +49,7 @@ def answer(sock: socket.socket, method: str = "POST") -> tuple[HTTPResponse, Any
 def assert_batch_error(body: Any, code: str) -> None:
     assert body["code"] == code
     assert body["message"]["lang"] == "en-US" and body["message"]["value"]
-    assert body["odata.metadata"].endswith("$metadata#Microsoft.Azure.Batch.Protocol.Entities.Container.errors/@Element")
+    assert body["odata.metadata"].endswith(ERROR_METADATA)
 
 
 def job_body(job_id: str) -> bytes:
@@ -69,7 +70,8 @@ def test_a_malformed_content_length_is_400_invalid_header_value(emulator: Emulat
 @pytest.mark.parametrize("size_line", [b"zz", b"", b"-1", b"1x"])
 def test_a_malformed_chunk_size_is_400_invalid_request_body(emulator: Emulator, size_line: bytes) -> None:
     with connect(emulator) as sock:
-        sock.sendall(head(emulator, "POST", JOBS, {"Transfer-Encoding": "chunked"}) + size_line + b"\r\n{}\r\n0\r\n\r\n")
+        chunks = size_line + b"\r\n{}\r\n0\r\n\r\n"
+        sock.sendall(head(emulator, "POST", JOBS, {"Transfer-Encoding": "chunked"}) + chunks)
         response, body = answer(sock)
     assert response.status == 400
     assert_batch_error(body, "InvalidRequestBody")
@@ -144,18 +146,18 @@ def test_a_body_cut_short_is_400_not_a_dropped_connection(emulator: Emulator) ->
 
 
 def _stats(emulator: Emulator) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{emulator.url}/_emulator/stats", timeout=10) as response:  # noqa: S310
+    with urllib.request.urlopen(f"{emulator.url}/_emulator/stats", timeout=10) as response:
         stats: dict[str, Any] = json.load(response)
         return stats
 
 
 def test_resetting_the_stats_needs_the_account_key(emulator: Emulator) -> None:
     with pytest.raises(urllib.error.HTTPError):  # counted, though refused
-        urllib.request.urlopen(f"{emulator.url}/jobs/x?api-version={API_VERSION}", timeout=10)  # noqa: S310
+        urllib.request.urlopen(f"{emulator.url}/jobs/x?api-version={API_VERSION}", timeout=10)
     assert _stats(emulator)["total"] >= 1
     unsigned = urllib.request.Request(f"{emulator.url}/_emulator/stats/reset", method="POST")
     with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(unsigned, timeout=10)  # noqa: S310
+        urllib.request.urlopen(unsigned, timeout=10)
     assert refused.value.code == 401
     assert_batch_error(json.loads(refused.value.read()), "AuthenticationFailed")
     assert _stats(emulator)["total"] >= 1
