@@ -125,7 +125,12 @@ class Emulator(Service):
             return stats
 
     def reset_stats(self) -> None:
-        request = urllib.request.Request(f"{self.url}/_emulator/stats/reset", method="POST")  # noqa: S310
+        """Zero the emulator's request counts (a request signed with the account's key, as the emulator wants)."""
+        from local.batch.auth import signed_headers
+
+        target = "/_emulator/stats/reset"
+        headers = signed_headers("POST", target, self.account_name, self.account_key)
+        request = urllib.request.Request(f"{self.url}{target}", method="POST", headers=headers)  # noqa: S310
         with urllib.request.urlopen(request, timeout=10):  # noqa: S310
             pass
 

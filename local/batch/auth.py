@@ -7,7 +7,7 @@ import hashlib
 import hmac
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
+from email.utils import formatdate, parsedate_to_datetime
 from urllib.parse import parse_qs, urlsplit
 
 # "The Batch service must receive a request within 15 minutes of when it is created."
@@ -51,6 +51,15 @@ def string_to_sign(method: str, raw_target: str, headers: Mapping[str, str], acc
 def sign(key: str, text: str) -> str:
     digest = hmac.new(base64.b64decode(key), text.encode("utf-8"), hashlib.sha256).digest()
     return base64.b64encode(digest).decode("ascii")
+
+
+def signed_headers(
+    method: str, raw_target: str, account_name: str, account_key: str, headers: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """`headers` plus ocp-date and a SharedKey Authorization for a request the emulator will accept."""
+    signed = {**(headers or {}), "ocp-date": formatdate(usegmt=True)}
+    signature = sign(account_key, string_to_sign(method, raw_target, signed, account_name))
+    return {**signed, "Authorization": f"SharedKey {account_name}:{signature}"}
 
 
 def verify(method: str, raw_target: str, headers: Mapping[str, str], account_name: str, account_key: str) -> str | None:

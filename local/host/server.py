@@ -1,17 +1,30 @@
-"""The HTTP listener: a threading server on 127.0.0.1 that hands each request to the host."""
+"""The HTTP listener: Werkzeug's threaded server on a loopback address, handing each request to the host.
+
+Bodies follow the policy the Batch emulator has too (local/httpserver.py): `Content-Length` or chunked,
+refused with 413 as soon as the declared size passes the limit, 400 when malformed.
+"""
 
 from __future__ import annotations
 
 import logging
-import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl, urlsplit
+
+from werkzeug.datastructures import EnvironHeaders
+
+from local.httpserver import RAW_TARGET_KEY, BodyError, LoopbackServer, PlainResponse, RequestBody, base_url
 
 from .webhooks import WebResponse, error_response
 
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
 logger = logging.getLogger(__name__)
+
+# The Functions host's limit on an HTTP request (FUNCTIONS_REQUEST_BODY_SIZE_LIMIT, 100 MB by default).
+MAX_BODY_BYTES = 100 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -27,65 +40,40 @@ class WebRequest:
 Dispatch = Callable[[WebRequest], WebResponse]
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: HostServer
+class HostServer(LoopbackServer):
+    def __init__(self, host: str, port: int, dispatch: Dispatch, max_body_bytes: int = MAX_BODY_BYTES) -> None:
+        self.dispatch = dispatch
+        super().__init__(host, port, self._wsgi, max_body_bytes, "batchdrop-devhost/1.0")
 
-    def _serve(self) -> None:
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            self._send(error_response(411, "send a Content-Length; chunked bodies are not supported"))
-            return
+    def _wsgi(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        method = str(environ["REQUEST_METHOD"]).upper()
+        response = self._respond(method, environ)
+        wsgi = PlainResponse(response.body, response.status)
+        for name, value in response.headers.items():
+            wsgi.headers[name] = value
+        if "content-type" not in {name.lower() for name in response.headers} and response.body:
+            wsgi.headers["Content-Type"] = response.content_type
+        return wsgi(environ, start_response)
+
+    def _respond(self, method: str, environ: WSGIEnvironment) -> WebResponse:
         try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            self._send(error_response(400, "Content-Length is not a number"))
-            return
-        body = self.rfile.read(length)
-        parts = urlsplit(self.path)
+            body = RequestBody.of(environ).read()
+        except BodyError as problem:
+            return error_response(problem.status, f"{problem.code}: {problem.message} ({_details(problem)})")
+        raw_target = str(environ[RAW_TARGET_KEY])
+        parts = urlsplit(raw_target)
         query: dict[str, str] = {}
         for name, value in parse_qsl(parts.query, keep_blank_values=True):
             query.setdefault(name, value)
-        host = self.headers.get("Host") or "{}:{}".format(*self.server.server_address[:2])
         request = WebRequest(
-            method=self.command.upper(), url=f"http://{host}{self.path}", path=parts.path or "/",
-            query=query, headers={name.lower(): value for name, value in self.headers.items()}, body=body)
+            method=method, url=f"{base_url(environ)}{raw_target}", path=parts.path or "/", query=query,
+            headers={name.lower(): value for name, value in EnvironHeaders(environ).items()}, body=body)
         try:
-            response = self.server.dispatch(request)
+            return self.dispatch(request)
         except Exception:
             logger.exception("%s %s failed", request.method, request.path)
-            response = error_response(500, "internal error in the dev host")
-        self._send(response, head=request.method == "HEAD")
-
-    def _send(self, response: WebResponse, head: bool = False) -> None:
-        self.send_response(response.status)
-        names = {name.lower() for name in response.headers}
-        for name, value in response.headers.items():
-            self.send_header(name, value)
-        if "content-type" not in names and response.body:
-            self.send_header("Content-Type", response.content_type)
-        self.send_header("Content-Length", str(len(response.body)))
-        self.end_headers()
-        if not head:
-            self.wfile.write(response.body)
-
-    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _serve
-
-    def log_message(self, format: str, *args: object) -> None:
-        logger.debug("%s " + format, self.address_string(), *args)
+            return error_response(500, "internal error in the dev host")
 
 
-class HostServer(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False
-
-    def __init__(self, host: str, port: int, dispatch: Dispatch) -> None:
-        self.dispatch = dispatch
-        if ":" in host:
-            self.address_family = socket.AF_INET6
-        super().__init__((host, port), _Handler)
-
-    @property
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        shown = f"[{host!s}]" if self.address_family == socket.AF_INET6 else str(host)
-        return f"http://{shown}:{port}"
+def _details(problem: BodyError) -> str:
+    return ", ".join(f"{name} {value}" for name, value in problem.values.items())

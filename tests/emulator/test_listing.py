@@ -109,8 +109,7 @@ def test_invalid_filter_and_max_results_are_400(batch: BatchClient, finished_job
 
 
 def test_stats_count_requests_by_operation_and_reset(emulator: Emulator, batch: BatchClient, job_id: str) -> None:
-    request = urllib.request.Request(f"{emulator.url}/_emulator/stats/reset", method="POST")
-    urllib.request.urlopen(request, timeout=10).close()
+    emulator.reset_stats()
     batch.get_job(job_id)
     batch.get_job(job_id)
     list(batch.list_jobs())
