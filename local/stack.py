@@ -124,6 +124,12 @@ class Emulator(Service):
             stats: dict[str, object] = json.load(response)
             return stats
 
+    def progress(self) -> dict[str, int]:
+        """The backend's counters that only grow: dispatcher passes and ticks."""
+        progress = self.stats().get("progress")
+        assert isinstance(progress, dict), "an emulator without progress counters"
+        return {str(name): int(value) for name, value in progress.items()}
+
     def reset_stats(self) -> None:
         """Zero the emulator's request counts (a request signed with the account's key, as the emulator wants)."""
         from local.batch.auth import signed_headers

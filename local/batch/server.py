@@ -64,8 +64,10 @@ class EmulatorServer(LoopbackServer):
             self.stats[operation] += 1
 
     def stats_body(self) -> dict[str, Any]:
+        """Requests by operation since the last reset, and the backend's progress counters, which only grow
+        (tests wait for the dispatcher to have passed before asserting that something did not happen)."""
         with self.stats_lock:
-            return {"total": self.total, "requests": dict(self.stats)}
+            return {"total": self.total, "requests": dict(self.stats), "progress": self.service.progress()}
 
     def reset_stats(self) -> None:
         with self.stats_lock:

@@ -16,6 +16,7 @@ import pytest
 
 from local.batch.journal import Entry, Journal
 from local.batch.service import BatchService
+from local.stack import Emulator
 from tests.emulator.conftest import wait_until
 
 POOL: dict[str, Any] = {
@@ -239,3 +240,10 @@ def test_progress_counts_dispatcher_passes_and_ticks(service: BatchService) -> N
     service.create_task("j", {"id": "t", "commandLine": "true"})
     _completed(service, "j", "t")
     assert service.progress()["dispatch_passes"] > later["dispatch_passes"]
+
+
+def test_progress_is_served_with_the_stats_and_survives_a_reset(emulator: Emulator) -> None:
+    before = emulator.progress()
+    emulator.reset_stats()
+    after = wait_until(lambda: (now := emulator.progress())["dispatch_passes"] >= before["dispatch_passes"] + 2 and now)
+    assert after["ticks"] >= before["ticks"]
