@@ -79,6 +79,14 @@ class BlobTriggers:
                 self.receipts[connection] = Receipts(accounts.get(connection), host_id,
                                                      options.message_encoding)
         self.listeners: list[QueueListener] = []
+        self._scans = dict.fromkeys(self.functions, 0)
+        self._scans_lock = threading.Lock()
+
+    def scans(self) -> dict[str, int]:
+        """Completed container scans per function (full name): every blob a scan saw is dispatched (its
+        message queued) by the time the count moves, so two more scans mean one ran wholly after a moment."""
+        with self._scans_lock:
+            return dict(self._scans)
 
     def start(self) -> None:
         for connection, receipts in self.receipts.items():
@@ -128,6 +136,8 @@ class BlobTriggers:
                         logger.info("New blob %s/%s for %s", version.container, version.name, spec.name)
                 done &= seen  # forget deleted blobs and replaced versions
                 missing = False
+                with self._scans_lock:
+                    self._scans[spec.full_name] += 1
             except ResourceNotFoundError:
                 if not missing:
                     logger.warning("%s: container '%s' does not exist yet", spec.name, trigger.container)

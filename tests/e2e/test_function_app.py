@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
 from collections.abc import Iterator
 
@@ -14,6 +13,7 @@ from azure.storage.blob import BlobServiceClient
 
 from local.stack import PROJECT_ROOT, Stack, app_settings, start_azurite, start_emulator, start_host
 from tests.eventgrid import blob_created, post_events
+from tests.waiting import NotYet, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -60,14 +60,11 @@ def manifests(service: BlobServiceClient) -> dict[str, dict[str, object]]:
 def wait_for_manifests(
     service: BlobServiceClient, names: set[str], timeout: float = 150
 ) -> dict[str, dict[str, object]]:
-    deadline = time.monotonic() + timeout
-    found: dict[str, dict[str, object]] = {}
-    while time.monotonic() < deadline:
+    def every() -> dict[str, dict[str, object]] | NotYet:
         found = manifests(service)
-        if names <= set(found):
-            return found
-        time.sleep(1)
-    raise AssertionError(f"manifests after {timeout} s: {sorted(found)}; wanted {sorted(names)}")
+        return found if names <= set(found) else NotYet(sorted(found))
+
+    return wait_until(every, timeout, interval=1, what=f"the manifests of {sorted(names)}")
 
 
 def post_event(stack: Stack, name: str, account: str = "devstoreaccount1") -> int:
