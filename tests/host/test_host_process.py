@@ -38,8 +38,14 @@ def request(url: str, method: str = "GET", body: Any = None, headers: dict[str, 
 
 
 def send(queue: QueueClient, text: str) -> None:
-    """As a Functions queue output or a well-behaved producer writes it: base64."""
-    queue.send_message(base64.b64encode(text.encode()).decode())
+    """As a Functions queue output or a well-behaved producer writes it: base64, creating the queue if need be
+    (a host that has just started may not have polled, and so created, its queue yet)."""
+    content = base64.b64encode(text.encode()).decode()
+    try:
+        queue.send_message(content)
+    except ResourceNotFoundError:
+        queue.create_queue()
+        queue.send_message(content)
 
 
 def peek(queue: QueueClient) -> list[Any]:
