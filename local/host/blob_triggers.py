@@ -83,8 +83,9 @@ class BlobTriggers:
         self._scans_lock = threading.Lock()
 
     def scans(self) -> dict[str, int]:
-        """Completed container scans per function (full name): every blob a scan saw is dispatched (its
-        message queued) by the time the count moves, so two more scans mean one ran wholly after a moment."""
+        """Completed container scans per function (full name). A scan counts once every blob it listed has
+        been dispatched (its message queued) or left for the next scan after a storage error; a count two
+        higher than one read earlier means a whole scan ran after that read."""
         with self._scans_lock:
             return dict(self._scans)
 
