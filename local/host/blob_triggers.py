@@ -79,6 +79,15 @@ class BlobTriggers:
                 self.receipts[connection] = Receipts(accounts.get(connection), host_id,
                                                      options.message_encoding)
         self.listeners: list[QueueListener] = []
+        self._scans = dict.fromkeys(self.functions, 0)
+        self._scans_lock = threading.Lock()
+
+    def scans(self) -> dict[str, int]:
+        """Completed container scans per function (full name). A scan counts once every blob it listed has
+        been dispatched (its message queued) or left for the next scan after a storage error; a count two
+        higher than one read earlier means a whole scan ran after that read."""
+        with self._scans_lock:
+            return dict(self._scans)
 
     def start(self) -> None:
         for connection, receipts in self.receipts.items():
@@ -128,6 +137,8 @@ class BlobTriggers:
                         logger.info("New blob %s/%s for %s", version.container, version.name, spec.name)
                 done &= seen  # forget deleted blobs and replaced versions
                 missing = False
+                with self._scans_lock:
+                    self._scans[spec.full_name] += 1
             except ResourceNotFoundError:
                 if not missing:
                     logger.warning("%s: container '%s' does not exist yet", spec.name, trigger.container)

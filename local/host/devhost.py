@@ -127,6 +127,17 @@ class DevHost:
         self._log_functions()
         return self.url
 
+    def progress(self) -> dict[str, dict[str, int]]:
+        """Counters that only grow, for a test that must wait until the host has had its chance to act
+        (a scan, a poll, a tick) before asserting that it did nothing."""
+        listeners = [*self.blob_triggers.listeners, *self.queue_listeners]
+        return {
+            "blob_scans": self.blob_triggers.scans(),
+            "queue_polls": {listener.label: listener.polls for listener in listeners},
+            "queue_in_flight": {listener.label: listener.in_flight for listener in listeners},
+            "timer_ticks": self.timers.ticks(),
+        }
+
     def request_stop(self) -> None:
         """Ask wait() to return (safe from a signal handler)."""
         self._stopped.set()

@@ -67,6 +67,13 @@ class Timers:
         self._locks = {name: threading.Lock() for name in self.functions}
         self._running = 0
         self._changed = threading.Condition()
+        self._ticks = dict.fromkeys(self.functions, 0)
+
+    def ticks(self) -> dict[str, int]:
+        """Scheduled occurrences handled per function (run or skipped while stopping), each counted once its
+        invocation has returned; the startup and past-due runs count, manual runs do not."""
+        with self._changed:
+            return {spec.name: self._ticks[name] for name, spec in self.functions.items()}
 
     def start(self) -> None:
         for spec in self.functions.values():
@@ -110,8 +117,10 @@ class Timers:
             logger.info("%s: the occurrence at %s was missed while the host was down", spec.name,
                         status.next.isoformat())
             self._invoke(spec, status, True, "Timer fired (past due)")
+            self._count_tick(spec)
         elif trigger.run_on_startup:
             self._invoke(spec, status, False, "Timer fired at startup (RunOnStartup)")
+            self._count_tick(spec)
         scheduled = trigger.schedule.next_after(_now())
         status.next = scheduled
         status.save()
@@ -119,9 +128,14 @@ class Timers:
                     trigger.schedule.describe())
         while not self.stopping.wait(max((scheduled - _now()).total_seconds(), 0)):
             self._invoke(spec, status, _now() - scheduled > _LATE, "Timer fired")
+            self._count_tick(spec)
             scheduled = trigger.schedule.next_after(max(_now(), scheduled))
             status.next = scheduled
             status.save()
+
+    def _count_tick(self, spec: FunctionSpec) -> None:
+        with self._changed:
+            self._ticks[spec.name.lower()] += 1
 
     def _invoke(self, spec: FunctionSpec, status: _ScheduleStatus, past_due: bool, reason: str) -> None:
         with self._locks[spec.name.lower()]:

@@ -23,6 +23,7 @@ from tests.chaos.harness import (
     shuffled,
     verify,
 )
+from tests.waiting import NotYet, wait_until
 
 pytestmark = pytest.mark.chaos
 INPUTS = 150
@@ -111,13 +112,13 @@ def test_every_completion_message_three_times_at_once_publishes_each_manifest_on
     began = time.monotonic()
     stack.drop({name: input_content(name) for name in names})
     gw = stack.gateways()
-    deadline = time.monotonic() + 180
-    completed: list[CompletedTask] = []
-    while len(completed) < COMPLETION_INPUTS:
-        assert time.monotonic() < deadline, f"only {len(completed)} tasks completed"
-        time.sleep(1)
+
+    def all_completed() -> list[CompletedTask] | NotYet:
         jobs = {record.job_id for record in gw.ledger.inputs(InputState.SUBMITTED)}
         completed = [task for job in sorted(jobs) for task in gw.batch.completed_since(job, None)]
+        return completed if len(completed) >= COMPLETION_INPUTS else NotYet(f"{len(completed)} tasks completed")
+
+    completed = wait_until(all_completed, 180, interval=1, what=f"{COMPLETION_INPUTS} completed tasks")
     job_of = {record.task_id: record.job_id for record in gw.ledger.inputs()}
     bodies = shuffled([encode_completion(CompletionEvent(job_of[t.task_id], t.task_id, t.result)) for t in completed]
                       * COPIES, SEED)  # fmt: skip

@@ -33,6 +33,7 @@ from tests.chaos.harness import (
     retrying,
     verify,
 )
+from tests.waiting import NotYet, wait_until
 
 pytestmark = pytest.mark.chaos
 
@@ -96,13 +97,14 @@ def _task_of(stack: ChaosStack, name: str) -> str:
 def _wait_for_task(stack: ChaosStack, task_id: str, states: set[str], timeout: float = 120) -> str:
     """Wait until the input is submitted and its task is in one of `states`; returns its job id."""
     gw = stack.gateways()
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def reached() -> str | NotYet:
         row = gw.ledger.get_input(task_id)
         if row is not None and row.state is InputState.SUBMITTED and stack.task_state(row.job_id, task_id) in states:
             return row.job_id
-        assert time.monotonic() < deadline, f"task {task_id} never reached {states}: {row}"
-        time.sleep(0.3)
+        return NotYet(row)
+
+    return wait_until(reached, timeout, interval=0.3, what=f"task {task_id} to reach {states}")
 
 
 def run(stack: ChaosStack, workdir: Path) -> Outcome:

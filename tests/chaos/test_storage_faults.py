@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 
 from shared import ids
-from shared.models import InputState
+from shared.models import InputRecord, InputState
 from tests.chaos.harness import (
     INPUT,
     MANIFEST,
@@ -26,6 +27,7 @@ from tests.chaos.harness import (
     retrying,
     verify,
 )
+from tests.waiting import NotYet, wait_until
 
 pytestmark = pytest.mark.chaos
 BEFORE, AFTER = 150, 50
@@ -73,27 +75,23 @@ def run_outage(stack: ChaosStack) -> Outcome:
     # the outage, and it must end in completions-poison, not loop for ever nor be lost.
     stack.drop({SLOW: files[SLOW]})
     slow_task = ids.task_id(INPUT, SLOW, retrying(lambda: gw.blobs.get_blob(INPUT, SLOW)).etag)  # type: ignore[union-attr]
-    deadline = time.monotonic() + 120
-    while True:
+
+    def slow_running() -> InputRecord | NotYet:
         row = gw.ledger.get_input(slow_task)
-        if (
-            row is not None
-            and row.state is InputState.SUBMITTED
-            and stack.task_state(row.job_id, slow_task) == "running"
-        ):
-            break
-        assert time.monotonic() < deadline, f"the slow input never started: {row}"
-        time.sleep(0.5)
+        submitted = row is not None and row.state is InputState.SUBMITTED
+        if submitted and row is not None and stack.task_state(row.job_id, slow_task) == "running":
+            return row
+        return NotYet(row)
+
+    row = wait_until(slow_running, 120, interval=0.5, what="the slow input to start")
     stack.queue("completions").send_message(json.dumps({"job_id": row.job_id, "task_id": slow_task}))
     stack.drop({name: data for name, data in files.items() if name != SLOW})
 
     # Stop storage while tasks are queued, running and being collected: once any EARLY inputs are published
     # (tasks run in no particular order, so waiting for particular ones could wait for the end of the run).
     wanted = {ids.result_prefix(name) + MANIFEST for name in files}
-    deadline = time.monotonic() + 180
-    while len(retrying(stack.manifest_names) & wanted) < EARLY:
-        assert time.monotonic() < deadline, "the run did not get going before the outage"
-        time.sleep(0.5)
+    wait_until(lambda: len(retrying(stack.manifest_names) & wanted) >= EARLY, 180, interval=0.5,
+               what="the run to get going before the outage")
     stopped = time.monotonic()
     ports = stack.stop_azurite()
     time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - stopped)))
@@ -103,10 +101,10 @@ def run_outage(stack: ChaosStack) -> Outcome:
     files.update(later)
 
     poisoned = 0
-    deadline = time.monotonic() + 150
-    while time.monotonic() < deadline and poisoned == 0:
-        poisoned = int(stack.status()["poison"]["completions-poison"])
-        time.sleep(2)
+    # Not reaching the poison queue is reported in the tally below, not failed here.
+    with contextlib.suppress(AssertionError):
+        poisoned = wait_until(lambda: int(stack.status()["poison"]["completions-poison"]), 150, interval=2,
+                              what="the completion message in completions-poison")
 
     missing = stack.wait_for_manifests(files, timeout=300)
     verdict = verify(stack, files)

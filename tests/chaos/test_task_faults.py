@@ -16,6 +16,7 @@ from shared import ids
 from shared.collect import MAX_REACTIVATIONS
 from shared.models import InputState
 from tests.chaos.harness import INPUT, ChaosStack, Tally, input_content, pipeline, record, retrying, verify
+from tests.waiting import NotYet, wait_until
 
 pytestmark = pytest.mark.chaos
 
@@ -78,13 +79,14 @@ def _delete_staging_while_running(stack: ChaosStack, name: str) -> None:
     """The output upload fails: the task's staging container is deleted while the task runs."""
     gw = stack.gateways()
     task_id = ids.task_id(INPUT, name, retrying(lambda: gw.blobs.get_blob(INPUT, name)).etag)  # type: ignore[union-attr]
-    deadline = time.monotonic() + 120
-    while True:
+
+    def running() -> bool | NotYet:
         row = gw.ledger.get_input(task_id)
         if row is not None and row.state is InputState.SUBMITTED and stack.task_state(row.job_id, task_id) == "running":
-            break
-        assert time.monotonic() < deadline, f"{name} never started running: {row}"
-        time.sleep(0.3)
+            return True
+        return NotYet(row)
+
+    wait_until(running, 120, interval=0.3, what=f"{name} to start running")
     stack.blob_service().delete_container(ids.staging_container("staging", task_id))
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from local.stack import AZURITE_KEY
+from tests.waiting import NotYet, wait_until
 
 pytestmark = pytest.mark.e2e
 PROJECT = Path(__file__).resolve().parents[2]
@@ -47,14 +48,13 @@ def running_stack(state: Path):  # type: ignore[no-untyped-def]
 
 
 def wait_for_rows(state: Path, count: int, timeout: float = 90) -> list[list[str]]:
-    deadline = time.monotonic() + timeout
-    while True:
+    def enough() -> list[list[str]] | NotYet:
         listed = batchdrop(state, "results")
         assert listed.returncode == 0, listed.stderr
         rows = [line.split() for line in listed.stdout.splitlines()[1:] if line.strip()]
-        if len(rows) >= count or time.monotonic() > deadline:
-            return rows
-        time.sleep(1)
+        return rows if len(rows) >= count else NotYet(rows)
+
+    return wait_until(enough, timeout, interval=1, what=f"{count} result rows")
 
 
 def test_up_drop_results_status_down(running_stack: Path, tmp_path: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
 from collections.abc import Iterator
 
@@ -12,8 +11,9 @@ from azure.batch import BatchClient
 from azure.core.credentials import AzureNamedKeyCredential
 from azure.storage.blob import BlobServiceClient
 
-from local.stack import PROJECT_ROOT, Stack, app_settings, start_azurite, start_emulator, start_host
+from local.stack import PROJECT_ROOT, Azurite, Emulator, Stack, app_settings, start_host
 from tests.eventgrid import blob_created, post_events
+from tests.waiting import NotYet, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -26,10 +26,10 @@ INPUTS = {
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(tmp_path_factory: pytest.TempPathFactory, azurite: Azurite, emulator: Emulator) -> Iterator[Stack]:
+    """The app's fixed names (containers input, results, …, table ledger, pipeline report) are used by no
+    other test, so it runs on the suite's shared Azurite and emulator; only its host is its own."""
     workdir = tmp_path_factory.mktemp("e2e")
-    azurite = start_azurite(workdir)
-    emulator = start_emulator(workdir)
     running = Stack(azurite, emulator)
     try:
         service = BlobServiceClient.from_connection_string(azurite.connection_string)
@@ -45,7 +45,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         running.host = start_host(workdir, "function_app:app", settings, ["--blob-scan-seconds", "1"])
         yield running
     finally:
-        running.stop()
+        if running.host is not None:
+            running.host.stop()
 
 
 def manifests(service: BlobServiceClient) -> dict[str, dict[str, object]]:
@@ -60,14 +61,11 @@ def manifests(service: BlobServiceClient) -> dict[str, dict[str, object]]:
 def wait_for_manifests(
     service: BlobServiceClient, names: set[str], timeout: float = 150
 ) -> dict[str, dict[str, object]]:
-    deadline = time.monotonic() + timeout
-    found: dict[str, dict[str, object]] = {}
-    while time.monotonic() < deadline:
+    def every() -> dict[str, dict[str, object]] | NotYet:
         found = manifests(service)
-        if names <= set(found):
-            return found
-        time.sleep(1)
-    raise AssertionError(f"manifests after {timeout} s: {sorted(found)}; wanted {sorted(names)}")
+        return found if names <= set(found) else NotYet(sorted(found))
+
+    return wait_until(every, timeout, interval=1, what=f"the manifests of {sorted(names)}")
 
 
 def post_event(stack: Stack, name: str, account: str = "devstoreaccount1") -> int:
@@ -100,7 +98,8 @@ def test_dropped_files_get_exactly_one_manifest_each(stack: Stack) -> None:
 
     batch = BatchClient(stack.emulator.url, AzureNamedKeyCredential(stack.emulator.account_name,
                                                                     stack.emulator.account_key))  # fmt: skip
-    task_ids = [task.id for job in batch.list_jobs() for task in batch.list_tasks(job.id, select=["id"])]
+    jobs = batch.list_jobs(filter="startswith(id,'report-')")  # the sample pipeline's jobs
+    task_ids = [task.id for job in jobs for task in batch.list_tasks(job.id, select=["id"])]
     assert len(task_ids) == len(set(task_ids)) == len(INPUTS)
 
     assert stack.host is not None

@@ -1,13 +1,13 @@
-"""Conformance fixtures: Azurite and the Batch emulator as real processes, the real SDKs as clients."""
+"""Conformance fixtures over the suite's shared Azurite and Batch emulator (tests/conftest.py), the real SDKs as
+clients."""
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from azure.batch import BatchClient
@@ -15,9 +15,10 @@ from azure.batch import models as m
 from azure.core.credentials import AzureNamedKeyCredential
 from azure.storage.blob import BlobServiceClient, ContainerSasPermissions, generate_container_sas
 
-from local.stack import AZURITE_ACCOUNT, AZURITE_KEY, Azurite, Emulator, start_azurite, start_emulator
+from local.stack import AZURITE_ACCOUNT, AZURITE_KEY, Azurite, Emulator
+from tests.conftest import SharedServers
+from tests.waiting import NotYet, wait_until
 
-T = TypeVar("T")
 # What every pool needs on Azure Batch: a VM size and a VM image.
 VM: dict[str, Any] = {
     "vm_size": "standard_d2s_v3",
@@ -37,28 +38,20 @@ def client_for(emulator: Emulator, **kwargs: Any) -> BatchClient:
     return BatchClient(emulator.url, AzureNamedKeyCredential(emulator.account_name, emulator.account_key), **kwargs)
 
 
-def wait_until(check: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.05) -> T:
-    """Poll until check() returns something truthy; fail the test with the last value otherwise."""
-    deadline = time.monotonic() + timeout
-    value: T | None = None
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s (last value {value!r})")
-
-
 def wait_for_task(client: BatchClient, job_id: str, task_id: str, timeout: float = 30.0) -> m.BatchTask:
-    def completed() -> m.BatchTask | None:
+    def completed() -> m.BatchTask | NotYet:
         task = client.get_task(job_id, task_id)
-        return task if task.state == m.BatchTaskState.COMPLETED else None
+        return task if task.state == m.BatchTaskState.COMPLETED else NotYet(task.state)
 
-    return wait_until(completed, timeout)
+    return wait_until(completed, timeout, what=f"task {task_id} to complete")
 
 
 def wait_for_job_state(client: BatchClient, job_id: str, state: m.BatchJobState, timeout: float = 30.0) -> m.BatchJob:
-    return wait_until(lambda: (job := client.get_job(job_id)).state == state and job, timeout)
+    def in_state() -> m.BatchJob | NotYet:
+        job = client.get_job(job_id)
+        return job if job.state == state else NotYet(job.state)
+
+    return wait_until(in_state, timeout, what=f"job {job_id} to be {state}")
 
 
 def unique(prefix: str) -> str:
@@ -67,28 +60,14 @@ def unique(prefix: str) -> str:
 
 @pytest.fixture(scope="session")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where tests that start an emulator of their own keep it."""
     return tmp_path_factory.mktemp("emulator-conformance")
 
 
 @pytest.fixture(scope="session")
-def azurite(workdir: Path) -> Iterator[Azurite]:
-    server = start_azurite(workdir)
-    yield server
-    # Azurite lingers ~10 s on SIGTERM after serving keep-alive clients; its data here is throwaway.
-    server.stop(timeout=1.0)
-
-
-@pytest.fixture(scope="session")
-def emulator(workdir: Path, azurite: Azurite) -> Iterator[Emulator]:
-    # Depends on Azurite so it stops first: Azurite waits for open keep-alive connections on SIGTERM.
-    server = start_emulator(workdir)
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-def state_dir(workdir: Path) -> Path:
-    return workdir / "batch"
+def state_dir(emulator: Emulator, shared_servers: SharedServers) -> Path:
+    """The shared emulator's state directory."""
+    return shared_servers.emulator_state_dir
 
 
 @pytest.fixture(scope="session")

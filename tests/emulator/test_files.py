@@ -7,7 +7,8 @@ from azure.batch import BatchClient
 from azure.batch import models as m
 from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 
-from tests.emulator.conftest import Containers, wait_for_task, wait_until
+from tests.emulator.conftest import Containers, wait_for_task
+from tests.waiting import wait_until
 
 PY = "python3"
 

@@ -7,7 +7,8 @@ from azure.batch import BatchClient
 from azure.batch import models as m
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 
-from tests.emulator.conftest import POOL_NODES, POOL_SLOTS, VM, unique, wait_for_job_state, wait_for_task, wait_until
+from tests.emulator.conftest import POOL_NODES, POOL_SLOTS, VM, unique, wait_for_job_state, wait_for_task
+from tests.waiting import wait_until
 
 
 def new_job(batch: BatchClient, pool_id: str, **kwargs: object) -> str:

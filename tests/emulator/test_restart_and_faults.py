@@ -11,7 +11,8 @@ import pytest
 from azure.batch import models as m
 
 from local.stack import Emulator, start_emulator
-from tests.emulator.conftest import VM, client_for, wait_for_task, wait_until
+from tests.emulator.conftest import VM, client_for, wait_for_task
+from tests.waiting import wait_until
 
 
 def _gone(pid: int) -> bool:

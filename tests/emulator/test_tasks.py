@@ -13,7 +13,8 @@ from azure.batch import models as m
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 
 from local.batch import clock
-from tests.emulator.conftest import VM, unique, wait_for_task, wait_until
+from tests.emulator.conftest import VM, unique, wait_for_task
+from tests.waiting import wait_until
 
 PY = "python3"
 

@@ -1,9 +1,8 @@
-"""Fixtures for the dev host's tests: one Azurite per session, dev hosts running tests/host/sample_app.py."""
+"""Fixtures for the dev host's tests: dev hosts running tests/host/sample_app.py on the suite's shared Azurite."""
 
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -14,22 +13,16 @@ import pytest
 from azure.storage.blob import BlobServiceClient, ContainerClient
 from azure.storage.queue import QueueClient
 
-from local.stack import Azurite, Service, start_azurite, start_host
+from local.stack import Azurite, Service, start_host
+from tests.waiting import wait_until
 
 SAMPLE_APP = "tests.host.sample_app:app"
 T = TypeVar("T")
 
 
 def wait_for(probe: Callable[[], T], timeout: float = 20.0, what: str = "condition") -> T:
-    """Poll `probe` until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
+    """tests.waiting.wait_until with this module's old signature, for tests written before it."""
+    return wait_until(probe, timeout, what=what)
 
 
 def read_records(record_dir: Path, function: str) -> list[dict[str, Any]]:
@@ -76,15 +69,6 @@ def sample_settings(azurite: Azurite, record_dir: Path, container: str, queue: s
                     schedule: str = "*/1 * * * * *") -> dict[str, str]:
     return {"SampleStorage": azurite.connection_string, "SAMPLE_CONTAINER": container,
             "SAMPLE_QUEUE": queue, "SAMPLE_SCHEDULE": schedule, "SAMPLE_RECORD_DIR": str(record_dir)}
-
-
-@pytest.fixture(scope="session")
-def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Azurite]:
-    service = start_azurite(tmp_path_factory.mktemp("azurite"))
-    try:
-        yield service
-    finally:
-        service.kill()  # its data is thrown away; SIGTERM takes Azurite ~10 s
 
 
 StartSample = Callable[..., SampleHost]

@@ -20,7 +20,8 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import QueueClient
 
 from local.stack import PROJECT_ROOT
-from tests.host.conftest import SAMPLE_APP, SampleHost, StartSample, read_records, sample_settings, wait_for
+from tests.host.conftest import SAMPLE_APP, SampleHost, StartSample, read_records, sample_settings
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -37,8 +38,14 @@ def request(url: str, method: str = "GET", body: Any = None, headers: dict[str, 
 
 
 def send(queue: QueueClient, text: str) -> None:
-    """As a Functions queue output or a well-behaved producer writes it: base64."""
-    queue.send_message(base64.b64encode(text.encode()).decode())
+    """As a Functions queue output or a well-behaved producer writes it: base64, creating the queue if need be
+    (a host that has just started may not have polled, and so created, its queue yet)."""
+    content = base64.b64encode(text.encode()).decode()
+    try:
+        queue.send_message(content)
+    except ResourceNotFoundError:
+        queue.create_queue()
+        queue.send_message(content)
 
 
 def peek(queue: QueueClient) -> list[Any]:
@@ -73,7 +80,7 @@ def test_http_errors(sample_host: SampleHost) -> None:
     status = request(f"{sample_host.url}/api/boom")[0]
     assert status == 500
     # A function's exception is logged once, with its traceback.
-    log = wait_for(lambda: sample_host.log() if "RuntimeError: boom" in sample_host.log() else "", 5)
+    log = wait_until(lambda: sample_host.log() if "RuntimeError: boom" in sample_host.log() else "", 5)
     assert log.count("RuntimeError: boom") == 1
     assert "Executed 'Functions.boom' (Failed" in log
 
@@ -81,20 +88,20 @@ def test_http_errors(sample_host: SampleHost) -> None:
 def test_queue_message_is_processed_deleted_and_its_output_sent(sample_host: SampleHost) -> None:
     queue = sample_host.queue(sample_host.queue_name)
     send(queue, "hello queue")
-    [record] = wait_for(lambda: [r for r in sample_host.records("on_message") if r["body"] == "hello queue"],
-                        what="the queue function")
+    [record] = wait_until(lambda: [r for r in sample_host.records("on_message") if r["body"] == "hello queue"],
+                          what="the queue function")
     assert record["dequeue_count"] == 1
     assert record["pop_receipt"] is True
     output = sample_host.queue(f"{sample_host.queue_name}-out")
-    wait_for(lambda: "echo:hello queue" in decoded(output), what="the queue output")
-    wait_for(lambda: not peek(queue), 5, "the message to be deleted")
+    wait_until(lambda: "echo:hello queue" in decoded(output), what="the queue output")
+    wait_until(lambda: not peek(queue), 5, what="the message to be deleted")
 
 
 def test_a_failing_message_is_retried_then_poisoned(sample_host: SampleHost) -> None:
     queue = sample_host.queue(sample_host.queue_name)
     send(queue, "fail-always")
     poison = sample_host.queue(f"{sample_host.queue_name}-poison")
-    wait_for(lambda: "fail-always" in decoded(poison), 30, "the poison queue")
+    wait_until(lambda: "fail-always" in decoded(poison), 30, what="the poison queue")
     attempts = [r["dequeue_count"] for r in sample_host.records("on_message") if r["body"] == "fail-always"]
     assert attempts == [1, 2, 3, 4, 5]
     assert not peek(queue)
@@ -104,17 +111,17 @@ def test_a_message_that_is_not_base64_goes_straight_to_poison(sample_host: Sampl
     queue = sample_host.queue(sample_host.queue_name)
     queue.send_message('{"plain": "json"}')
     poison = sample_host.queue(f"{sample_host.queue_name}-poison")
-    wait_for(lambda: '{"plain": "json"}' in [m.content for m in peek(poison)],
-             10, "the poison queue")
+    wait_until(lambda: '{"plain": "json"}' in [m.content for m in peek(poison)],
+               10, what="the poison queue")
     assert "is not base64-encoded" in sample_host.log()
 
 
 def test_new_blob_invokes_with_properties_and_leaves_a_receipt(sample_host: SampleHost) -> None:
     container = sample_host.container
     container.upload_blob("dir/new file.txt", b"hello blob", metadata={"owner": "tests"})
-    [record] = wait_for(lambda: [r for r in sample_host.records("on_blob")
-                                 if r["name"] == f"{sample_host.container_name}/dir/new file.txt"],
-                        what="the blob function")
+    [record] = wait_until(lambda: [r for r in sample_host.records("on_blob")
+                                   if r["name"] == f"{sample_host.container_name}/dir/new file.txt"],
+                          what="the blob function")
     etag = container.get_blob_client("dir/new file.txt").get_blob_properties().etag
     assert record["length"] == record["content_length"] == 10
     assert record["etag"] == etag
@@ -138,7 +145,7 @@ def test_hostile_blob_names_are_triggered_like_any_other(sample_host: SampleHost
     def seen() -> list[str]:
         return sorted(r["name"][len(prefix):] for r in sample_host.records("on_blob") if r["name"].startswith(prefix))
 
-    wait_for(lambda: len(seen()) >= len(names), what="every hostile name")
+    wait_until(lambda: len(seen()) >= len(names), what="every hostile name")
     time.sleep(0.7)  # a couple more scans: still once each
     assert seen() == sorted(names)
 
@@ -146,7 +153,8 @@ def test_hostile_blob_names_are_triggered_like_any_other(sample_host: SampleHost
 def test_a_blob_name_of_the_maximum_length_is_triggered_once(sample_host: SampleHost) -> None:
     name = "long/" + "n" * (1024 - len("long/"))  # 1,024 characters: no room left for a receipt prefix
     sample_host.container.upload_blob(name, b"x")
-    wait_for(lambda: [r for r in sample_host.records("on_blob") if r["name"].endswith(name)], 15, "the long name")
+    wait_until(lambda: [r for r in sample_host.records("on_blob") if r["name"].endswith(name)], 15,
+               what="the long name")
     time.sleep(0.7)  # a couple more scans
     assert len([r for r in sample_host.records("on_blob") if r["name"].endswith(name)]) == 1
 
@@ -154,8 +162,8 @@ def test_a_blob_name_of_the_maximum_length_is_triggered_once(sample_host: Sample
 def test_the_function_can_stream_a_large_blob(sample_host: SampleHost) -> None:
     content = os.urandom(1024 * 1024) * 12  # 12 MiB: several ranged reads
     sample_host.container.upload_blob("read-large.bin", content, max_concurrency=4)
-    [record] = wait_for(lambda: [r for r in sample_host.records("on_blob") if r["name"].endswith("read-large.bin")],
-                        30, "the blob function")
+    [record] = wait_until(lambda: [r for r in sample_host.records("on_blob") if r["name"].endswith("read-large.bin")],
+                          30, what="the blob function")
     assert record["sha256"] == hashlib.sha256(content).hexdigest()
 
 
@@ -168,15 +176,15 @@ def test_a_failing_blob_is_tried_five_times_then_poisoned(sample_host: SampleHos
         return [m for m in messages if m["BlobName"] == "fail-blob.txt"
                 and m["ContainerName"] == sample_host.container_name]
 
-    [message] = wait_for(poisoned, 30, "the blob poison queue")
+    [message] = wait_until(poisoned, 30, what="the blob poison queue")
     assert message["FunctionId"] == "Host.Functions.on_blob"
     attempts = [r for r in sample_host.records("on_blob") if r["name"].endswith("/fail-blob.txt")]
     assert len(attempts) == 5
 
 
 def test_timer_runs_on_startup_and_on_schedule(sample_host: SampleHost) -> None:
-    records = wait_for(lambda: sample_host.records("tick")[:3] if len(sample_host.records("tick")) >= 3 else [],
-                       10, "three ticks")
+    records = wait_until(lambda: sample_host.records("tick")[:3] if len(sample_host.records("tick")) >= 3 else [],
+                         10, what="three ticks")
     assert records[0]["past_due"] is False
     assert "Timer fired at startup (RunOnStartup)" in sample_host.log()
 
@@ -186,13 +194,13 @@ def test_restart_does_not_redispatch_a_blob_with_a_receipt(start_sample: StartSa
     first = start_sample(workdir=tmp_path / "first", settings=same_host)
     first.blobs.create_container(first.container_name)
     first.container.upload_blob("once.txt", b"1")
-    wait_for(lambda: first.records("on_blob"), what="the first invocation")
+    wait_until(lambda: first.records("on_blob"), what="the first invocation")
     first.service.stop()
     second = start_sample(workdir=tmp_path / "second", container=first.container_name, settings=same_host)
     time.sleep(1.5)  # several scans
     assert second.records("on_blob") == []
     second.container.upload_blob("once.txt", b"2", overwrite=True)  # a new version is new work
-    [record] = wait_for(lambda: second.records("on_blob"), what="the changed blob")
+    [record] = wait_until(lambda: second.records("on_blob"), what="the changed blob")
     assert record["length"] == 1 and record["name"].endswith("/once.txt")
     second.service.stop()
 
@@ -209,7 +217,7 @@ def test_event_grid_pushes_reach_blob_and_event_grid_functions(start_sample: Sta
     headers = {"aeg-event-type": "Notification", "Content-Type": "application/json"}
     assert request(blobs_url, "POST", [event], headers)[0] == 401
     assert request(f"{blobs_url}&code=k3y", "POST", [event], headers)[0] == 202
-    [record] = wait_for(lambda: host.records("on_blob"), what="the pushed blob")
+    [record] = wait_until(lambda: host.records("on_blob"), what="the pushed blob")
     assert record["name"] == f"{host.container_name}/pushed.txt"
     # The same event again (Event Grid delivers at least once): the receipt stops a second run.
     assert request(f"{blobs_url}&code=k3y", "POST", [event], headers)[0] == 202
@@ -221,7 +229,7 @@ def test_event_grid_pushes_reach_blob_and_event_grid_functions(start_sample: Sta
     status, _, _ = request(f"{host.url}/runtime/webhooks/EventGrid?functionName=on_event&code=k3y", "POST",
                            [event], headers)
     assert status == 202
-    assert [r["id"] for r in wait_for(lambda: host.records("on_event"))] == ["e1"]
+    assert [r["id"] for r in wait_until(lambda: host.records("on_event"))] == ["e1"]
     time.sleep(0.5)
     assert len(host.records("on_blob")) == 1
 
@@ -230,13 +238,13 @@ def test_sigterm_releases_a_message_whose_function_is_still_running(start_sample
     host = start_sample(settings={"SAMPLE_SLOW_SECONDS": "30"})
     queue = host.queue(host.queue_name)
     send(queue, "slow")
-    wait_for(lambda: host.records("on_message"), what="the slow function to start")
+    wait_until(lambda: host.records("on_message"), what="the slow function to start")
     started = time.monotonic()
     host.service.stop(timeout=20)
     assert time.monotonic() - started < 10
     assert not host.service.alive()
     # Released, not lost: visible again at once, with one dequeue behind it.
-    [message] = wait_for(lambda: peek(queue), 5, "the released message")
+    [message] = wait_until(lambda: peek(queue), 5, what="the released message")
     assert base64.b64decode(message.content) == b"slow"
     assert message.dequeue_count == 1
 
@@ -260,9 +268,9 @@ def test_exactly_one_ready_line_and_a_clean_exit_on_sigterm(azurite: Any, tmp_pa
         status, _, body = request(f"{url}/admin/host/status")
         assert status == 200 and json.loads(body)["state"] == "Running"
         # The yearly timer ran once at startup (run_on_startup); the admin endpoint runs it again now.
-        wait_for(lambda: len(read_records(tmp_path, "tick")) == 1, 5, "the startup tick")
+        wait_until(lambda: len(read_records(tmp_path, "tick")) == 1, 5, what="the startup tick")
         assert request(f"{url}/admin/functions/tick", "POST", {"input": ""})[0] == 202
-        wait_for(lambda: len(read_records(tmp_path, "tick")) == 2, 5, "the manual tick")
+        wait_until(lambda: len(read_records(tmp_path, "tick")) == 2, 5, what="the manual tick")
         process.terminate()
         assert process.wait(timeout=15) == 0
         assert process.stdout.read() == ""
@@ -291,12 +299,12 @@ def test_storage_deleted_under_a_running_host_is_created_again(start_sample: Sta
     host = start_sample()
     host.blobs.create_container(host.container_name)
     host.container.upload_blob("before.txt", b"1")
-    wait_for(lambda: host.records("on_blob"), what="the first blob")
+    wait_until(lambda: host.records("on_blob"), what="the first blob")
     # What a test that wipes storage between cases does to a running host.
     host.blobs.delete_container("azure-webjobs-hosts")
     host.queue(host.queue_name).delete_queue()
     host.container.upload_blob("after.txt", b"2")
-    wait_for(lambda: len(host.records("on_blob")) == 2, 20, "the blob after the wipe")
+    wait_until(lambda: len(host.records("on_blob")) == 2, 20, what="the blob after the wipe")
     queue = host.queue(host.queue_name)
 
     def recreated() -> bool:
@@ -306,7 +314,7 @@ def test_storage_deleted_under_a_running_host_is_created_again(start_sample: Sta
             return False
         return True
 
-    wait_for(recreated, 10, "the queue to be created again")
+    wait_until(recreated, 10, what="the queue to be created again")
     send(queue, "after the wipe")
-    wait_for(lambda: [r for r in host.records("on_message") if r["body"] == "after the wipe"], 20,
-             "the message after the wipe")
+    wait_until(lambda: [r for r in host.records("on_message") if r["body"] == "after the wipe"], 20,
+               what="the message after the wipe")

@@ -12,7 +12,7 @@ from azure.storage.queue import QueueClient
 
 from local.host.queues import QueueListener, ReceivedMessage
 from local.host.settings import HostOptions
-from tests.host.conftest import wait_for
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -34,8 +34,8 @@ def test_a_long_invocation_keeps_its_message_and_deletes_it_once_done(azurite: A
     listener.start()
     try:
         queue.send_message("long job")
-        wait_for(lambda: handled, 15, "the handler to start")
-        wait_for(lambda: listener.in_flight == 0, 20, "the handler to finish")
+        wait_until(lambda: handled, 15, what="the handler to start")
+        wait_until(lambda: listener.in_flight == 0, 20, what="the handler to finish")
         assert handled == [(b"long job", 1)]
         assert list(queue.peek_messages()) == []
     finally:

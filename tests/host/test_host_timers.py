@@ -15,7 +15,8 @@ from local.host.settings import AppSettings
 from local.host.storage import StorageAccounts
 from local.host.timers import Timers
 from tests.host import sample_app
-from tests.host.conftest import read_records, wait_for
+from tests.host.conftest import read_records
+from tests.waiting import wait_until
 
 
 def start_timers(state_dir: Path, schedule: str) -> threading.Event:
@@ -44,9 +45,9 @@ def test_missed_occurrence_runs_once_past_due(record_dir: Path, tmp_path: Path) 
     status = write_status(tmp_path, dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5))
     stopping = start_timers(tmp_path, "0 0 * * * *")
     try:
-        assert wait_for(lambda: read_records(record_dir, "tick")) == [{"function": "tick", "past_due": True}]
-        wait_for(lambda: dt.datetime.fromisoformat(json.loads(status.read_text())["Next"])
-                 > dt.datetime.now(dt.UTC), 5, "the next occurrence to be saved")
+        assert wait_until(lambda: read_records(record_dir, "tick")) == [{"function": "tick", "past_due": True}]
+        wait_until(lambda: dt.datetime.fromisoformat(json.loads(status.read_text())["Next"])
+                   > dt.datetime.now(dt.UTC), 5, what="the next occurrence to be saved")
         assert len(read_records(record_dir, "tick")) == 1
     finally:
         stopping.set()
@@ -56,6 +57,6 @@ def test_run_on_startup_is_not_past_due(record_dir: Path, tmp_path: Path) -> Non
     write_status(tmp_path, dt.datetime.now(dt.UTC) + dt.timedelta(minutes=30))
     stopping = start_timers(tmp_path, "0 0 * * * *")
     try:
-        assert wait_for(lambda: read_records(record_dir, "tick")) == [{"function": "tick", "past_due": False}]
+        assert wait_until(lambda: read_records(record_dir, "tick")) == [{"function": "tick", "past_due": False}]
     finally:
         stopping.set()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from shared.collect import collect
 from shared.gateways import Gateways, build_gateways
 from shared.poll import poll
 from shared.settings import load_settings
+from tests.waiting import wait_until
 
 # A tiny application: a report of the input, or exit 3 when the input starts with "#fail".
 APP = """\
@@ -68,12 +68,8 @@ class PipelineWorld:
         return str(self.gw.settings.storage_connection_string)
 
     def wait_for(self, condition: Callable[[], bool], timeout: float = 60, what: str = "condition") -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if condition():
-                return
-            time.sleep(0.3)
-        raise AssertionError(f"timed out waiting for {what}")
+        # Each check here polls Batch and drains a queue: a slower pace than the suite's default.
+        wait_until(condition, timeout, interval=0.3, what=what)
 
     def run_until_manifests(self, names: list[str], timeout: float = 90) -> dict[str, dict[str, object]]:
         found: dict[str, dict[str, object]] = {}
