@@ -30,6 +30,8 @@ What it does, and where it differs from the Functions host:
 - Timers: NCRONTAB (6 or 5 fields) or TimeSpan, UTC, never overlapping; run_on_startup; a tick
   missed while down (schedules a minute apart or more) runs at startup with past_due. Status
   under --state-dir/timers. `POST /admin/functions/<timer>` runs one now.
+- `GET /admin/host/progress` (the dev host's own): counters that only grow (blob scans, queue polls,
+  in-flight messages, timer ticks), so a test waits for the host to have had its chance to act.
 - HTTP: `/<routePrefix>/<route>` with methods and route parameters; no keys enforced (as
   `func start`), loopback addresses only.
 - Event Grid triggers: `POST /runtime/webhooks/EventGrid?functionName=<name>` (+ `code=` with

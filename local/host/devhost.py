@@ -198,6 +198,8 @@ class DevHost:
         path = request.path.rstrip("/").lower()
         if path == "/admin/host/status" and request.method == "GET":
             return json_response(200, {"id": self.host_id, "state": "Running", "version": "batchdrop-dev"})
+        if path == "/admin/host/progress" and request.method == "GET":  # the dev host's own; Azure has none
+            return json_response(200, self.progress())
         if path == "/admin/functions" and request.method == "GET":
             return json_response(200, [{"name": spec.name, "trigger": type(spec.trigger).__name__}
                                        for spec in self.functions])

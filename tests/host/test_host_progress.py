@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,7 +16,7 @@ from local.host.devhost import DevHost, HostConfig
 from local.host.settings import AppSettings
 from local.stack import Azurite
 from tests.host import sample_app
-from tests.host.conftest import read_records, sample_settings
+from tests.host.conftest import SampleHost, read_records, sample_settings
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -73,3 +75,19 @@ def test_two_more_scans_then_two_more_polls_mean_a_new_blob_has_been_handled(run
     # No waiting here: the counts alone say the invocation has run.
     assert [r["name"] for r in read_records(running.record_dir, "on_blob")] == [
         f"{running.container.container_name}/counted.txt"]
+
+
+def test_the_running_host_serves_its_progress(sample_host: SampleHost) -> None:
+    def progress() -> dict[str, dict[str, int]]:
+        with urllib.request.urlopen(f"{sample_host.url}/admin/host/progress", timeout=10) as response:
+            document: dict[str, dict[str, int]] = json.load(response)
+            return document
+
+    first = progress()
+    assert set(first) == {"blob_scans", "queue_polls", "queue_in_flight", "timer_ticks"}
+    later = wait_until(
+        lambda: (now := progress())["blob_scans"][BLOB_FUNCTION] >= first["blob_scans"][BLOB_FUNCTION] + 2 and now,
+        20,
+        what="two more blob scans",
+    )
+    assert later["timer_ticks"]["tick"] >= first["timer_ticks"]["tick"]
