@@ -117,7 +117,11 @@ def wait_for_host_passes(url: str, kind: str, name: str, passes: int = PASSES, *
         done = progress[kind][name] >= start + passes
         if kind == "queue_polls":
             done = done and progress["queue_in_flight"][name] == 0
-        return progress if done else NotYet({kind: progress[kind][name], "queue_in_flight":
-                                             progress["queue_in_flight"].get(name)})
+        if done:
+            return progress
+        seen = {kind: progress[kind][name]}
+        if kind == "queue_polls":
+            seen["queue_in_flight"] = progress["queue_in_flight"][name]
+        return NotYet(seen)
 
     return wait_until(passed, timeout, what=f"the dev host's {kind}[{name}] to reach {start + passes}")

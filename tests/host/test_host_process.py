@@ -21,7 +21,7 @@ from azure.storage.queue import QueueClient
 
 from local.stack import PROJECT_ROOT
 from tests.host.conftest import SAMPLE_APP, SampleHost, StartSample, read_records, sample_settings
-from tests.waiting import host_count, wait_for_host_passes, wait_until
+from tests.waiting import host_count, wait_for_host_passes, wait_for_rise, wait_until
 
 pytestmark = pytest.mark.integration
 BLOB_FUNCTION = "Host.Functions.on_blob"
@@ -207,7 +207,7 @@ def test_restart_does_not_redispatch_a_blob_with_a_receipt(start_sample: StartSa
     first.service.stop()
     second = start_sample(workdir=tmp_path / "second", container=first.container_name, settings=same_host)
     # The blob was there before this host started, so any scan of it has covered it.
-    wait_until(lambda: host_count(second.url, "blob_scans", BLOB_FUNCTION) >= 2, 30, what="two scans")
+    wait_for_rise(lambda: host_count(second.url, "blob_scans", BLOB_FUNCTION), since=0, what="its blob scans")
     wait_for_host_passes(second.url, "queue_polls", DISPATCH_QUEUE)  # had one been dispatched, it has run
     assert second.records("on_blob") == []
     second.container.upload_blob("once.txt", b"2", overwrite=True)  # a new version is new work
