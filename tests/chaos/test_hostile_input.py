@@ -33,9 +33,10 @@ from tests.chaos.harness import (
     retrying,
     verify,
 )
-from tests.waiting import NotYet, wait_until
+from tests.waiting import NotYet, wait_for_host_passes, wait_until
 
 pytestmark = pytest.mark.chaos
+COLLECT_QUEUE = "queue:collect"  # the dev host's listener for the collect function's queue
 
 # Names a shell would act on, names that differ only in case or collide once sanitised, the longest
 # allowed name. A "../" segment cannot even be created (the SDK and storage normalise the URL): "..x" stands in.
@@ -139,9 +140,11 @@ def run(stack: ChaosStack, workdir: Path) -> Outcome:
     files[REPLACED] = REPLACEMENT
     missing = stack.wait_for_manifests([*files, VANISHING], timeout=300)
 
-    # A message for a task already collected: nothing is published again.
+    # A message for a task already collected: nothing is published again (once the collect function's queue
+    # has been polled twice more with nothing in flight, the message has been handled).
+    assert stack.host is not None
     queue.send_message(json.dumps({"job_id": busy_job, "task_id": busy_task}))
-    time.sleep(5)
+    wait_for_host_passes(stack.host.url, "queue_polls", COLLECT_QUEUE)
     verdict = verify(stack, files, earlier_tasks=[first_upload, vanishing_task])
     results = stack.blob_service().get_container_client(RESULTS)
     vanishing = json.loads(

@@ -17,7 +17,7 @@ import pytest
 from local.batch.journal import Entry, Journal
 from local.batch.service import BatchService
 from local.stack import Emulator
-from tests.emulator.conftest import wait_until
+from tests.waiting import wait_until
 
 POOL: dict[str, Any] = {
     "id": "p",

@@ -7,8 +7,9 @@ from azure.batch import BatchClient
 from azure.batch import models as m
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 
+from local.stack import Emulator
 from tests.emulator.conftest import POOL_NODES, POOL_SLOTS, VM, unique, wait_for_job_state, wait_for_task
-from tests.waiting import wait_until
+from tests.waiting import wait_for_dispatch_passes, wait_until
 
 
 def new_job(batch: BatchClient, pool_id: str, **kwargs: object) -> str:
@@ -167,11 +168,12 @@ def test_job_max_wall_clock_time_terminates_the_job(batch: BatchClient, pool_id:
     assert batch.get_task(job_id, "t").state == m.BatchTaskState.COMPLETED
 
 
-def test_tasks_wait_for_a_pool_that_does_not_exist_yet(batch: BatchClient) -> None:
+def test_tasks_wait_for_a_pool_that_does_not_exist_yet(batch: BatchClient, emulator: Emulator) -> None:
     pool_id = unique("later")
     job_id = unique("job")
     batch.create_job(m.BatchJobCreateOptions(id=job_id, pool_info=m.BatchPoolInfo(pool_id=pool_id)))
     batch.create_task(job_id, m.BatchTaskCreateOptions(id="t", command_line="true"))
+    wait_for_dispatch_passes(emulator)  # the dispatcher has seen the task, and no pool to run it on
     assert batch.get_task(job_id, "t").state == m.BatchTaskState.ACTIVE
     batch.create_pool(m.BatchPoolCreateOptions(id=pool_id, **VM, target_dedicated_nodes=1))
     assert wait_for_task(batch, job_id, "t").execution_info.exit_code == 0  # type: ignore[union-attr]
@@ -272,7 +274,7 @@ def test_shrinking_a_pool_requeues_tasks_of_removed_nodes(batch: BatchClient) ->
     batch.begin_delete_pool(pool_id, polling_interval=0).result()  # type: ignore[arg-type]
 
 
-def test_disable_and_enable_job(batch: BatchClient, pool_id: str) -> None:
+def test_disable_and_enable_job(batch: BatchClient, pool_id: str, emulator: Emulator) -> None:
     job_id = new_job(batch, pool_id)
     batch.create_task(job_id, m.BatchTaskCreateOptions(id="t", command_line="sleep 30"))
     wait_until(lambda: batch.get_task(job_id, "t").state == m.BatchTaskState.RUNNING)
@@ -283,6 +285,7 @@ def test_disable_and_enable_job(batch: BatchClient, pool_id: str) -> None:
     task = wait_until(lambda: (t := batch.get_task(job_id, "t")).state == m.BatchTaskState.ACTIVE and t)
     assert task.execution_info is not None and task.execution_info.requeue_count == 1
     batch.create_task(job_id, m.BatchTaskCreateOptions(id="queued", command_line="true"))
+    wait_for_dispatch_passes(emulator)  # the dispatcher has seen the task in a disabled job
     assert batch.get_task(job_id, "queued").state == m.BatchTaskState.ACTIVE
     batch.begin_enable_job(job_id, polling_interval=0).result()  # type: ignore[arg-type]
     assert wait_for_task(batch, job_id, "queued").execution_info.exit_code == 0  # type: ignore[union-attr]
@@ -337,7 +340,7 @@ def test_start_task_runs_before_tasks_when_wait_for_success(batch: BatchClient, 
     batch.begin_delete_pool(pool_id, polling_interval=0).result()  # type: ignore[arg-type]
 
 
-def test_failed_start_task_makes_the_node_unusable_for_tasks(batch: BatchClient) -> None:
+def test_failed_start_task_makes_the_node_unusable_for_tasks(batch: BatchClient, emulator: Emulator) -> None:
     pool_id = unique("broken")
     start = m.BatchStartTask(command_line="false", wait_for_success=True, max_task_retry_count=1)
     batch.create_pool(m.BatchPoolCreateOptions(id=pool_id, **VM, target_dedicated_nodes=1, start_task=start))
@@ -349,7 +352,7 @@ def test_failed_start_task_makes_the_node_unusable_for_tasks(batch: BatchClient)
     assert node.start_task_info.failure_info.code == "FailureExitCode"
     job_id = new_job(batch, pool_id)
     batch.create_task(job_id, m.BatchTaskCreateOptions(id="t", command_line="true"))
-    __import__("time").sleep(0.3)
+    wait_for_dispatch_passes(emulator)  # the dispatcher has seen the task, and only the failed node
     assert batch.get_task(job_id, "t").state == m.BatchTaskState.ACTIVE
     batch.begin_delete_pool(pool_id, polling_interval=0).result()  # type: ignore[arg-type]
 
@@ -385,7 +388,7 @@ def test_rebooting_with_terminate_ends_the_tasks(batch: BatchClient) -> None:
     batch.begin_delete_pool(pool_id, polling_interval=0).result()  # type: ignore[arg-type]
 
 
-def test_node_scheduling_can_be_disabled_and_enabled(batch: BatchClient) -> None:
+def test_node_scheduling_can_be_disabled_and_enabled(batch: BatchClient, emulator: Emulator) -> None:
     pool_id, job_id, node_id = _pool_with_one_node(batch, "sched")
     batch.disable_node_scheduling(
         pool_id,
@@ -398,7 +401,7 @@ def test_node_scheduling_can_be_disabled_and_enabled(batch: BatchClient) -> None
         batch.disable_node_scheduling(pool_id, node_id, {"nodeDisableSchedulingOption": "requeue"})  # type: ignore[arg-type]
     assert raised.value.error is not None and raised.value.error.code == "NodeAlreadyInTargetSchedulingState"
     batch.create_task(job_id, m.BatchTaskCreateOptions(id="t", command_line="true"))
-    __import__("time").sleep(0.3)
+    wait_for_dispatch_passes(emulator)  # the dispatcher has seen the task, and only a node that takes none
     assert batch.get_task(job_id, "t").state == m.BatchTaskState.ACTIVE
     batch.enable_node_scheduling(pool_id, node_id)
     assert wait_for_task(batch, job_id, "t").execution_info.exit_code == 0  # type: ignore[union-attr]
@@ -475,7 +478,7 @@ def test_job_preparation_runs_once_per_node_and_release_at_termination(batch: Ba
     batch.begin_delete_pool(pool_id, polling_interval=0).result()  # type: ignore[arg-type]
 
 
-def test_failed_job_preparation_keeps_the_task_off_that_node(batch: BatchClient) -> None:
+def test_failed_job_preparation_keeps_the_task_off_that_node(batch: BatchClient, emulator: Emulator) -> None:
     pool_id = unique("prepfail")
     batch.create_pool(m.BatchPoolCreateOptions(id=pool_id, **VM, target_dedicated_nodes=1))
     job_id = unique("prepfail")
@@ -494,7 +497,7 @@ def test_failed_job_preparation_keeps_the_task_off_that_node(batch: BatchClient)
     )
     info = status[0].job_preparation_task_execution_info
     assert info is not None and info.result == m.BatchTaskExecutionResult.FAILURE and info.exit_code == 1
-    __import__("time").sleep(0.3)
+    wait_for_dispatch_passes(emulator)  # the dispatcher has seen the failed preparation
     assert batch.get_task(job_id, "t").state == m.BatchTaskState.ACTIVE
     with pytest.raises(HttpResponseError) as raised:
         list(batch.list_job_preparation_and_release_task_status(new_job(batch, pool_id)))

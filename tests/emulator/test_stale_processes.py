@@ -15,7 +15,8 @@ from typing import Any
 from azure.batch import models as m
 
 from local.stack import start_emulator
-from tests.emulator.conftest import VM, client_for, wait_until
+from tests.emulator.conftest import VM, client_for
+from tests.waiting import wait_until
 
 
 def _alive(pid: int) -> bool:

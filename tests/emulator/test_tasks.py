@@ -13,8 +13,9 @@ from azure.batch import models as m
 from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
 
 from local.batch import clock
+from local.stack import Emulator
 from tests.emulator.conftest import VM, unique, wait_for_task
-from tests.waiting import wait_until
+from tests.waiting import wait_for_dispatch_passes, wait_until
 
 PY = "python3"
 
@@ -316,7 +317,7 @@ def test_timestamps_are_monotonic_across_tasks(batch: BatchClient, job_id: str) 
     assert clock.parse(clock.stamp()) > max(stamps)  # type: ignore[type-var]
 
 
-def test_task_dependencies_wait_block_and_satisfy(batch: BatchClient, pool_id: str) -> None:
+def test_task_dependencies_wait_block_and_satisfy(batch: BatchClient, pool_id: str, emulator: Emulator) -> None:
     job_id = unique("deps")
     batch.create_job(
         m.BatchJobCreateOptions(id=job_id, pool_info=m.BatchPoolInfo(pool_id=pool_id), uses_task_dependencies=True)
@@ -346,7 +347,7 @@ def test_task_dependencies_wait_block_and_satisfy(batch: BatchClient, pool_id: s
     assert wait_for_task(batch, job_id, "ranged").execution_info.exit_code == 0  # type: ignore[union-attr]
     assert wait_for_task(batch, job_id, "unblocked").execution_info.exit_code == 0  # type: ignore[union-attr]
     wait_for_task(batch, job_id, "bad")
-    time.sleep(0.3)
+    wait_for_dispatch_passes(emulator)  # the dispatcher has seen "bad" completed: "blocked" stays put
     assert batch.get_task(job_id, "blocked").state == m.BatchTaskState.ACTIVE
 
 

@@ -7,22 +7,15 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from azure.storage.blob import BlobServiceClient, ContainerClient
 from azure.storage.queue import QueueClient
 
 from local.stack import Azurite, Service, start_host
-from tests.waiting import wait_until
 
 SAMPLE_APP = "tests.host.sample_app:app"
-T = TypeVar("T")
-
-
-def wait_for(probe: Callable[[], T], timeout: float = 20.0, what: str = "condition") -> T:
-    """tests.waiting.wait_until with this module's old signature, for tests written before it."""
-    return wait_until(probe, timeout, what=what)
 
 
 def read_records(record_dir: Path, function: str) -> list[dict[str, Any]]:

@@ -21,9 +21,11 @@ from azure.storage.queue import QueueClient
 
 from local.stack import PROJECT_ROOT
 from tests.host.conftest import SAMPLE_APP, SampleHost, StartSample, read_records, sample_settings
-from tests.waiting import wait_until
+from tests.waiting import host_count, wait_for_host_passes, wait_for_rise, wait_until
 
 pytestmark = pytest.mark.integration
+BLOB_FUNCTION = "Host.Functions.on_blob"
+DISPATCH_QUEUE = "blobtrigger[SampleStorage]"  # the blob trigger's dispatch queue's listener
 
 
 def request(url: str, method: str = "GET", body: Any = None, headers: dict[str, str] | None = None,
@@ -57,6 +59,13 @@ def peek(queue: QueueClient) -> list[Any]:
 
 def decoded(queue: QueueClient) -> list[str]:
     return [base64.b64decode(message.content).decode() for message in peek(queue)]
+
+
+def settled(url: str) -> None:
+    """Wait until the blob function's container has been scanned twice more and then the dispatch queue polled
+    twice more with nothing in flight: any blob the test added has by then been invoked as often as it will be."""
+    wait_for_host_passes(url, "blob_scans", BLOB_FUNCTION)
+    wait_for_host_passes(url, "queue_polls", DISPATCH_QUEUE)
 
 
 def test_http_function_gets_the_request_and_its_response_is_returned(sample_host: SampleHost) -> None:
@@ -146,7 +155,7 @@ def test_hostile_blob_names_are_triggered_like_any_other(sample_host: SampleHost
         return sorted(r["name"][len(prefix):] for r in sample_host.records("on_blob") if r["name"].startswith(prefix))
 
     wait_until(lambda: len(seen()) >= len(names), what="every hostile name")
-    time.sleep(0.7)  # a couple more scans: still once each
+    settled(sample_host.url)
     assert seen() == sorted(names)
 
 
@@ -155,7 +164,7 @@ def test_a_blob_name_of_the_maximum_length_is_triggered_once(sample_host: Sample
     sample_host.container.upload_blob(name, b"x")
     wait_until(lambda: [r for r in sample_host.records("on_blob") if r["name"].endswith(name)], 15,
                what="the long name")
-    time.sleep(0.7)  # a couple more scans
+    settled(sample_host.url)
     assert len([r for r in sample_host.records("on_blob") if r["name"].endswith(name)]) == 1
 
 
@@ -197,7 +206,9 @@ def test_restart_does_not_redispatch_a_blob_with_a_receipt(start_sample: StartSa
     wait_until(lambda: first.records("on_blob"), what="the first invocation")
     first.service.stop()
     second = start_sample(workdir=tmp_path / "second", container=first.container_name, settings=same_host)
-    time.sleep(1.5)  # several scans
+    # The blob was there before this host started, so any scan of it has covered it.
+    wait_for_rise(lambda: host_count(second.url, "blob_scans", BLOB_FUNCTION), since=0, what="its blob scans")
+    wait_for_host_passes(second.url, "queue_polls", DISPATCH_QUEUE)  # had one been dispatched, it has run
     assert second.records("on_blob") == []
     second.container.upload_blob("once.txt", b"2", overwrite=True)  # a new version is new work
     [record] = wait_until(lambda: second.records("on_blob"), what="the changed blob")
@@ -221,6 +232,7 @@ def test_event_grid_pushes_reach_blob_and_event_grid_functions(start_sample: Sta
     assert record["name"] == f"{host.container_name}/pushed.txt"
     # The same event again (Event Grid delivers at least once): the receipt stops a second run.
     assert request(f"{blobs_url}&code=k3y", "POST", [event], headers)[0] == 202
+    pushed_again = host_count(host.url, "queue_polls", DISPATCH_QUEUE)
     validation = [{"id": "v", "eventType": "Microsoft.EventGrid.SubscriptionValidationEvent",
                    "data": {"validationCode": "code-123"}}]
     status, _, body = request(f"{host.url}/runtime/webhooks/EventGrid?functionName=on_event&code=k3y", "POST",
@@ -230,7 +242,8 @@ def test_event_grid_pushes_reach_blob_and_event_grid_functions(start_sample: Sta
                            [event], headers)
     assert status == 202
     assert [r["id"] for r in wait_until(lambda: host.records("on_event"))] == ["e1"]
-    time.sleep(0.5)
+    # Had the second push been dispatched, its message would have been polled and its invocation finished.
+    wait_for_host_passes(host.url, "queue_polls", DISPATCH_QUEUE, since=pushed_again)
     assert len(host.records("on_blob")) == 1
 
 

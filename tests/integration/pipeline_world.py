@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +16,8 @@ from shared.poll import poll
 from shared.settings import load_settings
 from tests.waiting import wait_until
 
+# How often a wait that drains the completions queue (and so polls Batch) checks: slower than the suite's default.
+DRAIN_INTERVAL = 0.3
 # A tiny application: a report of the input, or exit 3 when the input starts with "#fail".
 APP = """\
 import hashlib, json, os, sys
@@ -67,10 +68,6 @@ class PipelineWorld:
     def connection_string(self) -> str:
         return str(self.gw.settings.storage_connection_string)
 
-    def wait_for(self, condition: Callable[[], bool], timeout: float = 60, what: str = "condition") -> None:
-        # Each check here polls Batch and drains a queue: a slower pace than the suite's default.
-        wait_until(condition, timeout, interval=0.3, what=what)
-
     def run_until_manifests(self, names: list[str], timeout: float = 90) -> dict[str, dict[str, object]]:
         found: dict[str, dict[str, object]] = {}
 
@@ -83,7 +80,7 @@ class PipelineWorld:
                         found[name] = manifest
             return len(found) == len(names)
 
-        self.wait_for(all_published, timeout, f"manifests of {names}")
+        wait_until(all_published, timeout, interval=DRAIN_INTERVAL, what=f"manifests of {names}")
         return found
 
 

@@ -23,6 +23,7 @@ from shared.models import CompletionEvent, InputState
 from shared.storage import AzureBlobs
 from shared.submit import submit_blob
 from tests.integration.pipeline_world import PipelineWorld, make_pipeline_world
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 DELIVERIES = 4
@@ -43,8 +44,9 @@ def tasks_of(world: PipelineWorld) -> list[str]:
 def test_one_completion_collected_by_four_instances_at_once_is_published_once(world: PipelineWorld) -> None:
     world.drop("a.txt", b"hello\n")
     submitted = submit_blob(world.gw, world.names["input"], "a.txt")
-    world.wait_for(
+    wait_until(
         lambda: (task := world.gw.batch.get_task(submitted.job_id, submitted.task_id)) is not None and task.completed,
+        60,
         what="the task to complete",
     )
     event = CompletionEvent(submitted.job_id, submitted.task_id)

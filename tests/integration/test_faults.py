@@ -19,7 +19,8 @@ from shared.gateways import utc_now
 from shared.models import InputState, JobState
 from shared.poll import poll
 from shared.submit import submit_blob, sweep
-from tests.integration.pipeline_world import make_pipeline_world
+from tests.integration.pipeline_world import DRAIN_INTERVAL, make_pipeline_world
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -72,7 +73,7 @@ def test_throttling_and_server_errors_lose_nothing(
             return False
         return all(world.manifest(name) is not None for name in names)
 
-    world.wait_for(drain, 120, "every manifest despite injected faults")
+    wait_until(drain, 120, interval=DRAIN_INTERVAL, what="every manifest despite injected faults")
     faulted = world.emulator.stats()
     assert faulted["total"] > 0
     tasks = [t.id for job in client(emulator).list_jobs() for t in client(emulator).list_tasks(job.id)]

@@ -22,6 +22,7 @@ from shared import collect as collect_module
 from shared.batch import AzureBatch
 from shared.submit import submit_blob
 from tests.integration.pipeline_world import make_pipeline_world
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -54,9 +55,9 @@ def test_a_download_during_a_storage_outage_leaves_no_signature_anywhere(
     batch.begin_resize_pool(
         pipeline.pool.id, batch_models.BatchPoolResizeOptions(target_dedicated_nodes=1), polling_interval=1
     ).result()
-    world.wait_for(
+    wait_until(
         lambda: batch.get_task(submitted.job_id, submitted.task_id).state == batch_models.BatchTaskState.COMPLETED,
-        timeout=120,
+        120,
         what="the task to fail its download",
     )
     task = batch.get_task(submitted.job_id, submitted.task_id)
