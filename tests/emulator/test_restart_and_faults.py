@@ -166,7 +166,9 @@ def test_command_line_contract_ready_line_loopback_and_sigterm(private_dir: Path
     assert line.startswith("READY http://127.0.0.1:") and line.endswith("\n")
     port = int(line.strip().rsplit(":", 1)[1])
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/_emulator/stats", timeout=10) as response:
-        assert json.load(response) == {"total": 0, "requests": {}}
+        stats = json.load(response)
+    assert (stats["total"], stats["requests"]) == (0, {})
+    assert set(stats["progress"]) == {"dispatch_passes", "ticks"}
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=10) == 0
     assert process.stdout.read() == b""  # exactly one line on stdout
