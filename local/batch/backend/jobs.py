@@ -11,7 +11,7 @@ from local.batch import clock, odata, validation
 from local.batch.backend import listing
 from local.batch.backend.pools import Pools
 from local.batch.backend.records import Doc, JobCounts, JobRecord, JobState, StopReason, Stored
-from local.batch.backend.state import State
+from local.batch.backend.state import State, copy_given
 from local.batch.errors import BatchApiError, conflict, invalid_property, missing_property
 
 # A job in one of these states takes no new tasks and no changes.
@@ -136,16 +136,18 @@ class Jobs:
                 "executionInfo": {"startTime": moment},
             }
             record = JobRecord(seq=state.next_seq())
-            for name in (
-                "displayName",
-                "metadata",
-                "commonEnvironmentSettings",
-                "networkConfiguration",
-                "jobPreparationTask",
-                "jobReleaseTask",
-            ):
-                if body.get(name) is not None:
-                    job[name] = copy.deepcopy(body[name])
+            copy_given(
+                job,
+                body,
+                (
+                    "displayName",
+                    "metadata",
+                    "commonEnvironmentSettings",
+                    "networkConfiguration",
+                    "jobPreparationTask",
+                    "jobReleaseTask",
+                ),
+            )
             if pool_info.get("poolId"):
                 job["executionInfo"]["poolId"] = pool_info["poolId"]
             else:

@@ -19,7 +19,7 @@ from local.batch.backend.records import (
     StopReason,
     Stored,
 )
-from local.batch.backend.state import State
+from local.batch.backend.state import State, copy_given
 from local.batch.errors import BatchApiError, conflict, invalid_property, not_found
 
 logger = logging.getLogger(__name__)
@@ -90,21 +90,23 @@ class Pools:
             "taskSchedulingPolicy": body.get("taskSchedulingPolicy") or {"nodeFillType": "spread"},
         }
         record = PoolRecord(seq=state.next_seq())
-        for name in (
-            "displayName",
-            "virtualMachineConfiguration",
-            "networkConfiguration",
-            "startTask",
-            "applicationPackageReferences",
-            "userAccounts",
-            "metadata",
-            "mountConfiguration",
-            "upgradePolicy",
-            "autoScaleFormula",
-            "autoScaleEvaluationInterval",
-        ):
-            if body.get(name) is not None:
-                pool[name] = copy.deepcopy(body[name])
+        copy_given(
+            pool,
+            body,
+            (
+                "displayName",
+                "virtualMachineConfiguration",
+                "networkConfiguration",
+                "startTask",
+                "applicationPackageReferences",
+                "userAccounts",
+                "metadata",
+                "mountConfiguration",
+                "upgradePolicy",
+                "autoScaleFormula",
+                "autoScaleEvaluationInterval",
+            ),
+        )
         if pool["enableAutoScale"]:
             # Autoscale formulas are not evaluated: the pool gets one dedicated node so work runs.
             pool["targetDedicatedNodes"] = max(1, pool["targetDedicatedNodes"])

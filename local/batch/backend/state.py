@@ -7,6 +7,7 @@ in step.
 
 from __future__ import annotations
 
+import copy
 import heapq
 import threading
 from collections import deque
@@ -40,6 +41,13 @@ def bucket(task: Doc) -> str:
     """The task-count bucket of a task's state."""
     state = str(task["state"])
     return "running" if state in (TaskState.PREPARING, TaskState.RUNNING) else state
+
+
+def copy_given(target: Doc, body: Doc, names: tuple[str, ...]) -> None:
+    """Copy into a new entity each optional property the request gave (not null), as Batch stores them."""
+    for name in names:
+        if body.get(name) is not None:
+            target[name] = copy.deepcopy(body[name])
 
 
 def succeeded(task: Doc) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +9,7 @@ from local.batch import clock, odata, runner, validation
 from local.batch.backend import environment, listing
 from local.batch.backend.jobs import require_open
 from local.batch.backend.records import Doc, StopReason, Stored, TaskRecord, TaskState
-from local.batch.backend.state import DEFAULT_RETENTION, TASK_ENDED_BY_USER, State, succeeded
+from local.batch.backend.state import DEFAULT_RETENTION, TASK_ENDED_BY_USER, State, copy_given, succeeded
 from local.batch.errors import BatchApiError, conflict, error_dict, invalid_property
 
 
@@ -128,19 +127,21 @@ class Tasks:
             "executionInfo": {"retryCount": 0, "requeueCount": 0},
         }
         record = TaskRecord(seq=state.next_seq())
-        for name in (
-            "displayName",
-            "exitConditions",
-            "resourceFiles",
-            "outputFiles",
-            "environmentSettings",
-            "affinityInfo",
-            "containerSettings",
-            "dependsOn",
-            "applicationPackageReferences",
-        ):
-            if body.get(name) is not None:
-                task[name] = copy.deepcopy(body[name])
+        copy_given(
+            task,
+            body,
+            (
+                "displayName",
+                "exitConditions",
+                "resourceFiles",
+                "outputFiles",
+                "environmentSettings",
+                "affinityInfo",
+                "containerSettings",
+                "dependsOn",
+                "applicationPackageReferences",
+            ),
+        )
         state.touch(task, moment)
         task_key = validation.key(task_id)
         state.tasks[job_key][task_key] = Stored(task, record)
