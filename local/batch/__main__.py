@@ -62,6 +62,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=0.0,
         help="time each task attempt spends preparing before its files download (a slower node agent)",
     )
+    parser.add_argument(
+        "--autoscale-interval-seconds",
+        type=float,
+        default=None,
+        metavar="S",
+        help="evaluate every autoscale pool's formula every S seconds instead of its autoScaleEvaluationInterval; "
+        "sampling and the formula's time intervals are compressed by the same factor (for tests)",
+    )
     parser.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES)
     parser.add_argument(
         "--auth-failure-status",
@@ -77,6 +85,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("the emulator binds loopback only (--host 127.0.0.1)")
     if not 0.0 <= args.fault_rate <= 1.0 or not 0.0 <= args.fault_after_rate <= 1.0:
         parser.error("--fault-rate and --fault-after-rate must be between 0 and 1")
+    if args.autoscale_interval_seconds is not None and args.autoscale_interval_seconds <= 0:
+        parser.error("--autoscale-interval-seconds must be positive")
     return args
 
 
@@ -95,6 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         auto_storage_connection_string=args.auto_storage,
         job_quota=args.job_quota,
         task_start_delay_ms=args.task_start_delay_ms,
+        autoscale_interval_seconds=args.autoscale_interval_seconds,
     )
     faults = Faults(
         rate=args.fault_rate,

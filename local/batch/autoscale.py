@@ -30,6 +30,7 @@ from local.batch.autoscale_syntax import (
     DEALLOCATION_OPTIONS,
     EVALUATION_ERROR,
     INSUFFICIENT_SAMPLES,
+    MAX_FORMULA_CHARS,
     SAMPLED,
     TARGETS,
     TIME_UNITS,
@@ -46,7 +47,7 @@ from local.batch.autoscale_syntax import (
     parse,
 )
 
-__all__ = ["BATCH_SAMPLE_SECONDS", "FormulaError", "Metrics", "Outcome", "evaluate", "parse"]
+__all__ = ["BATCH_SAMPLE_SECONDS", "MAX_FORMULA_CHARS", "FormulaError", "Metrics", "Outcome", "evaluate", "parse"]
 
 BATCH_SAMPLE_SECONDS = 30.0  # "samples are obtained every 30 seconds"
 

@@ -87,6 +87,24 @@ class Api:
         self.service.stop_pool_resize(request.params["pool"])
         return Response(202)
 
+    def pool_evaluate_autoscale(self, request: Request) -> Response:
+        run = self.service.evaluate_autoscale(request.params["pool"], request.object())
+        return Response(
+            200,
+            {
+                "odata.metadata": f"{request.base_url}/$metadata#Microsoft.Azure.Batch.Protocol.Entities.AutoScaleRun",
+                **run,
+            },
+        )
+
+    def pool_enable_autoscale(self, request: Request) -> Response:
+        self.service.enable_autoscale(request.params["pool"], request.object())
+        return Response(200, None, entity_headers(self.service.get_pool(request.params["pool"])))
+
+    def pool_disable_autoscale(self, request: Request) -> Response:
+        self.service.disable_autoscale(request.params["pool"])
+        return Response(200, None, entity_headers(self.service.get_pool(request.params["pool"])))
+
     def pool_remove_nodes(self, request: Request) -> Response:
         self.service.remove_nodes(request.params["pool"], request.object())
         return Response(202)
@@ -203,9 +221,7 @@ class Api:
         self.service.update_task(
             request.params["job"], request.params["task"], request.object(), if_match=request.header("If-Match")
         )
-        return Response(
-            200, None, entity_headers(self.service.get_task(request.params["job"], request.params["task"]))
-        )
+        return Response(200, None, entity_headers(self.service.get_task(request.params["job"], request.params["task"])))
 
     def task_delete(self, request: Request) -> Response:
         self.service.delete_task(request.params["job"], request.params["task"], if_match=request.header("If-Match"))
@@ -249,6 +265,9 @@ ROUTES: list[tuple[str, str, str, Handler]] = [
     ("POST", "/pools/<pool>/resize", "Pool_Resize", Api.pool_resize),
     ("POST", "/pools/<pool>/stopresize", "Pool_StopResize", Api.pool_stop_resize),
     ("POST", "/pools/<pool>/removenodes", "Pool_RemoveNodes", Api.pool_remove_nodes),
+    ("POST", "/pools/<pool>/evaluateautoscale", "Pool_EvaluateAutoScale", Api.pool_evaluate_autoscale),
+    ("POST", "/pools/<pool>/enableautoscale", "Pool_EnableAutoScale", Api.pool_enable_autoscale),
+    ("POST", "/pools/<pool>/disableautoscale", "Pool_DisableAutoScale", Api.pool_disable_autoscale),
     ("POST", "/pools/<pool>/nodes/<node>/reboot", "ComputeNode_Reboot", Api.node_reboot),
     (
         "POST",

@@ -41,6 +41,7 @@ class BatchService:
         persist: bool = True,
         task_start_delay_ms: float = 0.0,
         remove_tree: RemoveTree = remove_tree,
+        autoscale_interval_seconds: float | None = None,
     ) -> None:
         self.state = State(
             state_dir,
@@ -52,7 +53,7 @@ class BatchService:
             task_start_delay_ms=task_start_delay_ms,
             remover=remove_tree,
         )
-        self.pools = Pools(self.state)
+        self.pools = Pools(self.state, autoscale_interval_seconds)
         self.jobs = Jobs(self.state, self.pools)
         self.tasks = Tasks(self.state)
         self.execution = Execution(self.state, self.jobs)
@@ -128,6 +129,15 @@ class BatchService:
 
     def update_pool(self, pool_id: str, body: Doc, replace: bool) -> None:
         self.pools.update_pool(pool_id, body, replace)
+
+    def evaluate_autoscale(self, pool_id: str, body: Doc) -> Doc:
+        return self.pools.autoscaling.evaluate(pool_id, body)
+
+    def enable_autoscale(self, pool_id: str, body: Doc) -> None:
+        self.pools.autoscaling.enable(pool_id, body)
+
+    def disable_autoscale(self, pool_id: str) -> None:
+        self.pools.autoscaling.disable(pool_id)
 
     def remove_nodes(self, pool_id: str, body: Doc) -> None:
         self.pools.remove_nodes(pool_id, body)

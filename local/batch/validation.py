@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from local.batch import clock
+from local.batch import autoscale_syntax, clock
 from local.batch.errors import BatchApiError, invalid_property, missing_property
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -184,6 +184,7 @@ def check_pool_spec(body: dict[str, Any], prefix: str = "") -> None:
             )
         if not body.get("autoScaleFormula"):
             raise missing_property(prefix + "autoScaleFormula")
+        check_autoscale(body.get("autoScaleFormula"), body.get("autoScaleEvaluationInterval"), prefix)
     elif body.get("targetDedicatedNodes") is None and body.get("targetLowPriorityNodes") is None:
         raise missing_property(prefix + "targetDedicatedNodes")
     timeout = body.get("resizeTimeout")
@@ -192,6 +193,35 @@ def check_pool_spec(body: dict[str, Any], prefix: str = "") -> None:
         if clock.duration_seconds(str(timeout)) < 300:
             raise invalid_property(prefix + "resizeTimeout", timeout, "the minimum is 5 minutes")
     check_metadata(body.get("metadata"))
+
+
+# Batch: "The minimum interval is five minutes, and the maximum is 168 hours. If an interval outside this
+# range is specified, the Batch service returns a Bad Request (400) error."
+AUTOSCALE_INTERVAL_SECONDS = (300.0, 168 * 3600.0)
+
+
+def check_autoscale(formula: Any, interval: Any, prefix: str = "") -> None:
+    """autoScaleFormula (parsed: a syntax error or a construct the emulator cannot evaluate is a 400 naming
+    it) and autoScaleEvaluationInterval (5 minutes to 168 hours)."""
+    if interval is not None:
+        name = prefix + "autoScaleEvaluationInterval"
+        check_duration(interval, name)
+        low, high = AUTOSCALE_INTERVAL_SECONDS
+        if not low <= clock.duration_seconds(str(interval)) <= high:
+            raise invalid_property(name, interval, "must be between 5 minutes and 168 hours")
+    if formula is None:
+        return
+    if not isinstance(formula, str):
+        raise invalid_property(prefix + "autoScaleFormula", formula, "must be a string")
+    try:
+        autoscale_syntax.parse(formula)
+    except autoscale_syntax.FormulaError as error:
+        raise BatchApiError(
+            400,
+            error.code,
+            f"The autoscale formula is not valid: {error.detail}",
+            {"PropertyName": prefix + "autoScaleFormula", "Message": error.detail},
+        ) from None
 
 
 # The JSON type of each property the emulator reads, so a wrong shape is a 400, never a crash.
@@ -229,6 +259,8 @@ _SHAPES: dict[str, type | tuple[type, ...]] = {
     "targetDedicatedNodes": int,
     "targetLowPriorityNodes": int,
     "enableAutoScale": bool,
+    "autoScaleFormula": str,
+    "autoScaleEvaluationInterval": str,
     "usesTaskDependencies": bool,
     "allowTaskPreemption": bool,
     "keepAlive": bool,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from local.batch import clock, odata, runner, validation
 from local.batch.backend import environment, listing
+from local.batch.backend.autoscaling import Autoscaling
 from local.batch.backend.records import (
     Doc,
     Node,
@@ -52,8 +53,9 @@ def _pool_being_deleted() -> BatchApiError:
 class Pools:
     """Pool and node operations of the REST API, and what the dispatcher asks of nodes."""
 
-    def __init__(self, state: State) -> None:
+    def __init__(self, state: State, autoscale_interval_seconds: float | None = None) -> None:
         self.state = state
+        self.autoscaling = Autoscaling(state, self, autoscale_interval_seconds)
 
     # ------------------------------------------------------------------ pools
 
@@ -107,13 +109,12 @@ class Pools:
                 "autoScaleEvaluationInterval",
             ),
         )
-        if pool["enableAutoScale"]:
-            # Autoscale formulas are not evaluated: the pool gets one dedicated node so work runs.
-            pool["targetDedicatedNodes"] = max(1, pool["targetDedicatedNodes"])
         state.touch(pool, moment)
         pool_key = validation.key(pool_id)
         state.pools[pool_key] = Stored(pool, record)
         state.nodes[pool_key] = {}
+        if pool["enableAutoScale"]:
+            self.autoscaling.start(pool_key)  # Batch evaluates the formula as the pool is created
         self.resize_nodes(pool_key)
         state.save_pool(pool_key)
         state.wakeup.notify_all()

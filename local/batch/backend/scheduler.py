@@ -222,6 +222,7 @@ class Scheduler:
             ):
                 self._remove_job(job_key)
         self.pools.finish_reboots()
+        sleep = min(sleep, self.pools.autoscaling.tick())
         self._compact_now_and_then()
         for pool_key, pool in list(state.pools.items()):
             if pool.doc["state"] == PoolState.DELETING and not any(
