@@ -323,7 +323,7 @@ class _Evaluation:
     # ------------------------------------------------------------------ samples
 
     def method(self, node: Method) -> Value:
-        samples = list(self.metrics.samples.get(node.target, ()))
+        samples = [(float(t), float(v)) for t, v in self.metrics.samples.get(node.target, ())]
         args = [self.value(arg) for arg in node.args]
         intervals = [arg for arg in args if isinstance(arg, Interval)]
         call = f"{node.target}.{node.method}()"
