@@ -69,7 +69,10 @@ def test_documented_example_halves_the_pool_when_idle() -> None:
 
 
 def test_ceil_and_floor_round_targets_explicitly() -> None:
-    formula = "$TargetDedicatedNodes = min(10, ceil(max($PendingTasks.GetSample(1)) / 4)); $TargetLowPriorityNodes = floor(7 / 2);"
+    formula = (
+        "$TargetDedicatedNodes = min(10, ceil(max($PendingTasks.GetSample(1)) / 4));"
+        "$TargetLowPriorityNodes = floor(7 / 2);"
+    )
     outcome = run(formula, pending(9))
     assert (outcome.target_dedicated, outcome.target_low_priority) == (3, 3)
     assert outcome.results == "$TargetDedicatedNodes=3;$TargetLowPriorityNodes=3;$NodeDeallocationOption=requeue"
