@@ -83,7 +83,7 @@ class Autoscaling:
             pool = self._enabled_pool(pool_id)
             pool_key = validation.key(pool_id)
             schedule = self._schedule(pool_key, pool)
-            return self._run(pool_key, pool, schedule, formula)
+            return self._run(pool_key, pool, schedule, formula)[0]
 
     def enable(self, pool_id: str, body: Doc) -> None:
         """Pool_EnableAutoScale: set or change the formula and interval, then evaluate at once."""
@@ -197,23 +197,22 @@ class Autoscaling:
             current_low_priority=sum(1 for node in nodes if not node.doc["isDedicated"]),
         )
 
-    def _run(self, pool_key: str, pool: Doc, schedule: _Schedule, formula: str) -> Doc:
+    def _run(self, pool_key: str, pool: Doc, schedule: _Schedule, formula: str) -> tuple[Doc, autoscale.Outcome | None]:
+        """The AutoScaleRun of evaluating `formula` now, and its outcome when it succeeded."""
         run: Doc = {"timestamp": clock.stamp()}
         try:
             outcome = autoscale.evaluate(formula, self._metrics(pool_key, pool, schedule))
         except autoscale.FormulaError as error:
             run["error"] = run_error(error)
-        else:
-            run["results"] = outcome.results
-            run["_outcome"] = outcome
-        return run
+            return run, None
+        run["results"] = outcome.results
+        return run, outcome
 
     def _evaluate_and_apply(self, pool_key: str, pool: Doc, schedule: _Schedule, now: float) -> None:
         schedule.next_evaluation = now + schedule.interval
-        run = self._run(pool_key, pool, schedule, str(pool.get("autoScaleFormula") or ""))
-        outcome = run.pop("_outcome", None)
+        run, outcome = self._run(pool_key, pool, schedule, str(pool.get("autoScaleFormula") or ""))
         pool["autoScaleRun"] = run
-        if isinstance(outcome, autoscale.Outcome):
+        if outcome is not None:
             self._resize(pool_key, pool, outcome)
         self.state.touch(pool)
         self.state.save_pool(pool_key)
