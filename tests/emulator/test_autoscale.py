@@ -73,7 +73,7 @@ def test_pool_scales_from_zero_to_the_backlog_and_back_to_zero_when_idle(batch: 
 
     job_id = unique("job")
     batch.create_job(m.BatchJobCreateOptions(id=job_id, pool_info=m.BatchPoolInfo(pool_id=pool_id)))
-    batch.create_tasks(job_id, [m.BatchTaskCreateOptions(id=f"t{i}", command_line="sleep 1") for i in range(6)])
+    batch.create_tasks(job_id, [m.BatchTaskCreateOptions(id=f"t{i}", command_line="sleep 2") for i in range(6)])
 
     seen: set[int] = set()
 
