@@ -24,6 +24,7 @@ import uuid
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 APPLICATION_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 VERSION = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
@@ -217,9 +218,9 @@ class PackageStore:
         partial.write_text(json.dumps({"defaultVersion": version}) + "\n", encoding="utf-8")
         partial.replace(target)
 
-    def describe(self) -> list[dict[str, object]]:
+    def describe(self) -> list[dict[str, Any]]:
         """Every application with its versions and default, as `batchdrop package list --json` prints them."""
-        described: list[dict[str, object]] = []
+        described: list[dict[str, Any]] = []
         for application_id in self.applications():
             default = self.default_version(application_id)
             versions = [
