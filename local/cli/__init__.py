@@ -1,4 +1,4 @@
-"""`batchdrop`: run the local stack and use it — up, down, drop, status, results, demo.
+"""`batchdrop`: run the local stack and use it — up, down, drop, status, results, package, demo.
 
 State lives in `.batchdrop/` at the project root: `stack.json` (process ids and identities, URLs and the
 Azurite connection string, readable by the owner only) and the servers' data and logs. Nothing here prints a
@@ -10,14 +10,16 @@ key, a connection string or a SAS token.
 | `processes.py` | whether a recorded pid is still the process `up` started (psutil) |
 | `lifecycle.py` | `up` (foreground or detached) and `down` |
 | `storage.py` | containers, the apps upload, `drop` |
+| `packages.py` | `package add` and `package list`: application packages in the emulator's store |
 | `status.py`, `results.py`, `demo.py` | those commands |
 | `entry.py` | the argument parser and `main` (the `batchdrop` console script) |
 """
 
-from local.cli.demo import Wait, cmd_demo, expected_status, sample_files, wait_for_manifests
+from local.cli.demo import Wait, cmd_demo, expected_status, sample_files, sample_inputs, wait_for_manifests
 from local.cli.entry import build_parser, main
 from local.cli.errors import CliError, Interrupted
 from local.cli.lifecycle import cmd_down, cmd_up, describe_stack, start_local_stack, stop_recorded, stop_stack
+from local.cli.packages import add_package, stack_packages
 from local.cli.processes import Finding, Identity, Verdict
 from local.cli.results import Result, download_results, list_results, read_manifest, render_results
 from local.cli.state import (
@@ -44,6 +46,7 @@ __all__ = [
     "StackInfo",
     "Verdict",
     "Wait",
+    "add_package",
     "app_files",
     "build_parser",
     "cmd_demo",
@@ -64,7 +67,9 @@ __all__ = [
     "render_status",
     "require_stack",
     "sample_files",
+    "sample_inputs",
     "stack_file",
+    "stack_packages",
     "start_local_stack",
     "state_dir",
     "stop_recorded",

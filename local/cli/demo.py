@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import os
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -16,23 +18,56 @@ from azure.storage.blob import BlobServiceClient, ContainerClient
 from local import stack as local_stack
 from local.cli.errors import CliError, Interrupted
 from local.cli.lifecycle import describe_stack, first_dead, start_local_stack, stop_stack
+from local.cli.packages import add_package, stack_packages
 from local.cli.results import MANIFEST, Result, download_results, read_manifest, render_results
 from local.cli.signals import interruptible
-from local.cli.state import APPS_DIR, DEFAULT_PIPELINES, StackInfo, demo_workdir, shown, tail
+from local.cli.state import APPS_DIR, StackInfo, demo_workdir, shown, tail
 from local.cli.status import fetch_status, render_status, totals_note
 from local.cli.storage import APPS, INPUT, RESULTS, app_files, blob_service, drop_files
 from shared.ids import normalise_etag, result_prefix
 
 DEMO_TIMEOUT_SECONDS = 240.0
 FAIL_MARKER = b"#fail"
+# Sample subdirectories whose files are dropped under that prefix, for the pipelines that take it
+# (samples/csv/*.csv → input/csv/<name>, the csvstats application-package pipeline).
+SAMPLE_PREFIXES = ("csv",)
+# The application packages the sample pipelines reference: (id, version, the module that builds its zip).
+DEMO_PACKAGES = (("csvstats", "1.0", "apps.csvstats.build"),)
+PIPELINES_FILES = "pipelines*.json"
 
 
 def sample_files(samples_dir: Path) -> list[Path]:
-    """The inputs `demo` drops: every file in samples/ except the pipelines file and hidden files."""
+    """The inputs `demo` drops: every file in samples/ except pipelines files (`pipelines*.json`) and hidden files."""
     return sorted(
         path for path in samples_dir.iterdir()
-        if path.is_file() and path.name != DEFAULT_PIPELINES.name and not path.name.startswith(".")
+        if path.is_file() and not fnmatch.fnmatchcase(path.name, PIPELINES_FILES) and not path.name.startswith(".")
     )  # fmt: skip
+
+
+def sample_inputs(samples_dir: Path) -> list[tuple[Path, str]]:
+    """(file, blob name) of every input `demo` drops: the top-level samples, then each prefix directory's."""
+    inputs = [(path, path.name) for path in sample_files(samples_dir)]
+    for prefix in SAMPLE_PREFIXES:
+        directory = samples_dir / prefix
+        if directory.is_dir():
+            inputs.extend((path, f"{prefix}/{path.name}") for path in sample_files(directory))
+    return inputs
+
+
+def upload_demo_packages(info: StackInfo, build_dir: Path) -> list[str]:
+    """Build each sample application package and add it to the stack's Batch account, as the default version."""
+    added = []
+    for application_id, version, builder in DEMO_PACKAGES:
+        zip_path = build_dir / f"{application_id}-{version}.zip"
+        built = subprocess.run(
+            [sys.executable, "-m", builder, "--output", str(zip_path)],
+            cwd=local_stack.PROJECT_ROOT, capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        if built.returncode != 0:
+            raise CliError(f"building the {application_id} package failed: {built.stderr.strip()[-500:]}")
+        add_package(stack_packages(info), application_id, version, zip_path, make_default=True)
+        added.append(f"{application_id} {version}")
+    return added
 
 
 def expected_status(path: Path) -> str:
@@ -101,10 +136,10 @@ def wait_for_manifests(
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    samples = sample_files(Path(args.samples))
+    samples = sample_inputs(Path(args.samples))
     if not samples:
         raise CliError(f"no sample files in {args.samples}")
-    expected = {path.name: expected_status(path) for path in samples}
+    expected = {name: expected_status(path) for path, name in samples}
     demo_stack_file = demo_workdir() / "stack.json"
     previous = StackInfo.load(demo_stack_file)
     if previous is not None and previous.live_pids():
@@ -120,8 +155,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             info.save(demo_stack_file)
             print("\n".join(describe_stack(info)))
             print(f"uploaded to {APPS}: {', '.join(name for name, _ in app_files(APPS_DIR))}")
+            packages = upload_demo_packages(info, demo_workdir() / "build")
+            print(f"application packages added to the Batch account: {', '.join(packages)}")
             service = blob_service(info)
-            etags = drop_files(service, [(path, path.name) for path in samples])
+            etags = drop_files(service, samples)
             described = [f"{name} (expected to fail)" if expected[name] == "failed" else name for name in etags]
             print(f"dropped {len(etags)} samples into {INPUT}: {', '.join(described)}")
             print(f"waiting for every manifest (timeout {args.timeout:g} s) ...", flush=True)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from local.cli.demo import DEMO_TIMEOUT_SECONDS, cmd_demo
 from local.cli.errors import CliError
 from local.cli.lifecycle import cmd_down, cmd_up
+from local.cli.packages import cmd_package_add, cmd_package_list
 from local.cli.results import cmd_results
 from local.cli.state import DEFAULT_PIPELINES, SAMPLES_DIR
 from local.cli.status import FUNCTION_KEY_SETTING, cmd_status
@@ -50,6 +51,19 @@ def build_parser() -> argparse.ArgumentParser:
     results = commands.add_parser("results", help="list published results (those with a _manifest.json)")
     results.add_argument("--download", metavar="DIR", help="also copy every result's files into DIR")
     results.set_defaults(handler=cmd_results)
+
+    package = commands.add_parser("package", help="application packages in the local Batch account (add, list)")
+    package_commands = package.add_subparsers(dest="package_command", required=True, metavar="SUBCOMMAND")
+    add = package_commands.add_parser("add", help="add a zip as a version of an application (like "
+                                      "`az batch application package create`)")  # fmt: skip
+    add.add_argument("application_id", metavar="ID", help="application id: 1-64 letters, digits, - and _")
+    add.add_argument("version", metavar="VERSION", help="1-64 letters, digits, -, _ and . (not first)")
+    add.add_argument("file", metavar="FILE.zip", help="the package: a zip of the application's files")
+    add.add_argument("--default", action="store_true", help="make it the version used when a reference names none")
+    add.set_defaults(handler=cmd_package_add)
+    listing = package_commands.add_parser("list", help="applications, their versions and default versions")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    listing.set_defaults(handler=cmd_package_list)
 
     demo = commands.add_parser("demo", help="up, drop every sample, wait for every manifest, print them, stop")
     demo.add_argument("--timeout", type=float, default=DEMO_TIMEOUT_SECONDS, metavar="SECONDS")

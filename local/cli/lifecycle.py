@@ -77,7 +77,8 @@ def start_local_stack(workdir: Path, pipelines: Path, preferred_ports: bool) -> 
         if preferred_ports and all(_port_free(port) for port in PREFERRED_AZURITE_PORTS):
             azurite_ports = PREFERRED_AZURITE_PORTS
         azurite = start(lambda: local_stack.start_azurite(workdir, azurite_ports))
-        emulator = start(lambda: local_stack.start_emulator(workdir))
+        packages_dir = workdir / "packages"
+        emulator = start(lambda: local_stack.start_emulator(workdir, ["--packages-dir", str(packages_dir)]))
         settings = local_stack.app_settings(azurite, emulator, {"BATCHDROP_PIPELINES_FILE": str(pipelines)})
         prepare_storage(azurite.connection_string)
         host_port = PREFERRED_HOST_PORT if preferred_ports and _port_free(PREFERRED_HOST_PORT) else 0
@@ -99,6 +100,7 @@ def start_local_stack(workdir: Path, pipelines: Path, preferred_ports: bool) -> 
         blob_url=azurite.blob_endpoint,
         processes=processes,
         started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        packages_dir=str(packages_dir),
     )
     return running, info
 

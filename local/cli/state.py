@@ -71,6 +71,7 @@ class StackInfo:
     supervisor_pid: int | None = None
     started_at: str = ""
     supervisor_identity: Identity | None = None
+    packages_dir: str = ""  # the emulator's --packages-dir, where `batchdrop package add` puts packages
 
     def save(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)

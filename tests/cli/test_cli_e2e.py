@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -86,6 +87,39 @@ def test_up_drop_results_status_down(running_stack: Path, tmp_path: Path) -> Non
     assert "fails on purpose" in (download / "fail-on-purpose.txt" / "_logs" / "stderr.txt").read_text()
 
 
+def test_package_add_reaches_the_running_emulator(running_stack: Path, tmp_path: Path) -> None:
+    from azure.batch import BatchClient
+    from azure.batch import models as m
+    from azure.core.credentials import AzureNamedKeyCredential
+    from azure.core.exceptions import ResourceExistsError
+
+    from apps.csvstats.build import build
+    from local.batch.account import DEV_ACCOUNT_KEY, DEV_ACCOUNT_NAME
+
+    package = build(tmp_path / "csvstats.zip")
+    added = batchdrop(running_stack, "package", "add", "csvstats", "1.0", str(package), "--default")
+    assert added.returncode == 0, added.stderr
+    listed = batchdrop(running_stack, "package", "list", "--json")
+    assert json.loads(listed.stdout)[0]["defaultVersion"] == "1.0"
+
+    emulator_url = json.loads((running_stack / "stack.json").read_text())["emulator_url"]
+    client = BatchClient(emulator_url, AzureNamedKeyCredential(DEV_ACCOUNT_NAME, DEV_ACCOUNT_KEY))
+    image = m.BatchVmImageReference(publisher="canonical", offer="ubuntu-24_04-lts", sku="server", version="latest")
+    vm = m.VirtualMachineConfiguration(image_reference=image, node_agent_sku_id="batch.node.ubuntu 24.04")
+
+    def pool(pool_id: str, application_id: str) -> m.BatchPoolCreateOptions:
+        reference = m.BatchApplicationPackageReference(application_id=application_id)
+        return m.BatchPoolCreateOptions(
+            id=pool_id, vm_size="standard_d2s_v3", virtual_machine_configuration=vm,
+            target_dedicated_nodes=0, application_package_references=[reference],
+        )  # fmt: skip
+
+    client.create_pool(pool("with-package", "csvstats"))  # the default version the CLI set
+    with pytest.raises(ResourceExistsError) as raised:
+        client.create_pool(pool("without-package", "notadded"))
+    assert raised.value.error is not None and raised.value.error.code == "InvalidApplicationPackageReferences"
+
+
 def test_a_second_up_is_refused_while_one_runs(running_stack: Path) -> None:
     again = batchdrop(running_stack, "up", "--detach", "--random-ports")
 
@@ -118,7 +152,9 @@ def test_demo_passes_and_leaves_nothing_running(state: Path) -> None:
     demo = batchdrop(state, "demo", timeout=300)
 
     assert demo.returncode == 0, demo.stdout + demo.stderr
-    assert "demo passed: 4 manifests" in demo.stdout
+    assert "demo passed: 6 manifests" in demo.stdout  # 4 top-level samples and the 2 under samples/csv
+    assert "application packages added to the Batch account: csvstats 1.0" in demo.stdout
+    assert (state / "demo" / "results" / "csv" / "weather.csv" / "_manifest.json").is_file()
     assert "stopped the local stack." in demo.stdout
     assert not (state / "demo" / "stack.json").exists()
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
-import re
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from local.batch import clock, runner
+from local.batch import clock, packages, runner
 from local.batch.backend.records import Doc
 from local.batch.backend.state import State
 from local.batch.errors import BatchApiError
@@ -20,36 +20,64 @@ def auto_user(task: Doc) -> Doc:
     return dict((task.get("userIdentity") or {}).get("autoUser") or {})
 
 
-def package_dir(state: State, reference: Doc) -> Path | None:
-    """Where an application package reference is found under the packages directory, if anywhere."""
-    application = str(reference.get("applicationId") or "")
-    if not application or "/" in application or ".." in application:
-        return None
-    version = reference.get("version")
-    base = state.packages_dir / application
-    if version:
-        candidate = base / str(version)
-        return candidate if candidate.is_dir() else None
-    if (base / "default").is_dir():
-        return base / "default"
-    versions = sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
-    return versions[-1] if len(versions) == 1 else None
+def _references(raw: Any) -> list[Doc]:
+    """The references as Batch validates their shape: a list of objects, each with an applicationId string."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise BatchApiError(
+            400, "InvalidPropertyValue", "The value provided for one of the properties in the request body is invalid.",
+            {"PropertyName": "applicationPackageReferences", "Reason": "must be an array"},
+        )  # fmt: skip
+    for reference in raw:
+        if not isinstance(reference, dict) or not reference.get("applicationId"):
+            raise BatchApiError(
+                400, "MissingRequiredProperty", "A required property was not specified in the request body.",
+                {"PropertyName": "applicationPackageReferences.applicationId"},
+            )  # fmt: skip
+        for name in ("applicationId", "version"):
+            if reference.get(name) is not None and not isinstance(reference[name], str):
+                raise BatchApiError(
+                    400, "InvalidPropertyValue",
+                    "The value provided for one of the properties in the request body is invalid.",
+                    {"PropertyName": f"applicationPackageReferences.{name}", "Reason": "must be a string"},
+                )  # fmt: skip
+    return list(raw)
+
+
+def _version(reference: Doc) -> str | None:
+    return str(reference["version"]) if reference.get("version") else None
 
 
 def check_packages(state: State, references: Any) -> None:
-    if not references:
-        return
-    missing = [ref for ref in references if package_dir(state, ref) is None]
+    """A pool's references must name packages the account has, else 409 InvalidApplicationPackageReferences.
+
+    The Batch REST spec (specification/batch/data-plane, BatchApplicationPackageReference.version): "If this is
+    omitted on a Pool, and no default version is specified for this application, the request fails with the error
+    code InvalidApplicationPackageReferences and HTTP status code 409." Unknown ids and versions answer the same.
+    """
+    missing: dict[str, str] = {}
+    for reference in _references(references):
+        try:
+            packages.PackageStore(state.packages_dir).find(str(reference["applicationId"]), _version(reference))
+        except packages.PackageError as problem:
+            missing[str(reference["applicationId"])] = str(problem)
     if missing:
         raise BatchApiError(
             409,
             "InvalidApplicationPackageReferences",
             "One or more of the specified application package references are invalid.",
-            {
-                str(ref.get("applicationId")): f"{ref.get('version') or 'default'} not found under {state.packages_dir}"
-                for ref in missing
-            },
+            missing,
         )
+
+
+def check_task_packages(references: Any) -> None:
+    """A task's references are only checked for shape when it is added: Batch resolves them on the node.
+
+    The spec: "If this is omitted on a Task, and no default version is specified for this application, the Task
+    fails with a pre-processing error." The emulator fails unknown ids and versions the same way, at run time.
+    """
+    _references(references)
 
 
 def node_root(state: State, node: Doc) -> Path:
@@ -96,25 +124,58 @@ def identity_environment(task: Doc) -> dict[str, str]:
     return {"AZ_BATCH_TASK_USER_IDENTITY": scope + level}
 
 
-def install_packages(state: State, references: list[Doc], root: Path) -> dict[str, str]:
-    """Link each referenced package into the node's applications directory; the variables that name them."""
+@dataclass
+class PackagedAttempt(runner.Attempt):
+    """A task attempt with the application packages its node must have before it runs."""
+
+    application_packages: tuple[packages.Package, ...] = ()
+    package_failure: runner.Failure | None = None
+
+
+def _package_failure(reference: Doc, problem: Exception) -> runner.Failure:
+    # TaskFailureInformationCodes.ApplicationPackageError in the Batch SDKs: "An error occurred when trying to
+    # deploy a required application package."
+    details = {"ApplicationId": str(reference.get("applicationId"))}
+    if reference.get("version"):
+        details["Version"] = str(reference["version"])
+    details["Message"] = str(problem)
+    return runner.Failure(
+        "usererror", "ApplicationPackageError",
+        "An error occurred when trying to deploy a required application package.", details,
+    )  # fmt: skip
+
+
+def resolve_packages(
+    state: State, references: list[Doc], root: Path
+) -> tuple[list[packages.Package], dict[str, str], runner.Failure | None]:
+    """The packages the references name, the variables that point at them on the node, or the first failure."""
+    store = packages.PackageStore(state.packages_dir)
+    found: list[packages.Package] = []
     env: dict[str, str] = {}
     for reference in references:
-        package = package_dir(state, reference)
-        if package is None:
-            continue
-        application = str(reference["applicationId"])
-        version = str(reference.get("version") or "")
-        installed = root / "applications" / f"{application}#{version or package.name}"
-        if not installed.exists():
-            installed.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileExistsError):
-                installed.symlink_to(package.resolve(), target_is_directory=True)
-        suffix = re.sub(r"[^A-Za-z0-9_]", "_", application)
-        if version:
-            suffix += "_" + re.sub(r"[^A-Za-z0-9_]", "_", version)
-        env[f"AZ_BATCH_APP_PACKAGE_{suffix}"] = str(installed)
-    return env
+        try:
+            package = store.find(str(reference.get("applicationId") or ""), _version(reference))
+        except packages.PackageError as problem:
+            return found, env, _package_failure(reference, problem)
+        found.append(package)
+        installed = root / "applications" / f"{package.application_id}#{package.version}"
+        env[packages.environment_name(package.application_id, _version(reference))] = str(installed)
+    return found, env, None
+
+
+def install_packages(attempt: runner.Attempt) -> None:
+    """Unpack the attempt's packages on its node (off the state lock); runner.Failure if one cannot be."""
+    if not isinstance(attempt, PackagedAttempt):
+        return
+    if attempt.package_failure is not None:
+        raise attempt.package_failure
+    for package in attempt.application_packages:
+        try:
+            packages.install(package, attempt.node_root)
+        except (packages.PackageError, OSError, zipfile.BadZipFile) as problem:
+            raise _package_failure(
+                {"applicationId": package.application_id, "version": package.version}, problem
+            ) from None
 
 
 def task_attempt(state: State, job: Doc, task: Doc, pool: Doc, node: Doc) -> runner.Attempt:
@@ -139,11 +200,12 @@ def task_attempt(state: State, job: Doc, task: Doc, pool: Doc, node: Doc) -> run
     references = list(pool.get("applicationPackageReferences") or []) + list(
         task.get("applicationPackageReferences") or []
     )
-    env.update(install_packages(state, references, root))
+    to_install, package_env, package_failure = resolve_packages(state, references, root)
+    env.update(package_env)
     for setting in list(job.get("commonEnvironmentSettings") or []) + list(task.get("environmentSettings") or []):
         env[str(setting["name"])] = str(setting.get("value") or "")
     wall_clock = clock.duration_seconds(str(task["constraints"]["maxWallClockTime"]))
-    return runner.Attempt(
+    return PackagedAttempt(
         job_id=str(job["id"]),
         task_id=str(task["id"]),
         pool_id=str(pool["id"]),
@@ -156,6 +218,8 @@ def task_attempt(state: State, job: Doc, task: Doc, pool: Doc, node: Doc) -> run
         wall_clock_seconds=None if wall_clock >= clock.UNLIMITED_SECONDS else wall_clock,
         auto_storage_connection_string=state.auto_storage,
         private_task_dir=auto_user(task).get("scope") == "task",
+        application_packages=tuple(to_install),
+        package_failure=package_failure,
     )
 
 

@@ -145,6 +145,7 @@ class Execution:
         if not self._ensure_job_preparation(job_key, task_key, attempt_number):
             return
         try:
+            environment.install_packages(attempt)
             runner.prepare(attempt)
         except runner.Failure as prepare_failure:
             with state.lock:

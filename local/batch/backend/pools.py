@@ -175,6 +175,7 @@ class Pools:
 
     def update_pool(self, pool_id: str, body: Doc, replace: bool) -> None:
         validation.check_metadata(body.get("metadata"))
+        environment.check_packages(self.state, body.get("applicationPackageReferences"))
         state = self.state
         with state.lock:
             pool = state.pool(pool_id).doc

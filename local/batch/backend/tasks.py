@@ -100,7 +100,7 @@ class Tasks:
                 "The emulator does not run multi-instance tasks.",
                 {"PropertyName": "multiInstanceSettings"},
             )
-        environment.check_packages(self.state, body.get("applicationPackageReferences"))
+        environment.check_task_packages(body.get("applicationPackageReferences"))
         return task_id
 
     def _add(self, job_key: str, body: Doc) -> Doc:
