@@ -140,6 +140,22 @@ class Emulator(Service):
         with urllib.request.urlopen(request, timeout=10):  # noqa: S310
             pass
 
+    def preempt(self, pool_id: str, node_id: str, replace_after_seconds: float = 0.0) -> dict[str, object]:
+        """Pre-empt a Spot node (fault injection): its tasks are requeued, a new node replaces it later."""
+        from urllib.parse import quote
+
+        from local.batch.auth import signed_headers
+
+        target = f"/_emulator/pools/{quote(pool_id, safe='')}/nodes/{quote(node_id, safe='')}/preempt"
+        body = json.dumps({"replaceAfterSeconds": replace_after_seconds}).encode()
+        content = {"Content-Type": "application/json", "Content-Length": str(len(body))}
+        headers = signed_headers("POST", target, self.account_name, self.account_key, content)
+        request = urllib.request.Request(f"{self.url}{target}", body, method="POST", headers=headers)  # noqa: S310
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            node = json.loads(response.read())
+        assert isinstance(node, dict), "the emulator answers a preempt with the node"
+        return node
+
 
 @dataclass
 class Stack:

@@ -62,6 +62,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=0.0,
         help="time each task attempt spends preparing before its files download (a slower node agent)",
     )
+    parser.add_argument(
+        "--preempt-spot-after",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="pre-empt a Spot node this many seconds into a task's first run (fault injection)",
+    )
+    parser.add_argument(
+        "--container-runtime",
+        choices=("auto", "none", "docker", "podman"),
+        default="auto",
+        help="runtime for container tasks: auto finds a usable docker or podman on PATH; none runs no containers",
+    )
     parser.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES)
     parser.add_argument(
         "--auth-failure-status",
@@ -96,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         job_quota=args.job_quota,
         task_start_delay_ms=args.task_start_delay_ms,
     )
+    service.pools.preempt_spot_after = args.preempt_spot_after
     faults = Faults(
         rate=args.fault_rate,
         statuses=args.fault_statuses,
