@@ -98,11 +98,11 @@ def test_only_spot_nodes_can_be_preempted_and_the_knob_needs_the_key(batch: Batc
     with pytest.raises(urllib.error.HTTPError) as missing:
         emulator.preempt(pool_id, "no-such-node")
     assert missing.value.code == 404
-    unsigned = urllib.request.Request(  # noqa: S310 - loopback emulator
+    unsigned = urllib.request.Request(
         f"{emulator.url}/_emulator/pools/{pool_id}/nodes/{dedicated}/preempt", b"", method="POST"
     )
     with pytest.raises(urllib.error.HTTPError) as anonymous:
-        urllib.request.urlopen(unsigned, timeout=10)  # noqa: S310
+        urllib.request.urlopen(unsigned, timeout=10)
     assert anonymous.value.code == 401
     assert batch.get_node(pool_id, str(dedicated)).state == m.BatchNodeState.IDLE
     batch.begin_delete_pool(pool_id, polling_interval=0).result()  # type: ignore[arg-type]
