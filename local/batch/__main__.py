@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from local.batch import containers
 from local.batch.account import DEV_ACCOUNT_KEY, DEV_ACCOUNT_NAME
 from local.batch.server import MAX_BODY_BYTES, EmulatorServer, Faults
 from local.batch.service import BatchService
@@ -110,6 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         task_start_delay_ms=args.task_start_delay_ms,
     )
     service.pools.preempt_spot_after = args.preempt_spot_after
+    containers.RUNTIME.configure(args.container_runtime)
+    # Probe the runtime (`docker info`) now, off the start-up path: the answer is cached for pools and tasks.
+    threading.Thread(target=containers.RUNTIME.name, name="container-runtime-probe", daemon=True).start()
     faults = Faults(
         rate=args.fault_rate,
         statuses=args.fault_statuses,

@@ -16,6 +16,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from werkzeug.datastructures import EnvironHeaders
 
 from local.batch import auth
+from local.batch.backend import spot
 from local.batch.errors import BatchApiError
 from local.batch.faults import Faults, fault_error
 from local.batch.routes import Api
@@ -194,7 +195,7 @@ class EmulatorServer(LoopbackServer):
                 "InvalidRequestBody",
                 "The body must be empty or a JSON object with a non-negative number replaceAfterSeconds.",
             )
-        return self.service.pools.preempt_node(pool_id, node_id, float(delay))
+        return spot.preempt_node(self.service.pools, pool_id, node_id, float(delay))
 
 
 def _to_wsgi(response: Response, environ: WSGIEnvironment) -> PlainResponse:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import copy
 import logging
 import uuid
-from datetime import timedelta
 from pathlib import Path
 
-from local.batch import clock, odata, runner, validation
-from local.batch.backend import environment, listing
+from local.batch import clock, containers, odata, runner, validation
+from local.batch.backend import environment, listing, spot
 from local.batch.backend.records import (
     Doc,
     Node,
@@ -119,6 +118,7 @@ class Pools:
         state.nodes[pool_key] = {}
         self.resize_nodes(pool_key)
         state.save_pool(pool_key)
+        self._announce_containers(pool)
         state.wakeup.notify_all()
         return pool
 
@@ -296,9 +296,9 @@ class Pools:
     def finish_reboots(self) -> None:
         """A rebooting node comes back once its tasks are gone: new boot time, start task again.
 
-        The dispatcher's tick calls this; it also runs the Spot pre-emption timers (see `spot_tick`).
+        The dispatcher's tick calls this; it also runs the Spot pre-emption timers (backend/spot.py).
         """
-        self.spot_tick()
+        spot.tick(self)
         state = self.state
         busy = {(run.pool_key, run.node_key) for run in state.runs.values()}
         for pool_key, nodes in state.nodes.items():
@@ -405,6 +405,8 @@ class Pools:
         node.doc["startTask"] = copy.deepcopy(start_task)
         node.doc["startTaskInfo"] = {"state": "running", "startTime": moment, "retryCount": 0}
         attempt = environment.start_task_attempt(state, pool, node.doc)
+        key = f"{state.account_name}/{pool['id']}/{node.doc['id']}/start/{node.seq}"
+        runner.with_container(attempt, start_task.get("containerSettings"), key)
         state.save_node(pool_key, node_key)
         retries = int(start_task.get("maxTaskRetryCount") or 0)
         state.executor.submit(self._run_start_task, pool_key, node_key, node.seq, attempt, retries)
@@ -462,100 +464,27 @@ class Pools:
                 state.wakeup.notify_all()
                 return
 
-    # ------------------------------------------------------------------ Spot pre-emption (fault injection)
+    # ------------------------------------------------------------------ containers
 
-    def preempt_node(self, pool_id: str, node_id: str, replace_after_seconds: float = 0.0) -> Doc:
-        """Pre-empt a Spot/low-priority node as Azure reclaims its capacity (the emulator-only knob).
-
-        What Batch documents (BatchNodeState.preempted; "Use Spot VMs with Batch workloads"): the node goes
-        `preempted`, the tasks running on it are requeued (requeueCount + 1, retryCount unchanged: pre-emption
-        is not a task failure) and run again on another node, and the pool seeks back to its target Spot count.
-        The preempted node stays in the pool, counted in currentLowPriorityNodes ($CurrentLowPriorityNodes
-        "including any nodes that have been preempted"), until a new node replaces it, `replace_after_seconds`
-        later (when capacity returns).
-        """
-        state = self.state
-        with state.lock:
-            pool_key, node_key, node = state.node(pool_id, node_id)
-            if state.pools[pool_key].doc["state"] == PoolState.DELETING:
-                raise _pool_being_deleted()
-            if node.doc["isDedicated"]:
-                raise conflict(
-                    "OperationNotValidOnNode", "Only Spot/low-priority nodes can be preempted; this node is dedicated."
-                )
-            if node.doc["state"] == NodeState.PREEMPTED:
-                raise conflict("OperationNotValidOnNode", "The specified node is already preempted.")
-            self._preempt(pool_key, node_key, replace_after_seconds)
-            return listing.public(node.doc)
-
-    def _preempt(self, pool_key: str, node_key: str, replace_after_seconds: float) -> None:
-        state = self.state
-        node = state.nodes[pool_key][node_key]
-        requeued = [
-            task_key
-            for (job_key, task_key), run in state.runs.items()
-            if run.pool_key == pool_key and run.node_key == node_key
-        ]
-        self._stop_node_tasks(pool_key, node_key, StopReason.REQUEUE)
-        if (pool_key, node_key) in state.start_task_pids:
-            runner.kill_tree(state.start_task_pids[(pool_key, node_key)])
-        moment = clock.now()
-        node.doc["state"] = NodeState.PREEMPTED
-        node.doc["stateTransitionTime"] = clock.fmt(moment)
-        node.record.replace_at = clock.fmt(moment + timedelta(seconds=max(0.0, replace_after_seconds)))
-        state.save_node(pool_key, node_key)
-        logger.info(
-            "Spot node %s of pool %s preempted; running tasks requeued: %s; replaced in %.1f s",
-            node.doc["id"],
-            state.pools[pool_key].doc["id"],
-            ", ".join(requeued) or "none",
-            replace_after_seconds,
-        )
-        state.wakeup.notify_all()
-
-    def spot_tick(self) -> None:
-        """Pre-empt under --preempt-spot-after, and replace preempted nodes whose capacity has returned."""
-        state = self.state
-        moment = clock.now()
-        if self.preempt_spot_after is not None:
-            for (job_key, task_key), run in list(state.runs.items()):
-                node = state.nodes.get(run.pool_key, {}).get(run.node_key)
-                task = state.tasks.get(job_key, {}).get(task_key)
-                if node is None or task is None or node.doc["isDedicated"] or run.process_pid is None:
-                    continue
-                info = task.doc["executionInfo"]
-                # Once per task, so that a pipeline under this fault still finishes.
-                if int(info.get("requeueCount", 0)) > 0 or node.doc["state"] == NodeState.PREEMPTED:
-                    continue
-                started = clock.parse(str(info.get("startTime") or clock.fmt(moment)))
-                if (moment - started).total_seconds() >= self.preempt_spot_after:
-                    self._preempt(run.pool_key, run.node_key, 0.0)
-        for pool_key, nodes in list(state.nodes.items()):
-            pool = state.pools.get(pool_key)
-            for node_key, node in list(nodes.items()):
-                if node.doc["state"] != NodeState.PREEMPTED or pool is None:
-                    continue
-                if node.record.replace_at is not None and clock.parse(node.record.replace_at) > moment:
-                    continue
-                if any(run.pool_key == pool_key and run.node_key == node_key for run in state.runs.values()):
-                    continue  # its requeued attempts have not let go yet
-                self._replace(pool_key, node_key)
-
-    def _replace(self, pool_key: str, node_key: str) -> None:
-        """A new Spot node takes a preempted one's place (a new id), with the pool's start task."""
-        state = self.state
-        pool = state.pools[pool_key].doc
-        nodes = state.nodes[pool_key]
-        index = 0
-        while validation.key(self._node_id(pool, index, False)) in nodes:
-            index += 1
-        new_id = self._node_id(pool, index, False)
-        new_key = validation.key(new_id)
-        old_id = nodes[node_key].doc["id"]
-        nodes[new_key] = self._new_node(pool, new_id, False)
-        state.save_node(pool_key, new_key)
-        self.remove_node(pool_key, node_key)
-        if pool.get("startTask"):
-            self.launch_start_task(pool_key, new_key)
-        logger.info("Spot capacity returned to pool %s: node %s replaces preempted %s", pool["id"], new_id, old_id)
-        state.wakeup.notify_all()
+    def _announce_containers(self, pool: Doc) -> None:
+        """A container pool says in the log whether its tasks can run here; its images are prefetched only if so."""
+        config = (pool.get("virtualMachineConfiguration") or {}).get("containerConfiguration")
+        if not config:
+            return
+        images = [str(image) for image in config.get("containerImageNames") or []]
+        runtime = containers.RUNTIME.name()
+        if runtime is None:
+            logger.warning(
+                "pool %s has a containerConfiguration (%s) but %s: its container tasks will fail with "
+                "ContainerInvalidSettings; images not prefetched: %s",
+                pool["id"],
+                config.get("type"),
+                containers.RUNTIME.why_not(),
+                ", ".join(images) or "none",
+            )
+            return
+        logger.info("pool %s runs its container tasks with %s", pool["id"], runtime)
+        if config.get("containerRegistries"):
+            logger.info("pool %s: registry credentials are not used; %s pulls with its own logins", pool["id"], runtime)
+        if images:
+            containers.prefetch(runtime, images, str(pool["id"]))
