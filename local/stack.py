@@ -407,16 +407,20 @@ def start_azurite(
 
 
 def start_emulator(
-    workdir: Path, extra_args: Sequence[str] = (), port: int = 0, ready_timeout: float = READY_TIMEOUT_SECONDS
+    workdir: Path,
+    extra_args: Sequence[str] = (),
+    port: int = 0,
+    ready_timeout: float = READY_TIMEOUT_SECONDS,
+    env: Mapping[str, str] | None = None,
 ) -> Emulator:
-    """The Batch emulator with its state under workdir/batch."""
+    """The Batch emulator with its state under workdir/batch (`env`: its whole environment, default ours)."""
     from local.batch.account import DEV_ACCOUNT_KEY, DEV_ACCOUNT_NAME
 
     argv = [
         sys.executable, "-m", "local.batch", "--host", "127.0.0.1", "--port", str(port),
         "--state-dir", str(workdir / "batch"), *extra_args,
     ]  # fmt: skip
-    server = start_server("batch-emulator", argv, workdir / "logs" / "batch-emulator.log", None, ready_timeout)
+    server = start_server("batch-emulator", argv, workdir / "logs" / "batch-emulator.log", env, ready_timeout)
     return Emulator(
         name=server.name, process=server.process, url=server.url, log_path=server.log_path,
         account_name=DEV_ACCOUNT_NAME, account_key=DEV_ACCOUNT_KEY,
