@@ -305,3 +305,48 @@ def test_terminating_a_container_task_removes_its_container(fake_runtime: tuple[
         what=f"docker rm --force {container}",
     )
     batch.begin_delete_pool(pool_id, polling_interval=0).result()  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------- the runtime probe and the options check
+
+
+def test_auto_needs_an_engine_that_answers_not_just_a_client_on_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from local.batch.containers import Runtime
+
+    client = tmp_path / "docker"
+    client.write_text(
+        "#!/bin/sh\necho 'Cannot connect to the Docker daemon at unix:///var/run/docker.sock.' >&2\nexit 1\n"
+    )
+    client.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))  # no podman here either
+    runtime = Runtime()
+    assert runtime.name() is None
+    why = runtime.why_not()
+    assert "`docker info` exited 1" in why and "Cannot connect to the Docker daemon" in why
+    assert "podman is not on PATH" in why
+    runtime.configure("podman")
+    assert runtime.name() is None and runtime.why_not().endswith("podman is not on PATH")
+
+
+@pytest.mark.parametrize(
+    "options",
+    ["--privileged", "-v /:/host", "--volume=/etc:/etc", "--mount type=bind,src=/,dst=/h", "--device /dev/sda",
+     "--cap-add SYS_ADMIN", "--pid host", "--env-file /etc/shadow", "--network container:other", "ubuntu", "--cpus"],
+)  # fmt: skip
+def test_run_options_that_reach_outside_the_task_are_refused(options: str) -> None:
+    from local.batch.containers import ContainerError, check_run_options
+
+    with pytest.raises(ContainerError):
+        check_run_options(options)
+
+
+def test_run_options_that_stay_inside_are_passed_on_as_split() -> None:
+    from local.batch.containers import check_run_options
+
+    given = "--cpus 2 --memory=1g -m1g -e 'A=b c' --network none --init --user 1000:1000 --gpus all"
+    assert check_run_options(given) == [
+        "--cpus", "2", "--memory=1g", "-m1g", "-e", "A=b c", "--network", "none", "--init", "--user", "1000:1000",
+        "--gpus", "all",
+    ]  # fmt: skip

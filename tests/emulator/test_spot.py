@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from azure.batch import BatchClient
 from azure.batch import models as m
 
-from local.stack import Emulator
-from tests.emulator.conftest import VM, unique, wait_for_task
+from local.stack import Emulator, start_emulator
+from tests.emulator.conftest import VM, client_for, unique, wait_for_task
 from tests.waiting import NotYet, wait_until
 
 
@@ -106,3 +107,19 @@ def test_only_spot_nodes_can_be_preempted_and_the_knob_needs_the_key(batch: Batc
     assert anonymous.value.code == 401
     assert batch.get_node(pool_id, str(dedicated)).state == m.BatchNodeState.IDLE
     batch.begin_delete_pool(pool_id, polling_interval=0).result()  # type: ignore[arg-type]
+
+
+def test_preempt_spot_after_preempts_each_task_once_and_it_still_completes(tmp_path: Path) -> None:
+    emulator = start_emulator(tmp_path, ["--preempt-spot-after", "0.3"])
+    try:
+        batch = client_for(emulator)
+        _pool_id, job_id = _spot_pool(batch, "autopreempt", spot=2)
+        for task_id in ("a", "b"):
+            batch.create_task(job_id, m.BatchTaskCreateOptions(id=task_id, command_line="sleep 1"))
+        for task_id in ("a", "b"):
+            info = wait_for_task(batch, job_id, task_id).execution_info
+            assert info is not None and info.exit_code == 0
+            assert (info.requeue_count, info.retry_count) == (1, 0)
+        assert "preempted; running tasks requeued" in emulator.log_path.read_text()
+    finally:
+        emulator.stop()

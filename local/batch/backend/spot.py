@@ -103,7 +103,9 @@ def _replace(pools: Pools, pool_key: str, node_key: str) -> None:
     state = pools.state
     pool = state.pools[pool_key].doc
     nodes = state.nodes[pool_key]
-    index = 0
+    # Past every index in use, so the replacement's id is not the preempted node's, nor one just replaced.
+    used = [int(node.doc["id"][-6:-2]) for node in nodes.values() if str(node.doc["id"])[-6:-2].isdigit()]
+    index = max(used, default=-1) + 1
     while validation.key(pools._node_id(pool, index, False)) in nodes:
         index += 1
     new_id = pools._node_id(pool, index, False)
