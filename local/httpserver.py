@@ -68,9 +68,8 @@ def body_too_large(limit: int) -> BodyError:
 
 
 def _bad_body(reason: str) -> BodyError:
-    return BodyError(
-        400, "InvalidRequestBody", "The specified Request Body is not syntactically valid.", {"Reason": reason}
-    )
+    return BodyError(400, "InvalidRequestBody", "The specified Request Body is not syntactically valid.",
+                     {"Reason": reason})
 
 
 class _LimitedDechunker(DechunkedInput):
@@ -297,7 +296,8 @@ class LoopbackServer(ThreadedWSGIServer):
 
     block_on_close = False
 
-    def __init__(self, host: str, port: int, app: WSGIApplication, max_body_bytes: int, server_version: str) -> None:
+    def __init__(self, host: str, port: int, app: WSGIApplication, max_body_bytes: int,
+                 server_version: str) -> None:
         self.max_body_bytes = max_body_bytes
         try:
             super().__init__(host, port, app, handler=_Handler)

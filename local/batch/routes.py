@@ -203,7 +203,9 @@ class Api:
         self.service.update_task(
             request.params["job"], request.params["task"], request.object(), if_match=request.header("If-Match")
         )
-        return Response(200, None, entity_headers(self.service.get_task(request.params["job"], request.params["task"])))
+        return Response(
+            200, None, entity_headers(self.service.get_task(request.params["job"], request.params["task"]))
+        )
 
     def task_delete(self, request: Request) -> Response:
         self.service.delete_task(request.params["job"], request.params["task"], if_match=request.header("If-Match"))

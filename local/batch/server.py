@@ -89,7 +89,9 @@ class EmulatorServer(LoopbackServer):
         )
         return _to_wsgi(response, environ)(environ, start_response)
 
-    def _respond(self, method: str, raw_target: str, headers: dict[str, str], environ: WSGIEnvironment) -> Response:
+    def _respond(
+        self, method: str, raw_target: str, headers: dict[str, str], environ: WSGIEnvironment
+    ) -> Response:
         split = urlsplit(raw_target)
         path = split.path.rstrip("/") or "/"
         query = {name: values[0] for name, values in parse_qs(split.query, keep_blank_values=True).items()}
@@ -100,9 +102,8 @@ class EmulatorServer(LoopbackServer):
             body = RequestBody.of(environ).read()
         except BodyError as problem:
             if problem.status != 413:  # the request's framing is broken: nothing else about it can be trusted
-                return error_response(
-                    BatchApiError(problem.status, problem.code, problem.message, problem.values), root
-                )
+                return error_response(BatchApiError(problem.status, problem.code, problem.message, problem.values),
+                                      root)
             too_large = problem
         if path.startswith("/_emulator/"):
             return self._emulator_endpoint(method, raw_target, headers, path, root, body or b"")

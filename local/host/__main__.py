@@ -69,14 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         host_json = root / "host.json" if (root / "host.json").exists() else Path.cwd() / "host.json"
         options = HostOptions.from_host_json(host_json)
         configure_logging(options.log_level)
-        config = HostConfig(
-            state_dir=args.state_dir,
-            host=args.host,
-            port=args.port,
-            webhook_key=args.webhook_key,
-            blob_scan_seconds=args.blob_scan_seconds,
-            options=options,
-        )
+        config = HostConfig(state_dir=args.state_dir, host=args.host, port=args.port,
+                            webhook_key=args.webhook_key, blob_scan_seconds=args.blob_scan_seconds,
+                            options=options)
 
         def ready(url: str) -> None:
             print(f"READY {url}", file=ready_stream, flush=True)

@@ -137,9 +137,8 @@ class _BindingReader:
     def queue_name(self) -> str:
         name = self.required("queue_name")
         if not _QUEUE_NAME.match(name):
-            raise StartupError(
-                f"{self.where}: {name!r} is not a valid queue name (3-63 lowercase letters, digits and single dashes)"
-            )
+            raise StartupError(f"{self.where}: {name!r} is not a valid queue name "
+                               "(3-63 lowercase letters, digits and single dashes)")
         return name
 
 
@@ -151,9 +150,8 @@ def _blob_trigger(reader: _BindingReader) -> BlobTrigger:
     if not _CONTAINER_NAME.match(container):
         raise StartupError(f"{reader.where}: {container!r} is not a valid container name")
     source = reader.optional("source") or "LogsAndContainerScan"
-    return BlobTrigger(
-        reader.binding.name, container, name_pattern, reader.connection(), event_grid=source.lower() == "eventgrid"
-    )
+    return BlobTrigger(reader.binding.name, container, name_pattern, reader.connection(),
+                       event_grid=source.lower() == "eventgrid")
 
 
 def _timer_trigger(reader: _BindingReader) -> TimerTrigger:
@@ -163,12 +161,9 @@ def _timer_trigger(reader: _BindingReader) -> TimerTrigger:
     except ScheduleError as error:
         raise StartupError(f"{reader.where}: {error}") from None
     use_monitor = getattr(reader.binding, "use_monitor", None)
-    return TimerTrigger(
-        reader.binding.name,
-        schedule,
-        run_on_startup=bool(getattr(reader.binding, "run_on_startup", False)),
-        use_monitor=None if use_monitor is None else bool(use_monitor),
-    )
+    return TimerTrigger(reader.binding.name, schedule,
+                        run_on_startup=bool(getattr(reader.binding, "run_on_startup", False)),
+                        use_monitor=None if use_monitor is None else bool(use_monitor))
 
 
 def _http_trigger(reader: _BindingReader, function_name: str) -> HttpTrigger:
@@ -210,17 +205,18 @@ def _read_function(function: Any, settings: AppSettings) -> FunctionSpec:
         else:
             unsupported.append(f"{kind} ({binding.name})")
     if unsupported:
-        raise StartupError(f"function '{name}': the dev host does not support binding(s) {', '.join(unsupported)}")
+        raise StartupError(f"function '{name}': the dev host does not support binding(s) "
+                           f"{', '.join(unsupported)}")
     if len(triggers) != 1:
         raise StartupError(f"function '{name}' must have exactly one trigger, has {len(triggers)}")
     user_function = function.get_user_function()
-    trigger_data = _check_parameters(name, user_function, triggers[0].arg_name, [output.arg_name for output in outputs])
+    trigger_data = _check_parameters(name, user_function, triggers[0].arg_name,
+                                     [output.arg_name for output in outputs])
     sdk_type = _sdk_type(user_function, triggers[0].arg_name)
     if sdk_type is not None and not isinstance(triggers[0], BlobTrigger):
         raise StartupError(f"function '{name}': the dev host binds SDK types for blob triggers only")
-    return FunctionSpec(
-        name, triggers[0], tuple(outputs), user_function, "sdk" if sdk_type is not None else trigger_data, sdk_type
-    )
+    return FunctionSpec(name, triggers[0], tuple(outputs), user_function,
+                        "sdk" if sdk_type is not None else trigger_data, sdk_type)
 
 
 def _sdk_type(user_function: Callable[..., Any], trigger_arg: str) -> type | None:
@@ -236,21 +232,17 @@ def _sdk_type(user_function: Callable[..., Any], trigger_arg: str) -> type | Non
     return annotation if isinstance(annotation, type) and issubclass(annotation, SdkType) else None
 
 
-def _check_parameters(
-    name: str, user_function: Callable[..., Any], trigger_arg: str, output_args: list[str]
-) -> str | None:
+def _check_parameters(name: str, user_function: Callable[..., Any], trigger_arg: str,
+                      output_args: list[str]) -> str | None:
     """As the worker does when it indexes: each binding has a parameter and each parameter a binding."""
     parameters = inspect.signature(user_function).parameters
     bound = {trigger_arg, *output_args} - {"$return"}
     for binding_name in sorted(bound - parameters.keys()):
         raise StartupError(f"function '{name}': binding '{binding_name}' has no parameter of that name")
     for parameter in parameters.values():
-        if (
-            parameter.name not in bound
-            and parameter.name != "context"
-            and parameter.default is inspect.Parameter.empty
-            and parameter.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
-        ):
+        if (parameter.name not in bound and parameter.name != "context"
+                and parameter.default is inspect.Parameter.empty
+                and parameter.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)):
             raise StartupError(f"function '{name}': parameter '{parameter.name}' has no binding")
     try:
         annotation: Any = typing.get_type_hints(user_function).get(trigger_arg)

@@ -39,7 +39,8 @@ def _in_parallel(work: Callable[[T], R], items: list[T], workers: int) -> list[R
                 return
             results[index] = work(items[index])
 
-    threads = [threading.Thread(target=worker, name="dispatch", daemon=True) for _ in range(min(workers, len(items)))]
+    threads = [threading.Thread(target=worker, name="dispatch", daemon=True)
+               for _ in range(min(workers, len(items)))]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -63,16 +64,8 @@ def _trigger(spec: FunctionSpec) -> BlobTrigger:
 class BlobTriggers:
     """Every blob-triggered function of an app."""
 
-    def __init__(
-        self,
-        functions: list[FunctionSpec],
-        accounts: StorageAccounts,
-        invoker: Invoker,
-        options: HostOptions,
-        host_id: str,
-        scan_seconds: float,
-        stopping: threading.Event,
-    ) -> None:
+    def __init__(self, functions: list[FunctionSpec], accounts: StorageAccounts, invoker: Invoker,
+                 options: HostOptions, host_id: str, scan_seconds: float, stopping: threading.Event) -> None:
         self.functions = {spec.full_name: spec for spec in functions}
         self.accounts = accounts
         self.invoker = invoker
@@ -83,7 +76,8 @@ class BlobTriggers:
         for spec in functions:
             connection = _trigger(spec).connection
             if connection not in self.receipts:
-                self.receipts[connection] = Receipts(accounts.get(connection), host_id, options.message_encoding)
+                self.receipts[connection] = Receipts(accounts.get(connection), host_id,
+                                                     options.message_encoding)
         self.listeners: list[QueueListener] = []
         self._scans = dict.fromkeys(self.functions, 0)
         self._scans_lock = threading.Lock()
@@ -98,18 +92,13 @@ class BlobTriggers:
     def start(self) -> None:
         for connection, receipts in self.receipts.items():
             listener = QueueListener(
-                f"blobtrigger[{connection}]",
-                receipts.dispatch_queue,
-                receipts.poison_queue,
-                self.options,
-                self._handler(receipts),
-                self.stopping,
-                describe=_describe,
-            )
+                f"blobtrigger[{connection}]", receipts.dispatch_queue, receipts.poison_queue,
+                self.options, self._handler(receipts), self.stopping, describe=_describe)
             listener.start()
             self.listeners.append(listener)
         for spec in self.functions.values():
-            threading.Thread(target=self._scan_forever, args=(spec,), name=f"scan:{spec.name}", daemon=True).start()
+            threading.Thread(target=self._scan_forever, args=(spec,), name=f"scan:{spec.name}",
+                             daemon=True).start()
 
     def push(self, spec: FunctionSpec, container: str, blob_name: str) -> bool:
         """An Event Grid BlobCreated for this function's container; True if the blob was dispatched."""
@@ -160,7 +149,8 @@ class BlobTriggers:
                 logger.exception("%s: scanning '%s' failed", spec.name, trigger.container)
             self.stopping.wait(self.scan_seconds)
 
-    def _dispatch_all(self, spec: FunctionSpec, receipts: Receipts, versions: list[BlobVersion]) -> list[bool | None]:
+    def _dispatch_all(self, spec: FunctionSpec, receipts: Receipts,
+                      versions: list[BlobVersion]) -> list[bool | None]:
         """Dispatch in parallel (three requests each); None where it did not happen (retried next scan)."""
 
         def dispatch(version: BlobVersion) -> bool | None:
@@ -169,7 +159,8 @@ class BlobTriggers:
             try:
                 return receipts.dispatch(spec.full_name, version)
             except AzureError as error:
-                logger.warning("%s: dispatching %s/%s failed: %s", spec.name, version.container, version.name, error)
+                logger.warning("%s: dispatching %s/%s failed: %s", spec.name, version.container,
+                               version.name, error)
                 return None
 
         return _in_parallel(dispatch, versions, DISPATCH_THREADS)
@@ -187,30 +178,19 @@ class BlobTriggers:
             try:
                 properties = blob.get_blob_properties()
             except ResourceNotFoundError:
-                logger.warning(
-                    "%s: blob %s/%s no longer exists; not invoking",
-                    spec.name,
-                    message.blob.container,
-                    message.blob.name,
-                )
+                logger.warning("%s: blob %s/%s no longer exists; not invoking", spec.name,
+                               message.blob.container, message.blob.name)
                 return
             if quoted_etag(properties.etag) != quoted_etag(message.blob.etag):
                 # The newer version has its own receipt and message, as on the Functions host.
-                logger.info(
-                    "%s: blob %s/%s changed since it was dispatched; skipping the old version",
-                    spec.name,
-                    message.blob.container,
-                    message.blob.name,
-                )
+                logger.info("%s: blob %s/%s changed since it was dispatched; skipping the old version",
+                            spec.name, message.blob.container, message.blob.name)
                 return
             trigger_value: Any = BlobInputStream(blob, properties)
             if spec.sdk_type is not None and isinstance(spec.trigger, BlobTrigger):
                 trigger_value = sdk_blob_client(spec.sdk_type, spec.trigger.connection, properties)
-            self.invoker.invoke(
-                spec,
-                trigger_value,
-                reason=f"New blob detected: {message.blob.container}/{message.blob.name}",
-                retry_count=received.dequeue_count - 1,
-            )
+            self.invoker.invoke(spec, trigger_value,
+                                reason=f"New blob detected: {message.blob.container}/{message.blob.name}",
+                                retry_count=received.dequeue_count - 1)
 
         return handle

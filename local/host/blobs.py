@@ -31,8 +31,8 @@ class _BlobRange(io.RawIOBase):
 
     def _download(self, length: int) -> bytes:
         data: bytes = self._blob.download_blob(
-            offset=self._position, length=length, etag=self._etag, match_condition=MatchConditions.IfNotModified
-        ).readall()
+            offset=self._position, length=length, etag=self._etag,
+            match_condition=MatchConditions.IfNotModified).readall()
         self._position += len(data)
         return data
 
@@ -55,15 +55,10 @@ class BlobInputStream(InputStream):
 
     def __init__(self, blob: BlobClient, properties: BlobProperties) -> None:
         container, name = properties.container, properties.name
-        super().__init__(
-            data=b"",
-            name=f"{container}/{name}",
-            uri=blob.url,
-            length=properties.size,
-            blob_properties=blob_properties(properties),
-            metadata=dict(properties.metadata or {}),
-        )
-        self._reader = io.BufferedReader(_BlobRange(blob, properties.etag, properties.size), buffer_size=CHUNK_BYTES)
+        super().__init__(data=b"", name=f"{container}/{name}", uri=blob.url, length=properties.size,
+                         blob_properties=blob_properties(properties), metadata=dict(properties.metadata or {}))
+        self._reader = io.BufferedReader(_BlobRange(blob, properties.etag, properties.size),
+                                         buffer_size=CHUNK_BYTES)
 
     def read(self, size: int | None = -1) -> bytes:
         return self._reader.read(-1 if size is None else size)

@@ -73,10 +73,8 @@ class DevHost:
 
     def __init__(self, app: FunctionApp, config: HostConfig, settings: AppSettings) -> None:
         if config.host not in LOOPBACK:
-            raise StartupError(
-                f"--host {config.host}: the dev host enforces no function keys, so it "
-                f"binds a loopback address only ({', '.join(sorted(LOOPBACK))})"
-            )
+            raise StartupError(f"--host {config.host}: the dev host enforces no function keys, so it "
+                               f"binds a loopback address only ({', '.join(sorted(LOOPBACK))})")
         self.config = config
         self.functions = read_functions(app, settings)
         self.host_id = config.host_id or default_host_id(settings, config.state_dir)
@@ -91,15 +89,8 @@ class DevHost:
         for spec in self.functions:  # a missing connection setting fails now, not at the first poll
             for connection in _connections(spec):
                 self.accounts.get(connection)
-        self.blob_triggers = BlobTriggers(
-            having(BlobTrigger),
-            self.accounts,
-            self.invoker,
-            options,
-            self.host_id,
-            config.blob_scan_seconds,
-            self.stopping,
-        )
+        self.blob_triggers = BlobTriggers(having(BlobTrigger), self.accounts, self.invoker, options,
+                                          self.host_id, config.blob_scan_seconds, self.stopping)
         self.queue_listeners = [self._queue_listener(spec) for spec in having(QueueTrigger)]
         self.timers = Timers(having(TimerTrigger), self.invoker, config.state_dir, self.stopping)
         self.router = Router(having(HttpTrigger), options.route_prefix)
@@ -111,14 +102,9 @@ class DevHost:
         trigger = spec.trigger
         assert isinstance(trigger, QueueTrigger)
         account = self.accounts.get(trigger.connection)
-        return QueueListener(
-            f"queue:{spec.name}",
-            account.queue(trigger.queue_name),
-            account.queue(f"{trigger.queue_name}-poison"),
-            self.config.options,
-            queue_trigger_handler(spec, trigger.queue_name, self.invoker),
-            self.stopping,
-        )
+        return QueueListener(f"queue:{spec.name}", account.queue(trigger.queue_name),
+                             account.queue(f"{trigger.queue_name}-poison"), self.config.options,
+                             queue_trigger_handler(spec, trigger.queue_name, self.invoker), self.stopping)
 
     @property
     def url(self) -> str:
@@ -132,9 +118,8 @@ class DevHost:
             self._server = HostServer(self.config.host, self.config.port, self._dispatch)
         except OSError as error:
             raise StartupError(f"cannot listen on {self.config.host}:{self.config.port}: {error}") from None
-        threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.2}, name="http", daemon=True
-        ).start()
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.2},
+                         name="http", daemon=True).start()
         self.blob_triggers.start()
         for listener in self.queue_listeners:
             listener.start()
@@ -200,7 +185,8 @@ class DevHost:
 
     def _dispatch(self, request: WebRequest) -> WebResponse:
         if self.webhooks.handles(request.path):
-            return self.webhooks.handle(request.method, request.path, request.query, request.headers, request.body)
+            return self.webhooks.handle(request.method, request.path, request.query, request.headers,
+                                        request.body)
         if request.path.lower().startswith("/admin/"):
             return self._admin(request)
         match = self.router.match(request.method, request.path)
@@ -215,10 +201,9 @@ class DevHost:
         if path == "/admin/host/progress" and request.method == "GET":  # the dev host's own; Azure has none
             return json_response(200, self.progress())
         if path == "/admin/functions" and request.method == "GET":
-            return json_response(
-                200, [{"name": spec.name, "trigger": type(spec.trigger).__name__} for spec in self.functions]
-            )
-        name = request.path.rstrip("/")[len("/admin/functions/") :]
+            return json_response(200, [{"name": spec.name, "trigger": type(spec.trigger).__name__}
+                                       for spec in self.functions])
+        name = request.path.rstrip("/")[len("/admin/functions/"):]
         if path.startswith("/admin/functions/") and request.method == "POST":
             spec = self.timers.find(name)
             if spec is None:
@@ -235,9 +220,8 @@ def _connections(spec: FunctionSpec) -> list[str]:
     return connections
 
 
-def run(
-    app: FunctionApp, config: HostConfig, settings: AppSettings, ready: Callable[[str], None] | None = None
-) -> None:
+def run(app: FunctionApp, config: HostConfig, settings: AppSettings,
+        ready: Callable[[str], None] | None = None) -> None:
     """Run until SIGTERM or SIGINT (call from the main thread); `ready` gets the URL once serving."""
     host = DevHost(app, config, settings)
     for signal_number in (signal.SIGTERM, signal.SIGINT):

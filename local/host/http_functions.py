@@ -14,14 +14,8 @@ from .webhooks import WebResponse, error_response
 
 
 def to_http_request(request: WebRequest, route_params: dict[str, str]) -> func.HttpRequest:
-    return func.HttpRequest(
-        method=request.method,
-        url=request.url,
-        headers=request.headers,
-        params=request.query,
-        route_params=route_params,
-        body=request.body,
-    )
+    return func.HttpRequest(method=request.method, url=request.url, headers=request.headers,
+                            params=request.query, route_params=route_params, body=request.body)
 
 
 def to_web_response(result: Any) -> WebResponse:
@@ -43,11 +37,9 @@ def to_web_response(result: Any) -> WebResponse:
 
 def call_http_function(invoker: Invoker, match: RouteMatch, request: WebRequest) -> WebResponse:
     try:
-        result = invoker.invoke(
-            match.spec,
-            to_http_request(request, match.route_params),
-            reason=f"This function was programmatically called via the host APIs ({request.method} {request.path})",
-        )
+        result = invoker.invoke(match.spec, to_http_request(request, match.route_params),
+                                reason=f"This function was programmatically called via the host APIs "
+                                       f"({request.method} {request.path})")
     except InvocationFailed:
         return error_response(500, f"function '{match.spec.name}' failed; see the host log")
     try:

@@ -164,15 +164,12 @@ class Invoker:
         try:
             logger.info("Executing 'Functions.%s' (Reason='%s', Id=%s)", spec.name, reason, invocation_id)
             started = time.monotonic()
-            outputs = {
-                output.arg_name: OutValue[Any]() for output in spec.queue_outputs if output.arg_name != "$return"
-            }
+            outputs = {output.arg_name: OutValue[Any]() for output in spec.queue_outputs
+                       if output.arg_name != "$return"}
             try:
                 # Inside the try: reading a blob for a `bytes` parameter can fail like the function.
-                kwargs: dict[str, Any] = {
-                    spec.trigger.arg_name: _as_declared(trigger_value, spec.trigger_data),
-                    **outputs,
-                }
+                kwargs: dict[str, Any] = {spec.trigger.arg_name: _as_declared(trigger_value, spec.trigger_data),
+                                          **outputs}
                 if "context" in inspect.signature(spec.user_function).parameters and "context" not in kwargs:
                     kwargs["context"] = InvocationContext(invocation_id, spec.name, retry_count)
                 result = spec.user_function(**kwargs)
@@ -180,24 +177,17 @@ class Invoker:
                     result = asyncio.run(_await(result))
                 self._send_outputs(spec.queue_outputs, outputs, result)
             except Exception as error:
-                logger.exception(
-                    "Executed 'Functions.%s' (Failed, Id=%s, Duration=%dms)",
-                    spec.name,
-                    invocation_id,
-                    (time.monotonic() - started) * 1000,
-                )
+                logger.exception("Executed 'Functions.%s' (Failed, Id=%s, Duration=%dms)",
+                                 spec.name, invocation_id, (time.monotonic() - started) * 1000)
                 raise InvocationFailed(spec.name, error) from error
-            logger.info(
-                "Executed 'Functions.%s' (Succeeded, Id=%s, Duration=%dms)",
-                spec.name,
-                invocation_id,
-                (time.monotonic() - started) * 1000,
-            )
+            logger.info("Executed 'Functions.%s' (Succeeded, Id=%s, Duration=%dms)",
+                        spec.name, invocation_id, (time.monotonic() - started) * 1000)
             return result
         finally:
             current_function.reset(token)
 
-    def _send_outputs(self, declared: tuple[QueueOutput, ...], outputs: dict[str, OutValue[Any]], result: Any) -> None:
+    def _send_outputs(self, declared: tuple[QueueOutput, ...], outputs: dict[str, OutValue[Any]],
+                      result: Any) -> None:
         for output in declared:
             value = result if output.arg_name == "$return" else outputs[output.arg_name].get()
             bodies = list(_message_bodies(value))

@@ -15,12 +15,8 @@ import re
 from dataclasses import dataclass
 from typing import Protocol
 
-_MONTHS = {
-    name: i
-    for i, name in enumerate(
-        ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"], start=1
-    )
-}
+_MONTHS = {name: i for i, name in enumerate(
+    ["JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"], start=1)}
 _WEEKDAYS = {name: i for i, name in enumerate(["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"])}
 
 # (label, lowest, highest, names)
@@ -107,8 +103,8 @@ class CronSchedule:
             fields = ["0", *fields]
         if len(fields) != 6:
             raise ScheduleError(
-                f"schedule {expression!r}: expected 6 fields (sec min hour day month day-of-week), got {len(fields)}"
-            )
+                f"schedule {expression!r}: expected 6 fields (sec min hour day month day-of-week), "
+                f"got {len(fields)}")
         try:
             parsed = [_parse_field(text, *spec) for text, spec in zip(fields, _FIELDS, strict=True)]
         except ScheduleError as error:

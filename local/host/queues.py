@@ -54,17 +54,9 @@ Handler = Callable[[ReceivedMessage], None]
 class QueueListener:
     """Polls one queue and hands each message to `handle`; a raise means "retry, then poison"."""
 
-    def __init__(
-        self,
-        label: str,
-        queue: QueueClient,
-        poison: QueueClient,
-        options: HostOptions,
-        handle: Handler,
-        stopping: threading.Event,
-        lease_seconds: int = LEASE_SECONDS,
-        describe: Callable[[ReceivedMessage], str] | None = None,
-    ) -> None:
+    def __init__(self, label: str, queue: QueueClient, poison: QueueClient, options: HostOptions,
+                 handle: Handler, stopping: threading.Event, lease_seconds: int = LEASE_SECONDS,
+                 describe: Callable[[ReceivedMessage], str] | None = None) -> None:
         self.label = label
         self.queue = queue
         self.poison = poison
@@ -106,10 +98,10 @@ class QueueListener:
                     continue
                 lease.settled = True
                 try:
-                    self.queue.update_message(lease.message_id, pop_receipt=lease.pop_receipt, visibility_timeout=0)
-                    logger.warning(
-                        "%s: abandoned message %s at shutdown; it is visible again", self.label, lease.message_id
-                    )
+                    self.queue.update_message(lease.message_id, pop_receipt=lease.pop_receipt,
+                                              visibility_timeout=0)
+                    logger.warning("%s: abandoned message %s at shutdown; it is visible again",
+                                   self.label, lease.message_id)
                 except AzureError as error:
                     logger.warning("%s: could not release message %s: %s", self.label, lease.message_id, error)
 
@@ -119,26 +111,21 @@ class QueueListener:
         while not self.stopping.is_set():
             with self._changed:
                 self._changed.wait_for(
-                    lambda: len(self._leases) <= self.options.new_batch_threshold or self.stopping.is_set(), timeout=1.0
-                )
+                    lambda: len(self._leases) <= self.options.new_batch_threshold or self.stopping.is_set(),
+                    timeout=1.0)
                 if len(self._leases) > self.options.new_batch_threshold:
                     continue
             try:
                 if not ready:
                     ensure_queue(self.queue)
                     ready = True
-                batch = list(
-                    self.queue.receive_messages(
-                        max_messages=self.options.batch_size,
-                        messages_per_page=self.options.batch_size,
-                        visibility_timeout=self.lease_seconds,
-                    )
-                )
+                batch = list(self.queue.receive_messages(
+                    max_messages=self.options.batch_size, messages_per_page=self.options.batch_size,
+                    visibility_timeout=self.lease_seconds))
             except AzureError as error:
                 ready = not isinstance(error, ResourceNotFoundError)  # deleted under us: create it again
-                logger.warning(
-                    "%s: polling failed (%s); retrying in %.1fs", self.label, error, self.options.max_polling_interval
-                )
+                logger.warning("%s: polling failed (%s); retrying in %.1fs", self.label, error,
+                               self.options.max_polling_interval)
                 self.stopping.wait(self.options.max_polling_interval)
                 continue
             if not batch:
@@ -153,39 +140,28 @@ class QueueListener:
 
     def _dispatch(self, message: Any) -> None:
         if message.dequeue_count > self.options.max_dequeue_count:
-            logger.error("%s: message %s was dequeued %d times already", self.label, message.id, message.dequeue_count)
+            logger.error("%s: message %s was dequeued %d times already", self.label, message.id,
+                         message.dequeue_count)
             self._to_poison(message.id, message.content, message.pop_receipt)
             return
         try:
             body = decode_message(message.content, self.options.message_encoding)
         except ValueError as error:
             # The Functions host moves undecodable messages straight to the poison queue.
-            logger.error(
-                "%s: message %s: %s (host.json extensions.queues.messageEncoding is %s); moving it to %s",
-                self.label,
-                message.id,
-                error,
-                self.options.message_encoding,
-                self.poison.queue_name,
-            )
+            logger.error("%s: message %s: %s (host.json extensions.queues.messageEncoding is %s); "
+                         "moving it to %s", self.label, message.id, error, self.options.message_encoding,
+                         self.poison.queue_name)
             self._to_poison(message.id, message.content, message.pop_receipt)
             return
         received = ReceivedMessage(
-            id=message.id,
-            content=message.content,
-            body=body,
-            dequeue_count=message.dequeue_count,
-            insertion_time=message.inserted_on,
-            expiration_time=message.expires_on,
-            time_next_visible=message.next_visible_on,
-            pop_receipt=message.pop_receipt,
-        )
+            id=message.id, content=message.content, body=body, dequeue_count=message.dequeue_count,
+            insertion_time=message.inserted_on, expiration_time=message.expires_on,
+            time_next_visible=message.next_visible_on, pop_receipt=message.pop_receipt)
         lease = _Lease(message.id, message.pop_receipt)
         with self._changed:
             self._leases[message.id] = lease
-        threading.Thread(
-            target=self._process, args=(received, lease), name=f"{self.label}:{message.id[:8]}", daemon=True
-        ).start()
+        threading.Thread(target=self._process, args=(received, lease),
+                         name=f"{self.label}:{message.id[:8]}", daemon=True).start()
 
     def _process(self, received: ReceivedMessage, lease: _Lease) -> None:
         succeeded = False
@@ -203,9 +179,8 @@ class QueueListener:
                 lease.settled = True
                 self._settle(received, lease.pop_receipt, succeeded)
         except AzureError as error:
-            logger.warning(
-                "%s: could not settle message %s (%s); it will be visible again", self.label, received.id, error
-            )
+            logger.warning("%s: could not settle message %s (%s); it will be visible again",
+                           self.label, received.id, error)
         finally:
             with self._changed:
                 self._leases.pop(received.id, None)
@@ -215,24 +190,13 @@ class QueueListener:
         if succeeded:
             self.queue.delete_message(received.id, pop_receipt=pop_receipt)
         elif received.dequeue_count >= self.options.max_dequeue_count:
-            logger.error(
-                "%s: %s failed %d times; moving it to %s",
-                self.label,
-                self.describe(received),
-                received.dequeue_count,
-                self.poison.queue_name,
-            )
+            logger.error("%s: %s failed %d times; moving it to %s", self.label, self.describe(received),
+                         received.dequeue_count, self.poison.queue_name)
             self._to_poison(received.id, received.content, pop_receipt)
         else:
             delay = self.options.retry_delay(received.dequeue_count)
-            logger.warning(
-                "%s: %s failed (attempt %d of %d); retrying in %ss",
-                self.label,
-                self.describe(received),
-                received.dequeue_count,
-                self.options.max_dequeue_count,
-                delay,
-            )
+            logger.warning("%s: %s failed (attempt %d of %d); retrying in %ss", self.label,
+                           self.describe(received), received.dequeue_count, self.options.max_dequeue_count, delay)
             self.queue.update_message(received.id, pop_receipt=pop_receipt, visibility_timeout=int(delay))
 
     def _to_poison(self, message_id: str, content: str, pop_receipt: str) -> None:
@@ -241,9 +205,8 @@ class QueueListener:
             self.poison.send_message(content)
             self.queue.delete_message(message_id, pop_receipt=pop_receipt)
         except AzureError as error:
-            logger.warning(
-                "%s: could not move message %s to %s: %s", self.label, message_id, self.poison.queue_name, error
-            )
+            logger.warning("%s: could not move message %s to %s: %s", self.label, message_id,
+                           self.poison.queue_name, error)
 
     def _renew(self) -> None:
         while not self.stopping.wait(self.lease_seconds / 3):
@@ -254,36 +217,28 @@ class QueueListener:
                     if lease.settled:
                         continue
                     try:
-                        updated = self.queue.update_message(
-                            lease.message_id, pop_receipt=lease.pop_receipt, visibility_timeout=self.lease_seconds
-                        )
+                        updated = self.queue.update_message(lease.message_id, pop_receipt=lease.pop_receipt,
+                                                           visibility_timeout=self.lease_seconds)
                         lease.pop_receipt = updated.pop_receipt or lease.pop_receipt
                     except ResourceNotFoundError:
                         logger.warning("%s: lost the lease on message %s", self.label, lease.message_id)
                     except AzureError as error:
-                        logger.warning("%s: could not renew message %s: %s", self.label, lease.message_id, error)
+                        logger.warning("%s: could not renew message %s: %s", self.label,
+                                       lease.message_id, error)
 
 
 def queue_message(received: ReceivedMessage) -> func.QueueMessage:
     """The binding value a queue-triggered function receives."""
     return FunctionsQueueMessage(
-        id=received.id,
-        body=received.body,
-        dequeue_count=received.dequeue_count,
-        insertion_time=received.insertion_time,
-        expiration_time=received.expiration_time,
-        time_next_visible=received.time_next_visible,
-        pop_receipt=received.pop_receipt,
-    )
+        id=received.id, body=received.body, dequeue_count=received.dequeue_count,
+        insertion_time=received.insertion_time, expiration_time=received.expiration_time,
+        time_next_visible=received.time_next_visible, pop_receipt=received.pop_receipt)
 
 
 def queue_trigger_handler(spec: FunctionSpec, queue_name: str, invoker: Invoker) -> Handler:
     def handle(received: ReceivedMessage) -> None:
-        invoker.invoke(
-            spec,
-            queue_message(received),
-            reason=f"New queue message detected on '{queue_name}'.",
-            retry_count=received.dequeue_count - 1,
-        )
+        invoker.invoke(spec, queue_message(received),
+                       reason=f"New queue message detected on '{queue_name}'.",
+                       retry_count=received.dequeue_count - 1)
 
     return handle

@@ -64,24 +64,16 @@ class TriggerMessage:
     blob: BlobVersion
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "Type": "BlobTrigger",
-                "FunctionId": self.function_id,
-                "BlobType": "BlockBlob",
-                "ContainerName": self.blob.container,
-                "BlobName": self.blob.name,
-                "ETag": self.blob.etag,
-            }
-        )
+        return json.dumps({"Type": "BlobTrigger", "FunctionId": self.function_id, "BlobType": "BlockBlob",
+                           "ContainerName": self.blob.container, "BlobName": self.blob.name,
+                           "ETag": self.blob.etag})
 
     @classmethod
     def from_json(cls, text: bytes | str) -> TriggerMessage:
         document = json.loads(text)
-        return cls(
-            str(document["FunctionId"]),
-            BlobVersion(str(document["ContainerName"]), str(document["BlobName"]), str(document["ETag"])),
-        )
+        return cls(str(document["FunctionId"]),
+                   BlobVersion(str(document["ContainerName"]), str(document["BlobName"]),
+                               str(document["ETag"])))
 
 
 class Receipts:
@@ -119,7 +111,7 @@ class Receipts:
         for receipt in self.container.list_blobs(name_starts_with=prefix, include=["metadata"]):
             if _is_incomplete(receipt.metadata):
                 continue
-            parts = receipt.name[len(prefix) :].split("/", 2)
+            parts = receipt.name[len(prefix):].split("/", 2)
             if len(parts) == 3:
                 etag, container, name = parts
                 versions.add(BlobVersion(container, name, etag))

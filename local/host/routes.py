@@ -46,7 +46,7 @@ def _parameter(token: str, template: str) -> _Parameter:
     for constraint in constraints:
         kind = constraint.split("(", 1)[0].lower()
         if kind == "regex":
-            pattern = constraint[len("regex(") : -1]
+            pattern = constraint[len("regex("):-1]
         elif kind in _CONSTRAINTS:
             pattern = _CONSTRAINTS[kind]
     return _Parameter(name, pattern, optional or default is not None, catch_all, default)
@@ -77,14 +77,13 @@ class Route:
                 group = f"p{len(parameters)}"
                 parameters.append(parameter)
                 capture = f"(?P<{group}>{parameter.pattern})"
-                regex.append(
-                    f"(?:{separator}{capture})?" if parameter.optional or parameter.catch_all else separator + capture
-                )
+                regex.append(f"(?:{separator}{capture})?" if parameter.optional or parameter.catch_all
+                             else separator + capture)
                 continue
             pieces: list[str] = []
             position = 0
             for match in _PARAMETER.finditer(segment):
-                pieces.append(re.escape(segment[position : match.start()]))
+                pieces.append(re.escape(segment[position:match.start()]))
                 parameter = _parameter(match.group(1), template)
                 pieces.append(f"(?P<p{len(parameters)}>{parameter.pattern.replace('[^/]+', '[^/]+?')})")
                 parameters.append(parameter)
@@ -93,14 +92,8 @@ class Route:
             literal_segments += position == 0
             regex.append(separator + "".join(pieces))
         has_catch_all = any(parameter.catch_all for parameter in parameters)
-        return cls(
-            spec,
-            template,
-            re.compile("".join(regex), re.IGNORECASE),
-            tuple(parameters),
-            trigger.methods,
-            (int(has_catch_all), -literal_segments, len(parameters)),
-        )
+        return cls(spec, template, re.compile("".join(regex), re.IGNORECASE), tuple(parameters),
+                   trigger.methods, (int(has_catch_all), -literal_segments, len(parameters)))
 
     def match(self, path: str) -> dict[str, str] | None:
         found = self.pattern.fullmatch(path)
@@ -137,7 +130,7 @@ class Router:
             if relative.lower() == prefix:
                 relative = ""
             elif relative.lower().startswith(prefix + "/"):
-                relative = relative[len(prefix) + 1 :]
+                relative = relative[len(prefix) + 1:]
             else:
                 return None
         for route in self.routes:

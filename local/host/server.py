@@ -66,13 +66,8 @@ class HostServer(LoopbackServer):
         for name, value in parse_qsl(parts.query, keep_blank_values=True):
             query.setdefault(name, value)
         request = WebRequest(
-            method=method,
-            url=f"{base_url(environ)}{raw_target}",
-            path=parts.path or "/",
-            query=query,
-            headers={name.lower(): value for name, value in EnvironHeaders(environ).items()},
-            body=body,
-        )
+            method=method, url=f"{base_url(environ)}{raw_target}", path=parts.path or "/", query=query,
+            headers={name.lower(): value for name, value in EnvironHeaders(environ).items()}, body=body)
         try:
             return self.dispatch(request)
         except Exception:

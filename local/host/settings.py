@@ -157,19 +157,13 @@ class HostOptions:
             batch_size=batch_size,
             new_batch_threshold=int(queues.get("newBatchThreshold", batch_size // 2)),
             visibility_timeout=(
-                None
-                if visibility is None
-                else parse_timespan(str(visibility), f"{where}: extensions.queues.visibilityTimeout")
-            ),
+                None if visibility is None
+                else parse_timespan(str(visibility), f"{where}: extensions.queues.visibilityTimeout")),
             # The real default is one minute; locally the brief is "about every second when idle".
             max_polling_interval=(
-                default.max_polling_interval
-                if polling is None
-                else min(
-                    parse_timespan(str(polling), f"{where}: extensions.queues.maxPollingInterval"),
-                    default.max_polling_interval,
-                )
-            ),
+                default.max_polling_interval if polling is None
+                else min(parse_timespan(str(polling), f"{where}: extensions.queues.maxPollingInterval"),
+                         default.max_polling_interval)),
             message_encoding=encoding,
             log_level=_LOG_LEVELS.get(level_name.lower(), logging.INFO),
         )

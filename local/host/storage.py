@@ -87,23 +87,18 @@ class StorageAccounts:
             value = self._settings.get(name, "")
             if value and _looks_like_connection_string(value):
                 return StorageAccount(
-                    connection,
-                    BlobServiceClient.from_connection_string(value, transport=_PooledTransport()),
-                    QueueServiceClient.from_connection_string(value, transport=_PooledTransport()),
-                )
+                    connection, BlobServiceClient.from_connection_string(value, transport=_PooledTransport()),
+                    QueueServiceClient.from_connection_string(value, transport=_PooledTransport()))
         blob_uri, queue_uri = self._service_uris(connection)
         if not blob_uri or not queue_uri:
             raise StartupError(
                 f"connection '{connection}': set app setting {connection} to a storage connection "
                 f"string, or {connection}__blobServiceUri and {connection}__queueServiceUri "
-                "(identity-based connection)"
-            )
+                "(identity-based connection)")
         credential = self._identity(connection)
         return StorageAccount(
-            connection,
-            BlobServiceClient(blob_uri, credential=credential, transport=_PooledTransport()),
-            QueueServiceClient(queue_uri, credential=credential, transport=_PooledTransport()),
-        )
+            connection, BlobServiceClient(blob_uri, credential=credential, transport=_PooledTransport()),
+            QueueServiceClient(queue_uri, credential=credential, transport=_PooledTransport()))
 
     def _service_uris(self, connection: str) -> tuple[str | None, str | None]:
         settings = self._settings

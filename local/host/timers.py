@@ -44,11 +44,9 @@ class _ScheduleStatus:
             pass
 
     def as_binding(self) -> dict[str, Any]:
-        return {
-            "Last": self.last.isoformat() if self.last else None,
-            "Next": self.next.isoformat() if self.next else None,
-            "LastUpdated": _now().isoformat(),
-        }
+        return {"Last": self.last.isoformat() if self.last else None,
+                "Next": self.next.isoformat() if self.next else None,
+                "LastUpdated": _now().isoformat()}
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -60,9 +58,8 @@ class _ScheduleStatus:
 class Timers:
     """Every timer-triggered function of an app, one thread each; invocations never overlap."""
 
-    def __init__(
-        self, functions: list[FunctionSpec], invoker: Invoker, state_dir: Path, stopping: threading.Event
-    ) -> None:
+    def __init__(self, functions: list[FunctionSpec], invoker: Invoker, state_dir: Path,
+                 stopping: threading.Event) -> None:
         self.functions = {spec.name.lower(): spec for spec in functions}
         self.invoker = invoker
         self.state_dir = state_dir
@@ -80,19 +77,17 @@ class Timers:
 
     def start(self) -> None:
         for spec in self.functions.values():
-            threading.Thread(target=self._run_forever, args=(spec,), name=f"timer:{spec.name}", daemon=True).start()
+            threading.Thread(target=self._run_forever, args=(spec,), name=f"timer:{spec.name}",
+                             daemon=True).start()
 
     def find(self, name: str) -> FunctionSpec | None:
         return self.functions.get(name.lower())
 
     def run_now(self, spec: FunctionSpec) -> None:
         """Invoke in the background, as the host's admin endpoint does."""
-        threading.Thread(
-            target=self._invoke,
-            args=(spec, _ScheduleStatus(self._status_path(spec)), False, "Manually triggered"),
-            name=f"timer:{spec.name}:manual",
-            daemon=True,
-        ).start()
+        threading.Thread(target=self._invoke, args=(spec, _ScheduleStatus(self._status_path(spec)), False,
+                                                    "Manually triggered"),
+                         name=f"timer:{spec.name}:manual", daemon=True).start()
 
     def drain(self, deadline_seconds: float) -> None:
         with self._changed:
@@ -119,9 +114,8 @@ class Timers:
         status = _ScheduleStatus(self._status_path(spec))
         now = _now()
         if self._monitored(trigger, now) and status.next is not None and status.next < now:
-            logger.info(
-                "%s: the occurrence at %s was missed while the host was down", spec.name, status.next.isoformat()
-            )
+            logger.info("%s: the occurrence at %s was missed while the host was down", spec.name,
+                        status.next.isoformat())
             self._invoke(spec, status, True, "Timer fired (past due)")
             self._count_tick(spec)
         elif trigger.run_on_startup:
@@ -130,9 +124,8 @@ class Timers:
         scheduled = trigger.schedule.next_after(_now())
         status.next = scheduled
         status.save()
-        logger.info(
-            "%s: next occurrence %s (schedule %s)", spec.name, scheduled.isoformat(), trigger.schedule.describe()
-        )
+        logger.info("%s: next occurrence %s (schedule %s)", spec.name, scheduled.isoformat(),
+                    trigger.schedule.describe())
         while not self.stopping.wait(max((scheduled - _now()).total_seconds(), 0)):
             self._invoke(spec, status, _now() - scheduled > _LATE, "Timer fired")
             self._count_tick(spec)
@@ -151,9 +144,8 @@ class Timers:
             with self._changed:
                 self._running += 1
             try:
-                request = TimerRequest(
-                    past_due=past_due, schedule_status=status.as_binding(), schedule={"AdjustForDST": True}
-                )
+                request = TimerRequest(past_due=past_due, schedule_status=status.as_binding(),
+                                       schedule={"AdjustForDST": True})
                 self.invoker.invoke(spec, request, reason=reason)
             except InvocationFailed:
                 pass  # logged by the invoker; the next occurrence runs as scheduled

@@ -98,8 +98,10 @@ BlobPush = Callable[[FunctionSpec, str, str], bool]
 class Webhooks:
     """Serves both webhook paths for the app's Event Grid and EventGrid-sourced blob functions."""
 
-    def __init__(self, functions: list[FunctionSpec], invoker: Invoker, blob_push: BlobPush, key: str | None) -> None:
-        self.event_grid = {spec.name.lower(): spec for spec in functions if isinstance(spec.trigger, EventGridTrigger)}
+    def __init__(self, functions: list[FunctionSpec], invoker: Invoker, blob_push: BlobPush,
+                 key: str | None) -> None:
+        self.event_grid = {spec.name.lower(): spec for spec in functions
+                           if isinstance(spec.trigger, EventGridTrigger)}
         self.blobs: dict[str, FunctionSpec] = {}
         for spec in functions:
             if isinstance(spec.trigger, BlobTrigger) and spec.trigger.event_grid:
@@ -112,9 +114,8 @@ class Webhooks:
     def handles(self, path: str) -> bool:
         return path.rstrip("/").lower() in (EVENT_GRID_PATH, BLOBS_PATH)
 
-    def handle(
-        self, method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str], body: bytes
-    ) -> WebResponse:
+    def handle(self, method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str],
+               body: bytes) -> WebResponse:
         """`headers` keys are lowercase."""
         origin = headers.get("webhook-request-origin")
         if method == "OPTIONS" and origin:
@@ -140,9 +141,8 @@ class Webhooks:
             if event_type.lower() == "subscriptionvalidation":
                 return _validation_response(events)
             if event_type.lower() != "notification":
-                return error_response(
-                    400, f"header aeg-event-type must be SubscriptionValidation or Notification, got {event_type!r}"
-                )
+                return error_response(400, f"header aeg-event-type must be SubscriptionValidation or "
+                                           f"Notification, got {event_type!r}")
             if blob_webhook:
                 return self._push_blobs(spec, events)
             return self._deliver(spec, events)
@@ -168,10 +168,8 @@ class Webhooks:
                 continue
             subject = _BLOB_SUBJECT.match(str(event.get("subject", "")))
             if not subject:
-                raise BadEvents(
-                    f"event {index}: subject {event.get('subject')!r} is not "
-                    "/blobServices/default/containers/<container>/blobs/<name>"
-                )
+                raise BadEvents(f"event {index}: subject {event.get('subject')!r} is not "
+                                "/blobServices/default/containers/<container>/blobs/<name>")
             try:
                 self.blob_push(spec, subject.group(1), subject.group(2))
             except AzureError as error:
