@@ -140,6 +140,22 @@ class Emulator(Service):
         with urllib.request.urlopen(request, timeout=10):  # noqa: S310
             pass
 
+    def preempt(self, pool_id: str, node_id: str, replace_after_seconds: float = 0.0) -> dict[str, object]:
+        """Pre-empt a Spot node (fault injection): its tasks are requeued, a new node replaces it later."""
+        from urllib.parse import quote
+
+        from local.batch.auth import signed_headers
+
+        target = f"/_emulator/pools/{quote(pool_id, safe='')}/nodes/{quote(node_id, safe='')}/preempt"
+        body = json.dumps({"replaceAfterSeconds": replace_after_seconds}).encode()
+        content = {"Content-Type": "application/json", "Content-Length": str(len(body))}
+        headers = signed_headers("POST", target, self.account_name, self.account_key, content)
+        request = urllib.request.Request(f"{self.url}{target}", body, method="POST", headers=headers)  # noqa: S310
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310
+            node = json.loads(response.read())
+        assert isinstance(node, dict), "the emulator answers a preempt with the node"
+        return node
+
 
 @dataclass
 class Stack:
@@ -391,16 +407,20 @@ def start_azurite(
 
 
 def start_emulator(
-    workdir: Path, extra_args: Sequence[str] = (), port: int = 0, ready_timeout: float = READY_TIMEOUT_SECONDS
+    workdir: Path,
+    extra_args: Sequence[str] = (),
+    port: int = 0,
+    ready_timeout: float = READY_TIMEOUT_SECONDS,
+    env: Mapping[str, str] | None = None,
 ) -> Emulator:
-    """The Batch emulator with its state under workdir/batch."""
+    """The Batch emulator with its state under workdir/batch (`env`: its whole environment, default ours)."""
     from local.batch.account import DEV_ACCOUNT_KEY, DEV_ACCOUNT_NAME
 
     argv = [
         sys.executable, "-m", "local.batch", "--host", "127.0.0.1", "--port", str(port),
         "--state-dir", str(workdir / "batch"), *extra_args,
     ]  # fmt: skip
-    server = start_server("batch-emulator", argv, workdir / "logs" / "batch-emulator.log", None, ready_timeout)
+    server = start_server("batch-emulator", argv, workdir / "logs" / "batch-emulator.log", env, ready_timeout)
     return Emulator(
         name=server.name, process=server.process, url=server.url, log_path=server.log_path,
         account_name=DEV_ACCOUNT_NAME, account_key=DEV_ACCOUNT_KEY,

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
 
+from local.batch import containers
 from local.batch.account import DEV_ACCOUNT_KEY, DEV_ACCOUNT_NAME
 from local.batch.server import MAX_BODY_BYTES, EmulatorServer, Faults
 from local.batch.service import BatchService
@@ -70,6 +71,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="evaluate every autoscale pool's formula every S seconds instead of its autoScaleEvaluationInterval; "
         "sampling and the formula's time intervals are compressed by the same factor (for tests)",
     )
+    parser.add_argument(
+        "--preempt-spot-after",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="pre-empt a Spot node this many seconds into a task's first run (fault injection)",
+    )
+    parser.add_argument(
+        "--container-runtime",
+        choices=("auto", "none", "docker", "podman"),
+        default="auto",
+        help="runtime for container tasks: auto finds a usable docker or podman on PATH; none runs no containers",
+    )
     parser.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES)
     parser.add_argument(
         "--auth-failure-status",
@@ -107,6 +121,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         task_start_delay_ms=args.task_start_delay_ms,
         autoscale_interval_seconds=args.autoscale_interval_seconds,
     )
+    service.pools.preempt_spot_after = args.preempt_spot_after
+    containers.RUNTIME.configure(args.container_runtime)
+    # Probe the runtime (`docker info`) now, off the start-up path: the answer is cached for pools and tasks.
+    threading.Thread(target=containers.RUNTIME.name, name="container-runtime-probe", daemon=True).start()
     faults = Faults(
         rate=args.fault_rate,
         statuses=args.fault_statuses,

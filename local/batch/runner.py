@@ -14,11 +14,15 @@ import shlex
 import shutil
 import signal
 import subprocess
+import tempfile
+import threading
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from local.batch import containers
 
 DEFAULT_FILE_MODE = 0o770
 PRIVATE_DIR_MODE = 0o700
@@ -69,6 +73,10 @@ class Attempt:
     # userIdentity autoUser scope task: the task directory is owner-only (0700). Every task still runs as the
     # emulator's OS user, so this keeps other OS accounts out, not other tasks (see docs/emulator.md).
     private_task_dir: bool = False
+    # containerSettings: the command runs in this container (containers.py), never on the host
+    container: containers.ContainerRun | None = None
+    # why this attempt must fail before anything is downloaded or run (a container task on a pool without containers)
+    refusal: Failure | None = None
 
     @property
     def task_dir(self) -> Path:
@@ -240,18 +248,27 @@ def launch(attempt: Attempt) -> subprocess.Popen[bytes]:
             "Failed to launch the specified command line.",
             {"Message": "the command line is empty"},
         )
+    env_file: Path | None = None
+    if attempt.container is not None:
+        argv, env_file = _container_argv(attempt, argv)
     stdout = (attempt.task_dir / "stdout.txt").open("wb")
     stderr = (attempt.task_dir / "stderr.txt").open("wb")
     try:
-        return subprocess.Popen(
+        process = subprocess.Popen(
             argv,
             cwd=attempt.working_dir,
-            env=attempt.environment,
+            # A runtime client gets the emulator's own environment (its HOME holds the registry logins); the task's
+            # variables reach the container through the env file.
+            env=dict(os.environ) if attempt.container is not None else attempt.environment,
             stdin=subprocess.DEVNULL,
             stdout=stdout,
             stderr=stderr,
             start_new_session=True,
         )
+        if attempt.container is not None and env_file is not None:
+            with _containers_lock:
+                _containers[process.pid] = (argv[0], attempt.container.name, env_file)
+        return process
     except FileNotFoundError:
         raise Failure(
             "usererror",
@@ -269,12 +286,77 @@ def launch(attempt: Attempt) -> subprocess.Popen[bytes]:
     finally:
         stdout.close()
         stderr.close()
+        if env_file is not None and not _is_registered(env_file):
+            env_file.unlink(missing_ok=True)
+
+
+def _is_registered(env_file: Path) -> bool:
+    with _containers_lock:
+        return any(entry[2] == env_file for entry in _containers.values())
+
+
+# The container behind each running runtime client (pid -> runtime, container name, env file): killing the client
+# does not stop a container, so kill_tree removes it too.
+_containers: dict[int, tuple[str, str, Path]] = {}
+_containers_lock = threading.Lock()
+
+
+def container_failure(message: str) -> Failure:
+    """What a container task that cannot start reports. Batch reports a node whose Docker engine does not answer
+    as ContainerInvalidSettings (usererror) with the engine's error as the detail (Azure/Batch issue #4)."""
+    return Failure(
+        "usererror",
+        "ContainerInvalidSettings",
+        "At least one value of specified task container settings is invalid",
+        {"Message": message},
+    )
+
+
+def with_container(attempt: Attempt, settings: dict[str, Any] | None, key: str) -> Attempt:
+    """The attempt, to run in the container its containerSettings name (if any)."""
+    if settings:
+        prep = attempt.environment.get("AZ_BATCH_JOB_PREP_DIR")
+        attempt.container = containers.plan(
+            settings, attempt.node_root, attempt.task_dir, Path(prep) if prep else None, key
+        )
+    return attempt
+
+
+def _container_argv(attempt: Attempt, command: list[str]) -> tuple[list[str], Path]:
+    container = attempt.container
+    assert container is not None
+    runtime = containers.RUNTIME.name()
+    if runtime is None:
+        raise container_failure(
+            f"The Batch emulator cannot run image {container.image}: {containers.RUNTIME.why_not()}. "
+            "The command was not run (it never runs on the host in place of the container)."
+        )
+    descriptor, name = tempfile.mkstemp(prefix="azbatch-env-")  # owner-only; removed when the process ends
+    os.close(descriptor)
+    env_file = Path(name)
+    try:
+        containers.write_env_file(env_file, attempt.environment)
+        return containers.argv(runtime, container, command, env_file, attempt.working_dir), env_file
+    except containers.ContainerError as problem:
+        env_file.unlink(missing_ok=True)
+        raise container_failure(str(problem)) from None
 
 
 def kill_tree(pid: int) -> None:
-    """SIGKILL the task's whole process group (its own session, so the emulator is not in it)."""
+    """SIGKILL the task's whole process group (its own session, so the emulator is not in it), and its container."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
+    with _containers_lock:
+        container = _containers.get(pid)
+    if container is not None:
+        containers.remove(container[0], container[1])
+
+
+def _forget_container(pid: int) -> None:
+    with _containers_lock:
+        container = _containers.pop(pid, None)
+    if container is not None:
+        container[2].unlink(missing_ok=True)
 
 
 def wait(process: subprocess.Popen[bytes], wall_clock_seconds: float | None) -> tuple[int, bool]:
@@ -290,7 +372,9 @@ def wait(process: subprocess.Popen[bytes], wall_clock_seconds: float | None) -> 
     if code < 0:
         code = 128 - code
     # Reap anything the task left behind in its session.
-    kill_tree(process.pid)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+    _forget_container(process.pid)
     return code, timed_out
 
 

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from werkzeug.datastructures import EnvironHeaders
 
 from local.batch import auth
+from local.batch.backend import spot
 from local.batch.errors import BatchApiError
 from local.batch.faults import Faults, fault_error
 from local.batch.routes import Api
@@ -32,6 +34,8 @@ logger = logging.getLogger(__name__)
 MAX_BODY_BYTES = 1024 * 1024
 STATS_PATH = "/_emulator/stats"
 STATS_RESET_PATH = "/_emulator/stats/reset"
+# POST, SharedKey-signed: pre-empt a Spot node (fault injection; see docs/emulator.md "Spot pre-emption")
+PREEMPT_PATH = re.compile(r"^/_emulator/pools/(?P<pool>[^/]+)/nodes/(?P<node>[^/]+)/preempt$")
 
 
 class EmulatorServer(LoopbackServer):
@@ -102,7 +106,7 @@ class EmulatorServer(LoopbackServer):
                                       root)
             too_large = problem
         if path.startswith("/_emulator/"):
-            return self._emulator_endpoint(method, raw_target, headers, path, root)
+            return self._emulator_endpoint(method, raw_target, headers, path, root, body or b"")
         matched = self.api.match(method, path)
         operation = matched[0] if matched else "Unknown"
         self.count(operation)
@@ -161,20 +165,38 @@ class EmulatorServer(LoopbackServer):
             )
 
     def _emulator_endpoint(
-        self, method: str, raw_target: str, headers: dict[str, str], path: str, root: str
+        self, method: str, raw_target: str, headers: dict[str, str], path: str, root: str, body: bytes
     ) -> Response:
-        # Reading the counters is harmless and stays open (a curl away); changing them needs the key.
+        # Reading the counters is harmless and stays open (a curl away); changing anything needs the key.
         if method == "GET" and path == STATS_PATH:
             return Response(200, self.stats_body())
-        if method == "POST" and path == STATS_RESET_PATH:
-            try:
-                self._authenticate(method, raw_target, headers)
-            except BatchApiError as error:
-                return error_response(error, root)
-            self.reset_stats()
-            return Response(200, self.stats_body())
-        unknown = BatchApiError(501, "NotImplemented", f"Unknown emulator endpoint {method} {path}")
-        return error_response(unknown, root)
+        preempt = PREEMPT_PATH.match(path)
+        if method != "POST" or (path != STATS_RESET_PATH and preempt is None):
+            unknown = BatchApiError(501, "NotImplemented", f"Unknown emulator endpoint {method} {path}")
+            return error_response(unknown, root)
+        try:
+            self._authenticate(method, raw_target, headers)
+            if preempt is not None:
+                return Response(200, self._preempt(unquote(preempt["pool"]), unquote(preempt["node"]), body))
+        except BatchApiError as error:
+            return error_response(error, root)
+        self.reset_stats()
+        return Response(200, self.stats_body())
+
+    def _preempt(self, pool_id: str, node_id: str, body: bytes) -> dict[str, Any]:
+        """Fault injection: Azure reclaims a Spot node (body: optional {"replaceAfterSeconds": n})."""
+        try:
+            options = json.loads(body) if body.strip() else {}
+        except ValueError:
+            options = None
+        delay = options.get("replaceAfterSeconds", 0) if isinstance(options, dict) else None
+        if isinstance(delay, bool) or not isinstance(delay, int | float) or delay < 0:
+            raise BatchApiError(
+                400,
+                "InvalidRequestBody",
+                "The body must be empty or a JSON object with a non-negative number replaceAfterSeconds.",
+            )
+        return spot.preempt_node(self.service.pools, pool_id, node_id, float(delay))
 
 
 def _to_wsgi(response: Response, environ: WSGIEnvironment) -> PlainResponse:

@@ -170,6 +170,12 @@ def check_pool_spec(body: dict[str, Any], prefix: str = "") -> None:
         raise missing_property(prefix + "virtualMachineConfiguration.imageReference")
     if not vm.get("nodeAgentSKUId"):
         raise missing_property(prefix + "virtualMachineConfiguration.nodeAgentSKUId")
+    check_container_configuration(
+        vm.get("containerConfiguration"), prefix + "virtualMachineConfiguration.containerConfiguration"
+    )
+    start_task = body.get("startTask")
+    if isinstance(start_task, dict):
+        check_container_settings(start_task.get("containerSettings"), prefix + "startTask.containerSettings")
     check_int(body.get("taskSlotsPerNode"), prefix + "taskSlotsPerNode", 1)
     if (body.get("taskSlotsPerNode") or 1) > 256:
         raise invalid_property(prefix + "taskSlotsPerNode", body["taskSlotsPerNode"], "the maximum is 256")
@@ -251,6 +257,13 @@ _SHAPES: dict[str, type | tuple[type, ...]] = {
     "userIdentity": dict,
     "taskSchedulingPolicy": dict,
     "startTask": dict,
+    "containerConfiguration": dict,
+    "containerSettings": dict,
+    "containerImageNames": list,
+    "containerRegistries": list,
+    "containerHostBatchBindMounts": list,
+    "containerRunOptions": str,
+    "imageName": str,
     "maxTaskRetryCount": int,
     "maxParallelTasks": int,
     "priority": int,
@@ -302,3 +315,97 @@ def require_object(body: Any) -> dict[str, Any]:
         )
     check_shape(body)
     return body
+
+
+# Containers, per the Batch REST spec 2025-06-01 (Azure/azure-rest-api-specs specification/batch/data-plane/Batch,
+# models.tsp; the same text is in azure-batch 15.1.0's models): ContainerConfiguration.type is required and one of
+# ContainerType; BatchTaskContainerSettings.imageName is required; workingDirectory is a ContainerWorkingDirectory;
+# each containerHostBatchBindMounts entry's source is a ContainerHostDataPath. The enums are case-insensitive in the
+# SDK (CaseInsensitiveEnumMeta), so they are compared lowercased here and stored as sent.
+CONTAINER_TYPES = ("dockercompatible", "cricompatible")
+CONTAINER_WORKING_DIRECTORIES = ("taskworkingdirectory", "containerimagedefault")
+CONTAINER_HOST_DATA_PATHS = ("shared", "startup", "vfsmounts", "task", "jobprep", "applications")
+
+
+def _check_enum(value: Any, name: str, allowed: tuple[str, ...]) -> None:
+    if not isinstance(value, str) or value.lower() not in allowed:
+        raise invalid_property(name, value, f"must be one of {', '.join(allowed)} (case-insensitive)")
+
+
+def _check_string_list(value: Any, name: str) -> None:
+    if value is None:
+        return
+    if not isinstance(value, list) or not all(isinstance(item, str) and item.strip() for item in value):
+        raise invalid_property(name, value, "must be an array of non-empty strings")
+
+
+def check_container_registry(registry: Any, name: str) -> None:
+    """A ContainerRegistryReference: a username and password together, or an identityReference, not both."""
+    if registry is None:
+        return
+    if not isinstance(registry, dict):
+        raise invalid_property(name, registry, "must be a JSON object")
+    for field in ("username", "password", "registryServer"):
+        if registry.get(field) is not None and not isinstance(registry[field], str):
+            shown = "<redacted>" if field == "password" else registry[field]
+            raise invalid_property(f"{name}.{field}", shown, "must be a string")
+    has_user, has_password = bool(registry.get("username")), bool(registry.get("password"))
+    if has_user != has_password:
+        raise missing_property(f"{name}.{'password' if has_user else 'username'}")
+    identity = registry.get("identityReference")
+    if identity is not None:
+        if not isinstance(identity, dict):
+            raise invalid_property(f"{name}.identityReference", identity, "must be a JSON object")
+        if has_user:
+            raise invalid_property(
+                f"{name}.identityReference", identity, "give either username and password or identityReference"
+            )
+
+
+def check_container_configuration(value: Any, name: str) -> None:
+    """virtualMachineConfiguration.containerConfiguration of a pool."""
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise invalid_property(name, value, "must be a JSON object")
+    if value.get("type") is None:
+        raise missing_property(f"{name}.type")
+    _check_enum(value["type"], f"{name}.type", CONTAINER_TYPES)
+    _check_string_list(value.get("containerImageNames"), f"{name}.containerImageNames")
+    registries = value.get("containerRegistries")
+    if registries is not None:
+        if not isinstance(registries, list):
+            raise invalid_property(f"{name}.containerRegistries", registries, "must be an array")
+        for index, registry in enumerate(registries):
+            check_container_registry(registry, f"{name}.containerRegistries[{index}]")
+
+
+def check_container_settings(value: Any, name: str = "containerSettings") -> None:
+    """A task's containerSettings (BatchTaskContainerSettings)."""
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise invalid_property(name, value, "must be a JSON object")
+    image = value.get("imageName")
+    if image is None or image == "":
+        raise missing_property(f"{name}.imageName")
+    if not isinstance(image, str) or not image.strip() or any(c.isspace() for c in image):
+        raise invalid_property(f"{name}.imageName", image, "must be an image reference as given to docker pull")
+    options = value.get("containerRunOptions")
+    if options is not None and not isinstance(options, str):
+        raise invalid_property(f"{name}.containerRunOptions", options, "must be a string")
+    if value.get("workingDirectory") is not None:
+        _check_enum(value["workingDirectory"], f"{name}.workingDirectory", CONTAINER_WORKING_DIRECTORIES)
+    check_container_registry(value.get("registry"), f"{name}.registry")
+    mounts = value.get("containerHostBatchBindMounts")
+    if mounts is not None:
+        if not isinstance(mounts, list):
+            raise invalid_property(f"{name}.containerHostBatchBindMounts", mounts, "must be an array")
+        for index, mount in enumerate(mounts):
+            where = f"{name}.containerHostBatchBindMounts[{index}]"
+            if not isinstance(mount, dict):
+                raise invalid_property(where, mount, "must be a JSON object")
+            if mount.get("source") is not None:
+                _check_enum(mount["source"], f"{where}.source", CONTAINER_HOST_DATA_PATHS)
+            if mount.get("isReadOnly") is not None and not isinstance(mount["isReadOnly"], bool):
+                raise invalid_property(f"{where}.isReadOnly", mount["isReadOnly"], "must be a boolean")

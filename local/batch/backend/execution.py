@@ -50,6 +50,33 @@ def run_side_task(attempt: runner.Attempt, retries: int) -> Doc:
         return info
 
 
+def container_mismatch(pool: Doc, task: Doc) -> runner.Failure | None:
+    """A task and a pool that disagree about containers fail on the node, before anything runs.
+
+    The spec (BatchTaskCreateOptions.containerSettings): "If the Pool that will run this Task has
+    containerConfiguration set, this must be set as well. If the Pool ... doesn't have containerConfiguration
+    set, this must not be set." A task without settings on a container pool fails with the code and message
+    users report from Batch (ContainerTaskSettingsNotFound, "Container-enabled compute node requires task
+    container settings"); the other way round is refused when the task is added if the pool exists then
+    (tasks.py), and otherwise fails here as invalid container settings.
+    """
+    configured = bool((pool.get("virtualMachineConfiguration") or {}).get("containerConfiguration"))
+    settings = task.get("containerSettings")
+    if configured and not settings:
+        return runner.Failure(
+            "usererror",
+            "ContainerTaskSettingsNotFound",
+            "Container-enabled compute node requires task container settings",
+            {"Message": f"pool {pool['id']} has a containerConfiguration; the task has no containerSettings"},
+        )
+    if settings and not configured:
+        return runner.container_failure(
+            f"pool {pool['id']} has no virtualMachineConfiguration.containerConfiguration, so its nodes run no "
+            "containers; the command was not run"
+        )
+    return None
+
+
 def exit_options(conditions: Doc, exit_code: int) -> Doc | None:
     """The exitOptions an exit code maps to (exitCodes first, then exitCodeRanges); None if none does."""
     for mapping in conditions.get("exitCodes") or []:
@@ -103,6 +130,9 @@ class Execution:
             node["stateTransitionTime"] = moment
         state.runs[(job_key, task_key)] = Run(attempt_number, pool_key, node_key, slots)
         attempt = environment.task_attempt(state, job, task.doc, pool, node)
+        key = f"{state.account_name}/{node['id']}/{job['id']}/{task.doc['id']}/{attempt_number}"
+        runner.with_container(attempt, task.doc.get("containerSettings"), key)
+        attempt.refusal = container_mismatch(pool, task.doc)
         state.save_task(job_key, task_key)
         state.executor.submit(self._execute, job_key, task_key, attempt_number, attempt)
 
@@ -142,6 +172,10 @@ class Execution:
         started = time.monotonic()
         if state.task_start_delay > 0:
             time.sleep(state.task_start_delay)  # a node agent is not instantaneous; the task stays preparing
+        if attempt.refusal is not None:
+            with state.lock:
+                self._finish(job_key, task_key, attempt_number, None, attempt.refusal, launched=False)
+            return
         if not self._ensure_job_preparation(job_key, task_key, attempt_number):
             return
         try:
@@ -247,6 +281,8 @@ class Execution:
                 done = (record.get("preparation") or {}).get("state") == "completed"
                 if not done:
                     side, retries = environment.side_task_attempt(state, job.doc, pool, node, "preparation")
+                    spec = job.doc["jobPreparationTask"]
+                    runner.with_container(side, spec.get("containerSettings"), f"{job_key}/{node_id}/prep")
                     job.record.prep[node_id] = {
                         "poolId": pool["id"],
                         "nodeUrl": node["url"],
@@ -292,6 +328,8 @@ class Execution:
             side, _retries = environment.side_task_attempt(
                 state, job.doc, state.pools[pool_key].doc, node.doc, "release"
             )
+            settings = job.doc["jobReleaseTask"].get("containerSettings")
+            runner.with_container(side, settings, f"{job_key}/{node_id}/release")
             record["release"] = {"state": "running", "startTime": clock.stamp()}
             pending = True
             state.executor.submit(self._run_release, job_key, node_id, side)

@@ -7,8 +7,8 @@ import logging
 import uuid
 from pathlib import Path
 
-from local.batch import clock, odata, runner, validation
-from local.batch.backend import environment, listing
+from local.batch import clock, containers, odata, runner, validation
+from local.batch.backend import environment, listing, spot
 from local.batch.backend.autoscaling import Autoscaling
 from local.batch.backend.records import (
     Doc,
@@ -56,6 +56,8 @@ class Pools:
     def __init__(self, state: State, autoscale_interval_seconds: float | None = None) -> None:
         self.state = state
         self.autoscaling = Autoscaling(state, self, autoscale_interval_seconds)
+        # --preempt-spot-after: pre-empt a Spot node this many seconds into a task's first run (None: never)
+        self.preempt_spot_after: float | None = None
 
     # ------------------------------------------------------------------ pools
 
@@ -117,6 +119,7 @@ class Pools:
             self.autoscaling.start(pool_key)  # Batch evaluates the formula as the pool is created
         self.resize_nodes(pool_key)
         state.save_pool(pool_key)
+        self._announce_containers(pool)
         state.wakeup.notify_all()
         return pool
 
@@ -293,7 +296,11 @@ class Pools:
             state.wakeup.notify_all()
 
     def finish_reboots(self) -> None:
-        """A rebooting node comes back once its tasks are gone: new boot time, start task again."""
+        """A rebooting node comes back once its tasks are gone: new boot time, start task again.
+
+        The dispatcher's tick calls this; it also runs the Spot pre-emption timers (backend/spot.py).
+        """
+        spot.tick(self)
         state = self.state
         busy = {(run.pool_key, run.node_key) for run in state.runs.values()}
         for pool_key, nodes in state.nodes.items():
@@ -400,6 +407,8 @@ class Pools:
         node.doc["startTask"] = copy.deepcopy(start_task)
         node.doc["startTaskInfo"] = {"state": "running", "startTime": moment, "retryCount": 0}
         attempt = environment.start_task_attempt(state, pool, node.doc)
+        key = f"{state.account_name}/{pool['id']}/{node.doc['id']}/start/{node.seq}"
+        runner.with_container(attempt, start_task.get("containerSettings"), key)
         state.save_node(pool_key, node_key)
         retries = int(start_task.get("maxTaskRetryCount") or 0)
         state.executor.submit(self._run_start_task, pool_key, node_key, node.seq, attempt, retries)
@@ -456,3 +465,28 @@ class Pools:
                 state.save_node(pool_key, node_key)
                 state.wakeup.notify_all()
                 return
+
+    # ------------------------------------------------------------------ containers
+
+    def _announce_containers(self, pool: Doc) -> None:
+        """A container pool says in the log whether its tasks can run here; its images are prefetched only if so."""
+        config = (pool.get("virtualMachineConfiguration") or {}).get("containerConfiguration")
+        if not config:
+            return
+        images = [str(image) for image in config.get("containerImageNames") or []]
+        runtime = containers.RUNTIME.name()
+        if runtime is None:
+            logger.warning(
+                "pool %s has a containerConfiguration (%s) but %s: its container tasks will fail with "
+                "ContainerInvalidSettings; images not prefetched: %s",
+                pool["id"],
+                config.get("type"),
+                containers.RUNTIME.why_not(),
+                ", ".join(images) or "none",
+            )
+            return
+        logger.info("pool %s runs its container tasks with %s", pool["id"], runtime)
+        if config.get("containerRegistries"):
+            logger.info("pool %s: registry credentials are not used; %s pulls with its own logins", pool["id"], runtime)
+        if images:
+            containers.prefetch(runtime, images, str(pool["id"]))

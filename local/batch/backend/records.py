@@ -40,6 +40,7 @@ class NodeState(StrEnum):
     REBOOTING = "rebooting"
     WAITING_FOR_START_TASK = "waitingforstarttask"
     START_TASK_FAILED = "starttaskfailed"
+    PREEMPTED = "preempted"
 
 
 class StopReason(StrEnum):
@@ -78,9 +79,13 @@ class PoolRecord(Record):
 
 @dataclass
 class NodeRecord(Record):
+    # a preempted Spot node: when capacity "returns" and a new node replaces it (Batch time format)
+    replace_at: str | None = None
+
     @classmethod
     def from_json(cls, data: Doc) -> NodeRecord:
-        return cls(seq=int(data.get("seq", 0)))
+        replace_at = data.get("replace_at")
+        return cls(seq=int(data.get("seq", 0)), replace_at=str(replace_at) if replace_at else None)
 
 
 @dataclass

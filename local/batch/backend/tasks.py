@@ -78,6 +78,7 @@ class Tasks:
         validation.check_int(constraints.get("maxTaskRetryCount"), "constraints.maxTaskRetryCount", -1)
         validation.check_int(body.get("requiredSlots"), "requiredSlots", 1)
         validation.user_identity(body.get("userIdentity"))
+        self._check_container(job, body.get("containerSettings"))
         _check_exit_conditions(job, body.get("exitConditions"))
         depends = body.get("dependsOn") or {}
         if len("".join(str(task_id) for task_id in depends.get("taskIds") or [])) > 64000:
@@ -102,6 +103,24 @@ class Tasks:
             )
         environment.check_task_packages(body.get("applicationPackageReferences"))
         return task_id
+
+    def _check_container(self, job: Doc, settings: Any) -> None:
+        """containerSettings is checked, and refused when the job's pool (already known) runs no containers.
+
+        The spec (BatchTaskCreateOptions.containerSettings): "If the Pool that will run this Task doesn't have
+        containerConfiguration set, this must not be set." Whether Batch refuses it when the task is added or
+        fails the task on the node has not been checked; refusing here is the stricter of the two. A pool not
+        known yet (an auto pool, or created later) is checked again when the task starts (execution.py).
+        """
+        validation.check_container_settings(settings)
+        pool_id = (job.get("poolInfo") or {}).get("poolId")
+        pool = self.state.pools.get(validation.key(str(pool_id))) if settings is not None and pool_id else None
+        if pool is not None and not (pool.doc.get("virtualMachineConfiguration") or {}).get("containerConfiguration"):
+            raise invalid_property(
+                "containerSettings",
+                settings.get("imageName"),  # not the whole object: a registry password must not be echoed
+                f"the job's pool {pool_id} has no virtualMachineConfiguration.containerConfiguration",
+            )
 
     def _add(self, job_key: str, body: Doc) -> Doc:
         state = self.state
