@@ -248,13 +248,13 @@ def _task_spec(gw: Gateways, record: InputRecord, pipeline: PipelineSpec) -> Tas
             ("BATCHDROP_OUTPUT_DIR", OUTPUT_DIR),
             *sorted(pipeline.environment.items()),
         ),
-        container=_task_container(pipeline),
+        container=task_container(pipeline),
         packages=tuple((package.id, package.version) for package in pipeline.application_packages),
         required_slots=pipeline.required_slots,
     )
 
 
-def _task_container(pipeline: PipelineSpec) -> TaskContainer | None:
+def task_container(pipeline: PipelineSpec) -> TaskContainer | None:
     container = pipeline.container
     if container is None:
         return None
