@@ -234,3 +234,30 @@ def test_pool_drift_is_updated_in_place_where_batch_allows_and_reported_elsewher
         assert pool_id not in batch.pool_drift
     finally:
         client.begin_delete_pool(pool_id, polling_interval=1).result()
+
+
+def _emulator_routes() -> set[str]:
+    from local.batch.routes import ROUTES
+
+    return {name for _, _, name, _ in ROUTES}
+
+
+@pytest.mark.skipif(
+    "Pool_EnableAutoScale" not in _emulator_routes(),
+    reason="the emulator has no Pool_EnableAutoScale yet (issue 11, emulator autoscale part)",
+)
+def test_a_fixed_pool_whose_file_now_says_auto_gets_the_formula(emulator: Emulator, namespace: str) -> None:
+    client = client_for(emulator)
+    pool_id = f"pool-{namespace}"
+    AzureBatch(client).ensure_pool(pipeline_set(namespace, pool={"dedicated_nodes": 0}).pool_plan(pool_id))
+    try:
+        auto = pipeline_set(namespace, pool={"scale": {"auto": {"min_nodes": 0, "max_nodes": 3}}})
+        batch = AzureBatch(client)
+        batch.ensure_pool(auto.pool_plan(pool_id))
+        assert [(d.field, d.action) for d in batch.pool_drift[pool_id]] == [("scale", "updated in place")]
+        pool = client.get_pool(pool_id)
+        assert pool.enable_auto_scale is True
+        assert pool.auto_scale_formula == auto.pipelines[0].pool.autoscale()[0]  # type: ignore[index]
+        assert pool.auto_scale_evaluation_interval == timedelta(minutes=5)
+    finally:
+        client.begin_delete_pool(pool_id, polling_interval=1).result()
