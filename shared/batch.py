@@ -1,4 +1,5 @@
-"""The Batch gateway: the only module that imports azure.batch (BatchClient, SDK 15.x)."""
+"""The Batch gateway: with shared/batch_pools.py (its pool requests), the only module that imports azure.batch
+(BatchClient, SDK 15.x)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from azure.core.exceptions import (
 )
 
 from shared import pool_drift
+from shared.batch_pools import node_counts, pool_options
 from shared.errors import ConfigError, JobClosed, PermanentError, TransientError
 from shared.models import CompletedTask, ResourceFile, TaskCounts, TaskResult, TaskSpec
 from shared.pipelines import PipelineSpec, PoolPlan, PoolSpec
@@ -114,7 +116,7 @@ class AzureBatch:
         ResourceNotFoundError for a missing pool (its error policy fires before the 404 -> False mapping).
         """
         plan = pool if isinstance(pool, PoolPlan) else PoolPlan(pool)
-        options = _pool_options(plan, start_files, self._registry_password)
+        options = pool_options(plan, start_files, self._registry_password)
 
         def create() -> bool:
             try:
@@ -127,14 +129,22 @@ class AzureBatch:
             return True
 
         created = self._call(f"ensure pool {plan.id}", create)
+        key = plan.id.lower()
         with self._pool_lock:
-            checked = self._pools_checked.get(plan.id.lower())
-            if created or (checked is not None and self._monotonic() - checked < POOL_CHECK_SECONDS):
-                if created:
-                    self._pools_checked[plan.id.lower()] = self._monotonic()
+            checked = self._pools_checked.get(key)
+            if not created and checked is not None and self._monotonic() - checked < POOL_CHECK_SECONDS:
                 return
-            self._pools_checked[plan.id.lower()] = self._monotonic()
-        self.pool_drift[plan.id] = self._reconcile_pool(plan, options)
+            self._pools_checked[key] = self._monotonic()  # one check at a time per pool, whoever is first
+        if created:
+            return
+        try:
+            self.pool_drift[plan.id] = self._reconcile_pool(plan, options)
+        except (PermanentError, TransientError) as error:
+            # The pool exists, so the input can go ahead; the check is tried again by the next job's creation.
+            with self._pool_lock:
+                self._pools_checked.pop(key, None)
+            logger.warning("pool %s could not be checked against the pipelines file: %s", plan.id, error,
+                           extra={"pool_id": plan.id})  # fmt: skip
 
     def _registry_password(self, setting: str) -> str:
         password = self._app_setting(setting)
@@ -213,7 +223,7 @@ class AzureBatch:
             by_pool: dict[str, dict[str, int]] = {}
             for item in self._client.list_pool_node_counts():
                 if item.pool_id.lower() in wanted:
-                    by_pool[item.pool_id.lower()] = _node_counts(item)
+                    by_pool[item.pool_id.lower()] = node_counts(item)
             return by_pool
 
         nodes = self._call("list pool node counts", counts)
@@ -233,7 +243,7 @@ class AzureBatch:
             start = plan.spec.start_task
             # The SAS of the start task's files is no drift: each file is compared by its path and its blob name.
             files = [ResourceFile(f"/{name}", f"app/{name}") for name in (start.resource_files if start else ())]
-            options = _pool_options(plan, files, lambda setting: "")
+            options = pool_options(plan, files, lambda setting: "")
             drift = tuple(
                 PoolDrift(
                     d.field,
@@ -429,94 +439,6 @@ def _text(value: object) -> str:
 
 def _odata_time(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _node_counts(item: batch_models.BatchPoolNodeCounts) -> dict[str, int]:
-    """Dedicated and Spot nodes added up by state; states with no node left out."""
-    total: dict[str, int] = {}
-    for counts in (item.dedicated, item.low_priority):
-        if counts is None:
-            continue
-        for state, value in counts.as_dict().items():
-            if isinstance(value, int) and value and state != "total":
-                total[state.lower()] = total.get(state.lower(), 0) + value
-    return total
-
-
-def _pool_options(
-    plan: PoolPlan, start_files: Sequence[ResourceFile], password: Callable[[str], str]
-) -> batch_models.BatchPoolCreateOptions:
-    """Pool_Add as the REST spec 2025-06-01 has it (examples Pools_CreatePool_VirtualMachineConfiguration.json;
-    containerConfiguration, startTask, enableAutoScale as in the BatchPoolCreateOptions model)."""
-    pool = plan.spec
-    publisher, offer, sku, node_agent = pool.image(containers=bool(plan.containers))
-    container_configuration = None
-    if plan.containers:
-        registries = {}
-        for container in plan.containers:
-            registry = container.registry
-            if registry is not None:
-                registries[registry.server] = batch_models.ContainerRegistryReference(
-                    registry_server=registry.server,
-                    username=registry.username,
-                    password=password(registry.password_setting) if registry.password_setting else None,
-                    identity_reference=batch_models.BatchNodeIdentityReference(resource_id=registry.identity)
-                    if registry.identity
-                    else None,
-                )
-        container_configuration = batch_models.BatchContainerConfiguration(
-            type=batch_models.ContainerType.DOCKER_COMPATIBLE,
-            container_image_names=sorted({container.image for container in plan.containers}),
-            container_registries=list(registries.values()) or None,
-        )
-    options = batch_models.BatchPoolCreateOptions(
-        id=pool.id,
-        vm_size=pool.vm_size,
-        virtual_machine_configuration=batch_models.VirtualMachineConfiguration(
-            image_reference=batch_models.BatchVmImageReference(
-                publisher=publisher, offer=offer, sku=sku, version="latest"
-            ),
-            node_agent_sku_id=node_agent,
-            container_configuration=container_configuration,
-        ),
-        task_slots_per_node=pool.task_slots_per_node,
-        start_task=_start_task(pool, start_files),
-    )
-    fixed = pool.fixed_nodes()
-    autoscale = pool.autoscale()
-    if fixed is not None:
-        options.target_dedicated_nodes, options.target_low_priority_nodes = fixed
-    elif autoscale is not None:
-        # With enableAutoScale, targetDedicatedNodes/targetLowPriorityNodes must be absent (Batch answers 400).
-        options.enable_auto_scale = True
-        options.auto_scale_formula = autoscale[0]
-        options.auto_scale_evaluation_interval = timedelta(minutes=autoscale[1])
-    return options
-
-
-def _start_task(pool: PoolSpec, files: Sequence[ResourceFile]) -> batch_models.BatchStartTask | None:
-    spec = pool.start_task
-    if spec is None:
-        return None
-    elevation = (
-        batch_models.ElevationLevel.ADMIN if spec.elevation == "admin" else batch_models.ElevationLevel.NON_ADMIN
-    )
-    return batch_models.BatchStartTask(
-        command_line=spec.command,
-        resource_files=[batch_models.ResourceFile(http_url=f.url, file_path=f.file_path) for f in files] or None,
-        environment_settings=[
-            batch_models.EnvironmentSetting(name=n, value=v) for n, v in sorted(spec.environment.items())
-        ]
-        or None,
-        # The start task runs before any task, once per node: a pool-scoped auto-user, as Batch's default.
-        user_identity=batch_models.UserIdentity(
-            auto_user=batch_models.AutoUserSpecification(
-                scope=batch_models.AutoUserScope.POOL, elevation_level=elevation
-            )
-        ),
-        max_task_retry_count=spec.max_retries,
-        wait_for_success=spec.wait_for_success,
-    )
 
 
 def _job_options(job_id: str, pipeline: PipelineSpec) -> batch_models.BatchJobCreateOptions:

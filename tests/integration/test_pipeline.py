@@ -107,7 +107,6 @@ def test_empty_and_longest_names_are_processed(world: PipelineWorld) -> None:
 def test_input_deleted_before_its_task_runs_fails_with_the_reason(world: PipelineWorld) -> None:
     from azure.batch import models as batch_models
 
-
     pipeline = world.gw.pipelines.pipelines[0]
     idle_pool = pipeline.pool.model_copy(update={"dedicated_nodes": 0})
     # The app's own gateway creates the pool: it has then checked it, and does not resize it to the file's spec

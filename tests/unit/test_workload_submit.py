@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from shared.batch import _pool_options
+from shared.batch_pools import pool_options
 from shared.errors import ConfigError
 from shared.models import TaskContainer
 from shared.pipelines import PipelineSet
@@ -80,7 +80,7 @@ def test_a_registry_password_comes_from_its_app_setting_and_a_missing_one_is_nam
     pipelines = PipelineSet.model_validate({"pipelines": [{**PIPELINE, "container": container}]})
     plan = pipelines.pool_plan("pool-1")
     settings = {"REG_PASSWORD": "from-the-setting"}
-    options = _pool_options(plan, (), lambda name: settings[name]).as_dict()
+    options = pool_options(plan, (), lambda name: settings[name]).as_dict()
     registry = options["virtualMachineConfiguration"]["containerConfiguration"]["containerRegistries"][0]
     assert registry == {"registryServer": "r.azurecr.io", "username": "puller", "password": "from-the-setting"}
 
