@@ -66,7 +66,7 @@ def finished(client: BatchClient, job_id: str, task_id: str) -> m.BatchTask:
 
 
 def test_the_container_sample_creates_a_container_pool_with_autoscale_and_a_start_task(emulator: Emulator) -> None:
-    pipelines = load_pipelines(PROJECT / "samples" / "container-pipelines.json")
+    pipelines = load_pipelines(PROJECT / "samples" / "container" / "pipelines.json")
     pipeline = pipelines.pipelines[0]
     plan = pipelines.pool_plan(pipeline.pool.id)
     client = client_for(emulator)

@@ -320,7 +320,7 @@ def test_a_container_pipeline_gets_a_container_capable_image_unless_one_is_named
 
 
 def test_the_container_sample_loads() -> None:
-    pipelines = load_pipelines(PROJECT / "samples" / "container-pipelines.json")
+    pipelines = load_pipelines(PROJECT / "samples" / "container" / "pipelines.json")
     pipeline = pipelines.pipelines[0]
     assert pipeline.container is not None and pipeline.container.registry is not None
     assert pipeline.pool.autoscale() is not None
