@@ -1,8 +1,12 @@
-"""The Batch gateway: the only module that imports azure.batch (BatchClient, SDK 15.x)."""
+"""The Batch gateway: with shared/batch_pools.py (its pool requests), the only module that imports azure.batch
+(BatchClient, SDK 15.x)."""
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from enum import Enum
@@ -22,9 +26,12 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 
-from shared.errors import JobClosed, PermanentError, TransientError
-from shared.models import CompletedTask, TaskCounts, TaskResult, TaskSpec
-from shared.pipelines import PipelineSpec, PoolSpec
+from shared import pool_drift
+from shared.batch_pools import node_counts, pool_options
+from shared.errors import ConfigError, JobClosed, PermanentError, TransientError
+from shared.models import CompletedTask, ResourceFile, TaskCounts, TaskResult, TaskSpec
+from shared.pipelines import PipelineSpec, PoolPlan, PoolSpec
+from shared.pools import PoolDrift, PoolReport
 from shared.redact import redact, redact_value
 
 logger = logging.getLogger(__name__)
@@ -36,6 +43,8 @@ QUOTA_CODES = frozenset({"ActiveJobAndScheduleQuotaReached", "TooManyRequests", 
 TASK_SELECT = ["id", "state", "stateTransitionTime", "executionInfo"]
 TASKS_PER_REQUEST = 100  # Batch's limit for one add-collection request
 SERVER_ERROR_ROUNDS = 3  # resubmissions of tasks that Batch answered `servererror`, then TransientError
+# An existing pool is read and compared with the file once per this many seconds per process, not per input.
+POOL_CHECK_SECONDS = 3600.0
 
 
 def _error_code(error: HttpResponseError) -> str:
@@ -59,8 +68,18 @@ def _retry_after(error: HttpResponseError) -> float | None:
 class AzureBatch:
     """BatchPort over azure.batch.BatchClient; azure-core errors are translated here."""
 
-    def __init__(self, client: BatchClient) -> None:
+    def __init__(
+        self,
+        client: BatchClient,
+        app_setting: Callable[[str], str | None] = os.environ.get,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._client = client
+        self._app_setting = app_setting  # where a registry's password_setting is read
+        self._monotonic = monotonic
+        self._pools_checked: dict[str, float] = {}
+        self._pool_lock = threading.Lock()
+        self.pool_drift: dict[str, tuple[PoolDrift, ...]] = {}  # the last check of each pool in this process
 
     @classmethod
     def connect(cls, url: str, account_name: str | None, account_key: str | None) -> AzureBatch:
@@ -90,18 +109,155 @@ class AzureBatch:
         except AzureError as error:
             raise TransientError(f"{what}: {type(error).__name__}: {redact(str(error))}") from None
 
-    def ensure_pool(self, pool: PoolSpec) -> None:
-        # Create and accept PoolExists: one request, and no pool_exists(), which in SDK 15.1 raises
-        # ResourceNotFoundError for a missing pool (its error policy fires before the 404 -> False mapping).
-        def create() -> None:
+    def ensure_pool(self, pool: PoolPlan | PoolSpec, start_files: Sequence[ResourceFile] = ()) -> None:
+        """Create the pool; an existing one is compared with the file once per POOL_CHECK_SECONDS per process.
+
+        Create and accept PoolExists: one request, and no pool_exists(), which in SDK 15.1 raises
+        ResourceNotFoundError for a missing pool (its error policy fires before the 404 -> False mapping).
+        """
+        plan = pool if isinstance(pool, PoolPlan) else PoolPlan(pool)
+        options = pool_options(plan, start_files, self._registry_password)
+
+        def create() -> bool:
             try:
-                self._client.create_pool(_pool_options(pool))
-                logger.info("created pool %s", pool.id, extra={"pool_id": pool.id})
+                self._client.create_pool(options)
             except ResourceExistsError as error:
                 if _error_code(error) != "PoolExists":
                     raise
+                return False
+            logger.info("created pool %s", plan.id, extra={"pool_id": plan.id})
+            return True
 
-        self._call(f"ensure pool {pool.id}", create)
+        created = self._call(f"ensure pool {plan.id}", create)
+        key = plan.id.lower()
+        with self._pool_lock:
+            checked = self._pools_checked.get(key)
+            if not created and checked is not None and self._monotonic() - checked < POOL_CHECK_SECONDS:
+                return
+            self._pools_checked[key] = self._monotonic()  # one check at a time per pool, whoever is first
+        if created:
+            return
+        try:
+            self.pool_drift[plan.id] = self._reconcile_pool(plan, options)
+        except (PermanentError, TransientError) as error:
+            # The pool exists, so the input can go ahead; the check is tried again by the next job's creation.
+            with self._pool_lock:
+                self._pools_checked.pop(key, None)
+            logger.warning("pool %s could not be checked against the pipelines file: %s", plan.id, error,
+                           extra={"pool_id": plan.id})  # fmt: skip
+
+    def _registry_password(self, setting: str) -> str:
+        password = self._app_setting(setting)
+        if not password:
+            raise ConfigError(f"app setting {setting} (a container registry's password_setting) is not set")
+        return password
+
+    def _reconcile_pool(self, plan: PoolPlan, options: batch_models.BatchPoolCreateOptions) -> tuple[PoolDrift, ...]:
+        """Update in place what Batch allows (start task, scale); report the rest in the log and the result."""
+        pool = self._call(f"get pool {plan.id}", partial(self._client.get_pool, plan.id))
+        found: list[PoolDrift] = []
+        for difference in pool_drift.differences(options.as_dict(), pool.as_dict()):
+            action = difference.what_to_do
+            if difference.update is not None:
+                try:
+                    self._call(f"update pool {plan.id}", partial(self._update_pool, plan.id, difference.update, pool))
+                    action = "updated in place"
+                except (PermanentError, TransientError) as error:
+                    action = f"update failed ({error}); {difference.what_to_do}"
+            drift = PoolDrift(difference.field, difference.wanted, difference.actual, action)
+            found.append(drift)
+            logger.warning(
+                "pool %s drifted from the pipelines file: %s is %s, the file says %s: %s",
+                plan.id,
+                drift.field,
+                drift.actual,
+                drift.wanted,
+                drift.action,
+                extra={"pool_id": plan.id},
+            )
+        return tuple(found)
+
+    def _update_pool(self, pool_id: str, update: pool_drift.Update, pool: batch_models.BatchPool) -> None:
+        if update.kind == "start_task":
+            # Pool_ReplacePoolProperties (spec example Pools_ReplacePoolProperties.json) replaces the start task,
+            # package references and metadata together: the last two are sent back as they are.
+            start_task = batch_models.BatchStartTask(update.body) if update.body else None
+            self._client.replace_pool_properties(
+                pool_id,
+                batch_models.BatchPoolReplaceOptions(
+                    start_task=start_task,
+                    application_package_references=list(pool.application_package_references or []),
+                    metadata=list(pool.metadata or []),
+                ),
+            )
+        elif update.kind == "autoscale":
+            # Pools_EnablePoolAutoscale.json: {autoScaleFormula, autoScaleEvaluationInterval}
+            self._client.enable_pool_auto_scale(
+                pool_id,
+                batch_models.BatchPoolEnableAutoScaleOptions(
+                    auto_scale_formula=str(update.body["autoScaleFormula"]),
+                    auto_scale_evaluation_interval=timedelta(minutes=int(update.body["minutes"])),
+                ),
+            )
+        elif update.kind == "fixed":
+            if pool.enable_auto_scale:
+                self._client.disable_pool_auto_scale(pool_id)
+            self._client.begin_resize_pool(
+                pool_id,
+                batch_models.BatchPoolResizeOptions(
+                    target_dedicated_nodes=int(update.body["targetDedicatedNodes"]),
+                    target_low_priority_nodes=int(update.body["targetLowPriorityNodes"]),
+                    node_deallocation_option=batch_models.BatchNodeDeallocationOption.TASK_COMPLETION,
+                ),
+                polling_interval=1,
+            )
+
+    def pool_reports(self, plans: Sequence[PoolPlan]) -> list[PoolReport]:
+        """Each pool's drift from the file (read, not changed) and its nodes by state: one pool read per pool and
+        one account-wide node counts listing."""
+        if not plans:
+            return []
+        wanted = {plan.id.lower() for plan in plans}
+
+        def counts() -> dict[str, dict[str, int]]:
+            by_pool: dict[str, dict[str, int]] = {}
+            for item in self._client.list_pool_node_counts():
+                if item.pool_id.lower() in wanted:
+                    by_pool[item.pool_id.lower()] = node_counts(item)
+            return by_pool
+
+        nodes = self._call("list pool node counts", counts)
+        reports = []
+        for plan in plans:
+
+            def read(pool_id: str = plan.id) -> batch_models.BatchPool | None:
+                try:
+                    return self._client.get_pool(pool_id)
+                except ResourceNotFoundError:
+                    return None
+
+            pool = self._call(f"get pool {plan.id}", read)
+            if pool is None:
+                reports.append(PoolReport(plan.id, exists=False))
+                continue
+            start = plan.spec.start_task
+            # The SAS of the start task's files is no drift: each file is compared by its path and its blob name.
+            files = [ResourceFile(f"/{name}", f"app/{name}") for name in (start.resource_files if start else ())]
+            options = pool_options(plan, files, lambda setting: "")
+            drift = tuple(
+                PoolDrift(
+                    d.field,
+                    d.wanted,
+                    d.actual,
+                    d.what_to_do
+                    if d.update is None
+                    else "updated in place when batchdrop next creates a job on the pool",
+                )
+                for d in pool_drift.differences(options.as_dict(), pool.as_dict(), compare_sas=False)
+            )
+            counted = nodes.get(plan.id.lower(), {})
+            reports.append(PoolReport(plan.id, True, drift, tuple(sorted(counted.items()))))
+        return reports
 
     def ensure_job(self, job_id: str, pipeline: PipelineSpec) -> None:
         def create() -> None:
@@ -285,22 +441,6 @@ def _odata_time(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _pool_options(pool: PoolSpec) -> batch_models.BatchPoolCreateOptions:
-    return batch_models.BatchPoolCreateOptions(
-        id=pool.id,
-        vm_size=pool.vm_size,
-        virtual_machine_configuration=batch_models.VirtualMachineConfiguration(
-            image_reference=batch_models.BatchVmImageReference(
-                publisher=pool.image_publisher, offer=pool.image_offer, sku=pool.image_sku, version="latest"
-            ),
-            node_agent_sku_id=pool.node_agent_sku_id,
-        ),
-        target_dedicated_nodes=pool.dedicated_nodes,
-        target_low_priority_nodes=pool.low_priority_nodes,
-        task_slots_per_node=pool.task_slots_per_node,
-    )
-
-
 def _job_options(job_id: str, pipeline: PipelineSpec) -> batch_models.BatchJobCreateOptions:
     return batch_models.BatchJobCreateOptions(
         id=job_id,
@@ -346,6 +486,20 @@ def _task_options(task: TaskSpec) -> batch_models.BatchTaskCreateOptions:
             max_wall_clock_time=timedelta(seconds=task.max_wall_clock_seconds),
             max_task_retry_count=task.max_retries,
         ),
+        # Only sent when they differ from Batch's defaults, so a plain task's request is as it was.
+        container_settings=batch_models.BatchTaskContainerSettings(
+            image_name=task.container.image,
+            container_run_options=task.container.run_options or None,
+            working_directory=task.container.working_directory,
+        )
+        if task.container is not None
+        else None,
+        application_package_references=[
+            batch_models.BatchApplicationPackageReference(application_id=app, version=version)
+            for app, version in task.packages
+        ]
+        or None,
+        required_slots=task.required_slots if task.required_slots != 1 else None,
     )
 
 

@@ -119,6 +119,15 @@ class OutputFile:
 
 
 @dataclass(frozen=True)
+class TaskContainer:
+    """The container a task runs in (the pool carries the registry login)."""
+
+    image: str
+    run_options: str = ""
+    working_directory: str = "taskWorkingDirectory"
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     """Everything Batch needs to create one task."""
 
@@ -129,6 +138,9 @@ class TaskSpec:
     max_retries: int
     max_wall_clock_seconds: int
     environment: tuple[tuple[str, str], ...] = ()
+    container: TaskContainer | None = None
+    packages: tuple[tuple[str, str | None], ...] = ()  # (application id, version or None for the default)
+    required_slots: int = 1
 
 
 @dataclass(frozen=True)

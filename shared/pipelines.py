@@ -9,6 +9,7 @@ import re
 import string
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -16,24 +17,34 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from shared.errors import ConfigError
 from shared.ids import MAX_BLOB_NAME, PIPELINE_NAME
+from shared.pools import PoolSpec, check_environment
+from shared.runtime import (
+    APP_DIR,
+    OUTPUT_DIR,
+    PACKAGE_PLACEHOLDER,
+    PATH_PLACEHOLDERS,
+    ContainerSpec,
+    PackageRef,
+    check_template,
+    needs_shell,
+    render,
+    template_fields,
+)
 
-PLACEHOLDERS = frozenset({"input", "output_dir", "app_dir"})
-OUTPUT_DIR = "out"
-APP_DIR = "app"
+PLACEHOLDERS = PATH_PLACEHOLDERS
+__all__ = ["APP_DIR", "OUTPUT_DIR", "PLACEHOLDERS", "ContainerSpec", "PackageRef", "PoolPlan", "PoolSpec"]
 
 
-class PoolSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+@dataclass(frozen=True)
+class PoolPlan:
+    """A pool as batchdrop creates it: its spec and the containers of every pipeline that runs on it."""
 
-    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-    vm_size: str = "standard_d2s_v3"
-    dedicated_nodes: Annotated[int, Field(ge=0, le=1000)] = 1
-    low_priority_nodes: Annotated[int, Field(ge=0, le=1000)] = 0
-    task_slots_per_node: Annotated[int, Field(ge=1, le=256)] = 4
-    image_publisher: str = "canonical"
-    image_offer: str = "ubuntu-24_04-lts"
-    image_sku: str = "server"
-    node_agent_sku_id: str = "batch.node.ubuntu 24.04"
+    spec: PoolSpec
+    containers: tuple[ContainerSpec, ...] = ()
+
+    @property
+    def id(self) -> str:
+        return self.spec.id
 
 
 class MatchSpec(BaseModel):
@@ -93,20 +104,15 @@ class PipelineSpec(BaseModel):
     max_retries: Annotated[int, Field(ge=0, le=100)] = 1
     max_wall_clock_seconds: Annotated[int, Field(ge=1, le=7 * 24 * 3600)] = 3600
 
+    container: ContainerSpec | None = None
+    application_packages: tuple[PackageRef, ...] = ()
+    environment: dict[str, str] = {}
+    required_slots: Annotated[int, Field(ge=1, le=256)] = 1
+
     @field_validator("command")
     @classmethod
     def _placeholders_exist(cls, command: str) -> str:
-        try:
-            fields = {name for _, name, _, _ in string.Formatter().parse(command) if name is not None}
-        except ValueError as error:
-            raise ValueError(f"command template {command!r} is malformed: {error}") from None
-        unknown = sorted(fields - PLACEHOLDERS)
-        if unknown:
-            raise ValueError(
-                f"command uses unknown placeholder(s) {', '.join('{' + n + '}' for n in unknown)}; "
-                f"known: {', '.join('{' + n + '}' for n in sorted(PLACEHOLDERS))}"
-            )
-        return command
+        return check_template(command)
 
     @field_validator("app_files", "outputs")
     @classmethod
@@ -116,9 +122,39 @@ class PipelineSpec(BaseModel):
                 raise ValueError(f"{path!r} must be a relative path without '..'")
         return paths
 
+    @field_validator("environment")
+    @classmethod
+    def _environment(cls, environment: dict[str, str]) -> dict[str, str]:
+        return check_environment(environment)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PipelineSpec:
+        ids = [package.id for package in self.application_packages]
+        repeated = sorted({package_id for package_id in ids if ids.count(package_id) > 1})
+        if repeated:
+            raise ValueError(f"application_packages: {', '.join(repeated)} listed more than once")
+        unknown = sorted(
+            {spec for name, spec in template_fields(self.command) if name == PACKAGE_PLACEHOLDER} - set(ids)
+        )
+        if unknown:
+            raise ValueError(
+                f"command: {', '.join('{package:' + i + '}' for i in unknown)} names no entry of application_packages"
+            )
+        if needs_shell(self.command, self.container) and "'" in self.command:
+            raise ValueError(
+                "command: runs under /bin/sh -c '...' ({package:ID}, or a container's own working "
+                "directory), so it may not contain a single quote"
+            )
+        if self.required_slots > self.pool.task_slots_per_node:
+            raise ValueError(
+                f"required_slots {self.required_slots} is more than pool.task_slots_per_node "
+                f"{self.pool.task_slots_per_node}: no node could run the task"
+            )
+        return self
+
     def command_line(self, input_path: str) -> str:
         """The task's command line: the template with only batchdrop's own safe paths substituted."""
-        return self.command.format(input=input_path, output_dir=OUTPUT_DIR, app_dir=APP_DIR)
+        return render(self.command, input_path, self.application_packages, self.container)
 
 
 class PipelineSet(BaseModel):
@@ -134,7 +170,23 @@ class PipelineSet(BaseModel):
             raise ValueError(f"pipeline names must be unique; repeated: {', '.join(duplicated)}")
         if not self.pipelines:
             raise ValueError("at least one pipeline is required")
+        pools: dict[str, PipelineSpec] = {}
+        for pipeline in self.pipelines:
+            first = pools.setdefault(pipeline.pool.id.lower(), pipeline)
+            if first.pool != pipeline.pool:
+                raise ValueError(
+                    f"pipelines {first.name!r} and {pipeline.name!r} both use pool {pipeline.pool.id!r} with "
+                    "different settings; a pool has one spec: make them equal or use another pool id"
+                )
         return self
+
+    def pool_plan(self, pool_id: str) -> PoolPlan:
+        """The pool with this id, with the containers of every pipeline that runs on it."""
+        on_pool = [p for p in self.pipelines if p.pool.id.lower() == pool_id.lower()]
+        if not on_pool:
+            raise KeyError(pool_id)
+        containers = tuple(dict.fromkeys(p.container for p in on_pool if p.container is not None))
+        return PoolPlan(on_pool[0].pool, containers)
 
     def overlaps(self) -> list[str]:
         """Every pair of pipelines that could both take one input, with a name they would both take."""

@@ -14,19 +14,25 @@ from shared.models import (
     InputState,
     JobRecord,
     LedgerCounts,
+    ResourceFile,
     TaskCounts,
     TaskResult,
     TaskSpec,
 )
-from shared.pipelines import PipelineSpec, PoolSpec
+from shared.pipelines import PipelineSpec, PoolPlan, PoolSpec
+from shared.pools import PoolReport
 
 # An input in one of these states is done with: LedgerPort.save_input never moves its row out of it again.
 FINAL_STATES = frozenset({InputState.COLLECTED, InputState.SKIPPED, InputState.REJECTED})
 
 
 class BatchPort(Protocol):
-    def ensure_pool(self, pool: PoolSpec) -> None:
-        """Create the pool if it does not exist."""
+    def ensure_pool(self, pool: PoolPlan | PoolSpec, start_files: Sequence[ResourceFile] = ()) -> None:
+        """Create the pool if it does not exist; else, at most once an hour per process, compare it with the file,
+        update in place what Batch allows (start task, scale) and log the rest."""
+
+    def pool_reports(self, plans: Sequence[PoolPlan]) -> list[PoolReport]:
+        """Each pool's drift from the file (nothing changed) and its nodes by state."""
 
     def ensure_job(self, job_id: str, pipeline: PipelineSpec) -> None:
         """Create the job on the pipeline's pool; an existing job is success."""

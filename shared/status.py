@@ -11,6 +11,7 @@ from collections import Counter
 
 from shared.gateways import Gateways
 from shared.models import FinalKey, InputState, JobState
+from shared.pipelines import PoolPlan
 
 COUNT_KEYS = ("queued", "running", "succeeded", "failed", "collected", "rejected", "skipped")
 BATCH_KEYS = ("queued", "running", "succeeded", "failed")
@@ -81,7 +82,21 @@ def status(gw: Gateways) -> dict[str, object]:
         ],
         "totals": totals,
         "jobs": jobs,
+        "pools": _pools(gw, {str(job["pipeline"]) for job in jobs if job["state"] == JobState.ACTIVE.value}),
         "deleted_jobs": {"count": ledger_counts.deleted_jobs, "counts": deleted},
         "rejected": gw.ledger.rejections(),
         "poison": {f"{gw.settings.completions_queue}-poison": gw.queue.poison_count()},
     }
+
+
+def _pools(gw: Gateways, pipelines: set[str]) -> list[dict[str, object]]:
+    """The pools of the active jobs' pipelines: drift from the file and nodes by state (starttaskfailed included).
+
+    One pool read per pool and one node counts listing: the cost grows with the pools in use, not the inputs.
+    """
+    plans: dict[str, PoolPlan] = {}
+    for name in sorted(pipelines):
+        pipeline = gw.pipelines.by_name(name)
+        if pipeline is not None:
+            plans.setdefault(pipeline.pool.id.lower(), gw.pipelines.pool_plan(pipeline.pool.id))
+    return [report.as_dict() for report in gw.batch.pool_reports(list(plans.values()))]

@@ -21,6 +21,7 @@ from shared.models import (
     JobState,
     OutputFile,
     ResourceFile,
+    TaskContainer,
     TaskSpec,
 )
 from shared.pipelines import APP_DIR, OUTPUT_DIR, PipelineSpec, RoutingConflict, route
@@ -192,7 +193,7 @@ def _ensure_job(gw: Gateways, record: InputRecord, pipeline: PipelineSpec) -> In
         with _job_creation:
             job = gw.ledger.get_job(record.job_id)
             if job is None:
-                gw.batch.ensure_pool(pipeline.pool)
+                _ensure_pool(gw, pipeline)
                 gw.batch.ensure_job(record.job_id, pipeline)
                 window_end = _window_end_of(gw, record.job_id, pipeline)
                 job, _ = gw.ledger.claim_job(JobRecord(record.job_id, pipeline.name, window_end))
@@ -242,8 +243,38 @@ def _task_spec(gw: Gateways, record: InputRecord, pipeline: PipelineSpec) -> Tas
         output_files=tuple(outputs),
         max_retries=pipeline.max_retries,
         max_wall_clock_seconds=pipeline.max_wall_clock_seconds,
-        environment=(("BATCHDROP_INPUT", local_input), ("BATCHDROP_OUTPUT_DIR", OUTPUT_DIR)),
+        environment=(
+            ("BATCHDROP_INPUT", local_input),
+            ("BATCHDROP_OUTPUT_DIR", OUTPUT_DIR),
+            *sorted(pipeline.environment.items()),
+        ),
+        container=task_container(pipeline),
+        packages=tuple((package.id, package.version) for package in pipeline.application_packages),
+        required_slots=pipeline.required_slots,
     )
+
+
+def task_container(pipeline: PipelineSpec) -> TaskContainer | None:
+    container = pipeline.container
+    if container is None:
+        return None
+    return TaskContainer(container.image, container.run_options, container.working_directory)
+
+
+def _ensure_pool(gw: Gateways, pipeline: PipelineSpec) -> None:
+    """Create the pipeline's pool (or check it against the file), with its start task's files readable by SAS."""
+    plan = gw.pipelines.pool_plan(pipeline.pool.id)
+    start_task = plan.spec.start_task
+    files: list[ResourceFile] = []
+    if start_task is not None:
+        # The start task runs whenever a node joins, so its files stay readable as long as a SAS may last; the
+        # adapter replaces the start task (new SAS) when the one on the pool nears its expiry.
+        valid_seconds = gw.settings.sas_max_hours * 3600
+        files = [
+            ResourceFile(gw.blobs.read_url(gw.settings.apps_container, name, valid_seconds), f"{APP_DIR}/{name}")
+            for name in start_task.resource_files
+        ]
+    gw.batch.ensure_pool(plan, tuple(files))
 
 
 def _output_file(pattern: str, container_url: str, prefix: str) -> OutputFile:

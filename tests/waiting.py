@@ -60,8 +60,14 @@ def wait_until(
 PASSES = 2
 
 
-def wait_for_rise(read: Callable[[], int], by: int = PASSES, *, since: int | None = None, timeout: float = 30.0,
-                  what: str = "a counter") -> int:
+def wait_for_rise(
+    read: Callable[[], int],
+    by: int = PASSES,
+    *,
+    since: int | None = None,
+    timeout: float = 30.0,
+    what: str = "a counter",
+) -> int:
     """Wait until `read()` is at least `by` above `since` (by default its value now); return what it read."""
     target = (read() if since is None else since) + by
 
@@ -82,8 +88,9 @@ class Progressing(Protocol):
 def wait_for_dispatch_passes(emulator: Progressing, passes: int = PASSES, *, timeout: float = 30.0) -> int:
     """Wait until the emulator's dispatcher has made `passes` more passes (each a tick and a dispatch over every
     active task) than when called: whatever the test did before the call has then been considered."""
-    return wait_for_rise(lambda: emulator.progress()["dispatch_passes"], passes, timeout=timeout,
-                         what="the emulator's dispatch passes")
+    return wait_for_rise(
+        lambda: emulator.progress()["dispatch_passes"], passes, timeout=timeout, what="the emulator's dispatch passes"
+    )
 
 
 HostProgress = dict[str, dict[str, int]]
@@ -104,8 +111,9 @@ def host_count(url: str, kind: str, name: str) -> int:
     return counters[name]
 
 
-def wait_for_host_passes(url: str, kind: str, name: str, passes: int = PASSES, *, since: int | None = None,
-                         timeout: float = 30.0) -> HostProgress:
+def wait_for_host_passes(
+    url: str, kind: str, name: str, passes: int = PASSES, *, since: int | None = None, timeout: float = 30.0
+) -> HostProgress:
     """Wait until the dev host's counter `kind`/`name` is `passes` above `since` (by default its value now).
 
     For queue polls, also until that listener has no message in flight: a poll counts once it has handed its

@@ -90,8 +90,12 @@ def run_outage(stack: ChaosStack) -> Outcome:
     # Stop storage while tasks are queued, running and being collected: once any EARLY inputs are published
     # (tasks run in no particular order, so waiting for particular ones could wait for the end of the run).
     wanted = {ids.result_prefix(name) + MANIFEST for name in files}
-    wait_until(lambda: len(retrying(stack.manifest_names) & wanted) >= EARLY, 180, interval=0.5,
-               what="the run to get going before the outage")
+    wait_until(
+        lambda: len(retrying(stack.manifest_names) & wanted) >= EARLY,
+        180,
+        interval=0.5,
+        what="the run to get going before the outage",
+    )
     stopped = time.monotonic()
     ports = stack.stop_azurite()
     time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - stopped)))
@@ -103,8 +107,12 @@ def run_outage(stack: ChaosStack) -> Outcome:
     poisoned = 0
     # Not reaching the poison queue is reported in the tally below, not failed here.
     with contextlib.suppress(AssertionError):
-        poisoned = wait_until(lambda: int(stack.status()["poison"]["completions-poison"]), 150, interval=2,
-                              what="the completion message in completions-poison")
+        poisoned = wait_until(
+            lambda: int(stack.status()["poison"]["completions-poison"]),
+            150,
+            interval=2,
+            what="the completion message in completions-poison",
+        )
 
     missing = stack.wait_for_manifests(files, timeout=300)
     verdict = verify(stack, files)

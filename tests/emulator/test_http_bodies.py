@@ -125,8 +125,10 @@ def test_a_too_large_body_that_is_sent_gets_413_and_the_connection_stays_usable(
 
 def test_a_chunked_body_with_an_extension_creates_the_job_and_keeps_the_connection(emulator: Emulator) -> None:
     payload = job_body("chunked-ext-job")
-    chunks = b"".join(f"{len(part):x};name=value\r\n".encode() + part + b"\r\n"
-                      for part in (payload[:10], payload[10:])) + b"0\r\n\r\n"
+    chunks = (
+        b"".join(f"{len(part):x};name=value\r\n".encode() + part + b"\r\n" for part in (payload[:10], payload[10:]))
+        + b"0\r\n\r\n"
+    )
     with connect(emulator) as sock:
         sock.sendall(head(emulator, "POST", JOBS, {"Transfer-Encoding": "chunked"}) + chunks)
         created, _ = answer(sock)

@@ -58,10 +58,16 @@ class SampleHost:
         return self.service.log_path.read_text(errors="replace")
 
 
-def sample_settings(azurite: Azurite, record_dir: Path, container: str, queue: str,
-                    schedule: str = "*/1 * * * * *") -> dict[str, str]:
-    return {"SampleStorage": azurite.connection_string, "SAMPLE_CONTAINER": container,
-            "SAMPLE_QUEUE": queue, "SAMPLE_SCHEDULE": schedule, "SAMPLE_RECORD_DIR": str(record_dir)}
+def sample_settings(
+    azurite: Azurite, record_dir: Path, container: str, queue: str, schedule: str = "*/1 * * * * *"
+) -> dict[str, str]:
+    return {
+        "SampleStorage": azurite.connection_string,
+        "SAMPLE_CONTAINER": container,
+        "SAMPLE_QUEUE": queue,
+        "SAMPLE_SCHEDULE": schedule,
+        "SAMPLE_RECORD_DIR": str(record_dir),
+    }
 
 
 StartSample = Callable[..., SampleHost]
@@ -72,9 +78,14 @@ def start_sample(azurite: Azurite, tmp_path_factory: pytest.TempPathFactory) -> 
     """Start a dev host on the sample app; stopped at the end of the session at the latest."""
     started: list[Service] = []
 
-    def start(extra_args: Sequence[str] = ("--blob-scan-seconds", "0.3"), *,
-              container: str | None = None, queue: str | None = None, workdir: Path | None = None,
-              settings: Mapping[str, str] | None = None) -> SampleHost:
+    def start(
+        extra_args: Sequence[str] = ("--blob-scan-seconds", "0.3"),
+        *,
+        container: str | None = None,
+        queue: str | None = None,
+        workdir: Path | None = None,
+        settings: Mapping[str, str] | None = None,
+    ) -> SampleHost:
         token = uuid.uuid4().hex[:10]
         workdir = workdir or tmp_path_factory.mktemp("host")
         record_dir = workdir / "records"

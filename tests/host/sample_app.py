@@ -26,19 +26,25 @@ def record(function: str, **fields: Any) -> None:
 def build_app() -> func.FunctionApp:
     app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
-    @app.blob_trigger(arg_name="blob", path="%SAMPLE_CONTAINER%/{name}", connection="SampleStorage",
-                      source=func.BlobSource.EVENT_GRID)
+    @app.blob_trigger(
+        arg_name="blob", path="%SAMPLE_CONTAINER%/{name}", connection="SampleStorage", source=func.BlobSource.EVENT_GRID
+    )
     def on_blob(blob: func.InputStream) -> None:
         assert blob.name is not None
         name = blob.name.split("/", 1)[1]
         # blob_properties and metadata are on the concrete InputStream the host passes, not on the ABC.
         properties = dict(getattr(blob, "blob_properties", None) or {})
-        fields: dict[str, Any] = {"name": blob.name, "uri": blob.uri, "length": blob.length,
-                                  "etag": properties.get("ETag"),
-                                  "content_length": properties.get("Content-Length"),
-                                  "last_modified": properties.get("LastModified"),
-                                  "created_on": properties.get("CreatedOn"),
-                                  "metadata": getattr(blob, "metadata", None), "stream_type": type(blob).__name__}
+        fields: dict[str, Any] = {
+            "name": blob.name,
+            "uri": blob.uri,
+            "length": blob.length,
+            "etag": properties.get("ETag"),
+            "content_length": properties.get("Content-Length"),
+            "last_modified": properties.get("LastModified"),
+            "created_on": properties.get("CreatedOn"),
+            "metadata": getattr(blob, "metadata", None),
+            "stream_type": type(blob).__name__,
+        }
         if name.startswith("read-"):
             digest = hashlib.sha256()
             while chunk := blob.read(1024 * 1024):
@@ -51,8 +57,16 @@ def build_app() -> func.FunctionApp:
     @app.event_grid_trigger(arg_name="event")
     def on_event(event: func.EventGridEvent) -> None:
         data = event.get_json()
-        record("on_event", id=event.id, data=data, topic=event.topic, subject=event.subject,
-               event_type=event.event_type, event_time=event.event_time, data_version=event.data_version)
+        record(
+            "on_event",
+            id=event.id,
+            data=data,
+            topic=event.topic,
+            subject=event.subject,
+            event_type=event.event_type,
+            event_time=event.event_time,
+            data_version=event.data_version,
+        )
         if isinstance(data, dict) and data.get("fail"):
             raise RuntimeError(f"event {event.id} asked to fail")
 
@@ -65,8 +79,14 @@ def build_app() -> func.FunctionApp:
     @app.queue_output(arg_name="reply", queue_name="%SAMPLE_QUEUE%-out", connection="SampleStorage")
     def on_message(message: func.QueueMessage, reply: func.Out[str]) -> None:
         body = message.get_body().decode("utf-8")
-        record("on_message", id=message.id, body=body, dequeue_count=message.dequeue_count,
-               insertion_time=message.insertion_time, pop_receipt=bool(message.pop_receipt))
+        record(
+            "on_message",
+            id=message.id,
+            body=body,
+            dequeue_count=message.dequeue_count,
+            insertion_time=message.insertion_time,
+            pop_receipt=bool(message.pop_receipt),
+        )
         if body.startswith("fail"):
             raise RuntimeError(f"refusing message {body!r}")
         if body == "slow":
@@ -75,11 +95,17 @@ def build_app() -> func.FunctionApp:
 
     @app.route(route="items/{id:int}/{*rest}", methods=["GET", "POST"])
     def echo(req: func.HttpRequest) -> func.HttpResponse:
-        document = {"method": req.method, "url": req.url, "route_params": dict(req.route_params),
-                    "params": dict(req.params), "body": req.get_body().decode("utf-8"),
-                    "header": req.headers.get("x-sample")}
-        return func.HttpResponse(json.dumps(document), status_code=201, mimetype="application/json",
-                                 headers={"X-Echo": "yes"})
+        document = {
+            "method": req.method,
+            "url": req.url,
+            "route_params": dict(req.route_params),
+            "params": dict(req.params),
+            "body": req.get_body().decode("utf-8"),
+            "header": req.headers.get("x-sample"),
+        }
+        return func.HttpResponse(
+            json.dumps(document), status_code=201, mimetype="application/json", headers={"X-Echo": "yes"}
+        )
 
     @app.route(route="boom", auth_level=func.AuthLevel.ANONYMOUS)
     def boom(req: func.HttpRequest) -> func.HttpResponse:

@@ -33,7 +33,7 @@ class FakeBlob:
     def download_blob(self, offset: int, length: int, etag: str, match_condition: Any) -> Downloaded:
         if etag != self.etag:
             raise RuntimeError("ConditionNotMet")
-        chunk = self.content[offset: offset + length]
+        chunk = self.content[offset : offset + length]
         self.bytes_served += len(chunk)
         self.requests += 1
         return Downloaded(chunk)

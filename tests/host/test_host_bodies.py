@@ -84,10 +84,13 @@ def test_a_sent_body_past_the_limit_is_413_and_the_connection_stays_usable(echo_
     assert accepted.status == 200 and json.loads(body)["body"] == "ok"
 
 
-@pytest.mark.parametrize(("headers", "body"), [
-    ({"Content-Length": "ten"}, b""),
-    ({"Transfer-Encoding": "chunked"}, b"xyz\r\nabc\r\n0\r\n\r\n"),
-])
+@pytest.mark.parametrize(
+    ("headers", "body"),
+    [
+        ({"Content-Length": "ten"}, b""),
+        ({"Transfer-Encoding": "chunked"}, b"xyz\r\nabc\r\n0\r\n\r\n"),
+    ],
+)
 def test_malformed_framing_is_400(echo_server: HostServer, headers: dict[str, str], body: bytes) -> None:
     with connect(echo_server.url) as sock:
         send(sock, "POST", "/any", headers, body)

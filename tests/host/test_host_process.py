@@ -28,8 +28,12 @@ BLOB_FUNCTION = "Host.Functions.on_blob"
 DISPATCH_QUEUE = "blobtrigger[SampleStorage]"  # the blob trigger's dispatch queue's listener
 
 
-def request(url: str, method: str = "GET", body: Any = None, headers: dict[str, str] | None = None,
-            ) -> tuple[int, dict[str, str], bytes]:
+def request(
+    url: str,
+    method: str = "GET",
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
     data = json.dumps(body).encode() if body is not None and not isinstance(body, bytes) else body
     req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     try:
@@ -69,8 +73,9 @@ def settled(url: str) -> None:
 
 
 def test_http_function_gets_the_request_and_its_response_is_returned(sample_host: SampleHost) -> None:
-    status, headers, body = request(f"{sample_host.url}/api/items/7/a/b%20c?x=1&y=2", "POST",
-                                    b"payload", {"x-sample": "hello"})
+    status, headers, body = request(
+        f"{sample_host.url}/api/items/7/a/b%20c?x=1&y=2", "POST", b"payload", {"x-sample": "hello"}
+    )
     assert status == 201
     assert headers["X-Echo"] == "yes"
     assert headers["Content-Type"].startswith("application/json")
@@ -97,8 +102,9 @@ def test_http_errors(sample_host: SampleHost) -> None:
 def test_queue_message_is_processed_deleted_and_its_output_sent(sample_host: SampleHost) -> None:
     queue = sample_host.queue(sample_host.queue_name)
     send(queue, "hello queue")
-    [record] = wait_until(lambda: [r for r in sample_host.records("on_message") if r["body"] == "hello queue"],
-                          what="the queue function")
+    [record] = wait_until(
+        lambda: [r for r in sample_host.records("on_message") if r["body"] == "hello queue"], what="the queue function"
+    )
     assert record["dequeue_count"] == 1
     assert record["pop_receipt"] is True
     output = sample_host.queue(f"{sample_host.queue_name}-out")
@@ -120,17 +126,19 @@ def test_a_message_that_is_not_base64_goes_straight_to_poison(sample_host: Sampl
     queue = sample_host.queue(sample_host.queue_name)
     queue.send_message('{"plain": "json"}')
     poison = sample_host.queue(f"{sample_host.queue_name}-poison")
-    wait_until(lambda: '{"plain": "json"}' in [m.content for m in peek(poison)],
-               10, what="the poison queue")
+    wait_until(lambda: '{"plain": "json"}' in [m.content for m in peek(poison)], 10, what="the poison queue")
     assert "is not base64-encoded" in sample_host.log()
 
 
 def test_new_blob_invokes_with_properties_and_leaves_a_receipt(sample_host: SampleHost) -> None:
     container = sample_host.container
     container.upload_blob("dir/new file.txt", b"hello blob", metadata={"owner": "tests"})
-    [record] = wait_until(lambda: [r for r in sample_host.records("on_blob")
-                                   if r["name"] == f"{sample_host.container_name}/dir/new file.txt"],
-                          what="the blob function")
+    [record] = wait_until(
+        lambda: [
+            r for r in sample_host.records("on_blob") if r["name"] == f"{sample_host.container_name}/dir/new file.txt"
+        ],
+        what="the blob function",
+    )
     etag = container.get_blob_client("dir/new file.txt").get_blob_properties().etag
     assert record["length"] == record["content_length"] == 10
     assert record["etag"] == etag
@@ -140,19 +148,30 @@ def test_new_blob_invokes_with_properties_and_leaves_a_receipt(sample_host: Samp
     assert record["stream_type"] == "BlobInputStream"  # streams; nothing was read up front
     hosts = sample_host.blobs.get_container_client("azure-webjobs-hosts")
     receipts = [blob.name for blob in hosts.list_blobs(name_starts_with="blobreceipts/")]
-    assert any(name.endswith(f"/Host.Functions.on_blob/{etag}/{sample_host.container_name}/dir/new file.txt")
-               for name in receipts)
+    assert any(
+        name.endswith(f"/Host.Functions.on_blob/{etag}/{sample_host.container_name}/dir/new file.txt")
+        for name in receipts
+    )
 
 
 def test_hostile_blob_names_are_triggered_like_any_other(sample_host: SampleHost) -> None:
-    names = ["with space.txt", "ünïcødé-日本.txt", "semi;colon.txt", "$(touch pwned).txt", "back`tick`.txt",
-             "quote'\"s.txt", "-leading.txt", "a%20b.txt", "q?x=1#f.txt"]
+    names = [
+        "with space.txt",
+        "ünïcødé-日本.txt",
+        "semi;colon.txt",
+        "$(touch pwned).txt",
+        "back`tick`.txt",
+        "quote'\"s.txt",
+        "-leading.txt",
+        "a%20b.txt",
+        "q?x=1#f.txt",
+    ]
     for name in names:
         sample_host.container.upload_blob(f"hostile/{name}", b"x")
     prefix = f"{sample_host.container_name}/hostile/"
 
     def seen() -> list[str]:
-        return sorted(r["name"][len(prefix):] for r in sample_host.records("on_blob") if r["name"].startswith(prefix))
+        return sorted(r["name"][len(prefix) :] for r in sample_host.records("on_blob") if r["name"].startswith(prefix))
 
     wait_until(lambda: len(seen()) >= len(names), what="every hostile name")
     settled(sample_host.url)
@@ -162,8 +181,9 @@ def test_hostile_blob_names_are_triggered_like_any_other(sample_host: SampleHost
 def test_a_blob_name_of_the_maximum_length_is_triggered_once(sample_host: SampleHost) -> None:
     name = "long/" + "n" * (1024 - len("long/"))  # 1,024 characters: no room left for a receipt prefix
     sample_host.container.upload_blob(name, b"x")
-    wait_until(lambda: [r for r in sample_host.records("on_blob") if r["name"].endswith(name)], 15,
-               what="the long name")
+    wait_until(
+        lambda: [r for r in sample_host.records("on_blob") if r["name"].endswith(name)], 15, what="the long name"
+    )
     settled(sample_host.url)
     assert len([r for r in sample_host.records("on_blob") if r["name"].endswith(name)]) == 1
 
@@ -171,8 +191,11 @@ def test_a_blob_name_of_the_maximum_length_is_triggered_once(sample_host: Sample
 def test_the_function_can_stream_a_large_blob(sample_host: SampleHost) -> None:
     content = os.urandom(1024 * 1024) * 12  # 12 MiB: several ranged reads
     sample_host.container.upload_blob("read-large.bin", content, max_concurrency=4)
-    [record] = wait_until(lambda: [r for r in sample_host.records("on_blob") if r["name"].endswith("read-large.bin")],
-                          30, what="the blob function")
+    [record] = wait_until(
+        lambda: [r for r in sample_host.records("on_blob") if r["name"].endswith("read-large.bin")],
+        30,
+        what="the blob function",
+    )
     assert record["sha256"] == hashlib.sha256(content).hexdigest()
 
 
@@ -182,8 +205,9 @@ def test_a_failing_blob_is_tried_five_times_then_poisoned(sample_host: SampleHos
 
     def poisoned() -> list[dict[str, Any]]:
         messages = [json.loads(base64.b64decode(m.content)) for m in peek(poison)]
-        return [m for m in messages if m["BlobName"] == "fail-blob.txt"
-                and m["ContainerName"] == sample_host.container_name]
+        return [
+            m for m in messages if m["BlobName"] == "fail-blob.txt" and m["ContainerName"] == sample_host.container_name
+        ]
 
     [message] = wait_until(poisoned, 30, what="the blob poison queue")
     assert message["FunctionId"] == "Host.Functions.on_blob"
@@ -192,8 +216,9 @@ def test_a_failing_blob_is_tried_five_times_then_poisoned(sample_host: SampleHos
 
 
 def test_timer_runs_on_startup_and_on_schedule(sample_host: SampleHost) -> None:
-    records = wait_until(lambda: sample_host.records("tick")[:3] if len(sample_host.records("tick")) >= 3 else [],
-                         10, what="three ticks")
+    records = wait_until(
+        lambda: sample_host.records("tick")[:3] if len(sample_host.records("tick")) >= 3 else [], 10, what="three ticks"
+    )
     assert records[0]["past_due"] is False
     assert "Timer fired at startup (RunOnStartup)" in sample_host.log()
 
@@ -222,8 +247,14 @@ def test_event_grid_pushes_reach_blob_and_event_grid_functions(start_sample: Sta
     host.blobs.create_container(host.container_name)
     host.container.upload_blob("pushed.txt", b"pushed")
     subject = f"/blobServices/default/containers/{host.container_name}/blobs/pushed.txt"
-    event = {"id": "e1", "eventType": "Microsoft.Storage.BlobCreated", "subject": subject,
-             "eventTime": "2026-11-24T10:00:00Z", "dataVersion": "", "data": {"url": "ignored"}}
+    event = {
+        "id": "e1",
+        "eventType": "Microsoft.Storage.BlobCreated",
+        "subject": subject,
+        "eventTime": "2026-11-24T10:00:00Z",
+        "dataVersion": "",
+        "data": {"url": "ignored"},
+    }
     blobs_url = f"{host.url}/runtime/webhooks/blobs?functionName=Host.Functions.on_blob"
     headers = {"aeg-event-type": "Notification", "Content-Type": "application/json"}
     assert request(blobs_url, "POST", [event], headers)[0] == 401
@@ -233,13 +264,23 @@ def test_event_grid_pushes_reach_blob_and_event_grid_functions(start_sample: Sta
     # The same event again (Event Grid delivers at least once): the receipt stops a second run.
     assert request(f"{blobs_url}&code=k3y", "POST", [event], headers)[0] == 202
     pushed_again = host_count(host.url, "queue_polls", DISPATCH_QUEUE)
-    validation = [{"id": "v", "eventType": "Microsoft.EventGrid.SubscriptionValidationEvent",
-                   "data": {"validationCode": "code-123"}}]
-    status, _, body = request(f"{host.url}/runtime/webhooks/EventGrid?functionName=on_event&code=k3y", "POST",
-                              validation, {"aeg-event-type": "SubscriptionValidation"})
+    validation = [
+        {
+            "id": "v",
+            "eventType": "Microsoft.EventGrid.SubscriptionValidationEvent",
+            "data": {"validationCode": "code-123"},
+        }
+    ]
+    status, _, body = request(
+        f"{host.url}/runtime/webhooks/EventGrid?functionName=on_event&code=k3y",
+        "POST",
+        validation,
+        {"aeg-event-type": "SubscriptionValidation"},
+    )
     assert (status, json.loads(body)) == (200, {"validationResponse": "code-123"})
-    status, _, _ = request(f"{host.url}/runtime/webhooks/EventGrid?functionName=on_event&code=k3y", "POST",
-                           [event], headers)
+    status, _, _ = request(
+        f"{host.url}/runtime/webhooks/EventGrid?functionName=on_event&code=k3y", "POST", [event], headers
+    )
     assert status == 202
     assert [r["id"] for r in wait_until(lambda: host.records("on_event"))] == ["e1"]
     # Had the second push been dispatched, its message would have been polled and its invocation finished.
@@ -270,9 +311,27 @@ def test_exactly_one_ready_line_and_a_clean_exit_on_sigterm(azurite: Any, tmp_pa
     settings_file.write_text(json.dumps({"IsEncrypted": False, "Values": {**from_file, "SAMPLE_QUEUE": "Not Valid!"}}))
     env = {**os.environ, **settings}
     process = subprocess.Popen(
-        [sys.executable, "-m", "local.host", "--app", SAMPLE_APP, "--host", "127.0.0.1", "--port", "0",
-         "--state-dir", str(tmp_path / "state"), "--settings", str(settings_file)],
-        cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        [
+            sys.executable,
+            "-m",
+            "local.host",
+            "--app",
+            SAMPLE_APP,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--settings",
+            str(settings_file),
+        ],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         assert process.stdout is not None
         line = process.stdout.readline()
@@ -292,17 +351,27 @@ def test_exactly_one_ready_line_and_a_clean_exit_on_sigterm(azurite: Any, tmp_pa
             process.kill()
 
 
-@pytest.mark.parametrize(("missing", "message"), [
-    ("SAMPLE_QUEUE", "refers to app setting %SAMPLE_QUEUE%, which is not set"),
-    ("SampleStorage", "connection 'SampleStorage'"),
-])
-def test_startup_errors_exit_non_zero_naming_the_setting(azurite: Any, tmp_path: Path, missing: str,
-                                                          message: str) -> None:
+@pytest.mark.parametrize(
+    ("missing", "message"),
+    [
+        ("SAMPLE_QUEUE", "refers to app setting %SAMPLE_QUEUE%, which is not set"),
+        ("SampleStorage", "connection 'SampleStorage'"),
+    ],
+)
+def test_startup_errors_exit_non_zero_naming_the_setting(
+    azurite: Any, tmp_path: Path, missing: str, message: str
+) -> None:
     settings = sample_settings(azurite, tmp_path, "in-x", "q-x")
     env = {name: value for name, value in {**os.environ, **settings}.items() if name != missing}
     result = subprocess.run(
         [sys.executable, "-m", "local.host", "--app", SAMPLE_APP, "--port", "0", "--state-dir", str(tmp_path)],
-        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=60, check=False)
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 1
     assert result.stdout == ""
     assert message in result.stderr
@@ -329,5 +398,8 @@ def test_storage_deleted_under_a_running_host_is_created_again(start_sample: Sta
 
     wait_until(recreated, 10, what="the queue to be created again")
     send(queue, "after the wipe")
-    wait_until(lambda: [r for r in host.records("on_message") if r["body"] == "after the wipe"], 20,
-               what="the message after the wipe")
+    wait_until(
+        lambda: [r for r in host.records("on_message") if r["body"] == "after the wipe"],
+        20,
+        what="the message after the wipe",
+    )

@@ -41,12 +41,14 @@ def running(azurite: Azurite, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     record_dir.mkdir()
     monkeypatch.setenv("SAMPLE_RECORD_DIR", str(record_dir))  # the sample app's functions read it
     settings = sample_settings(azurite, record_dir, f"in-{token}", f"q-{token}")
-    host = DevHost(sample_app.build_app(), HostConfig(state_dir=tmp_path / "host", blob_scan_seconds=0.2),
-                   AppSettings(settings))
+    host = DevHost(
+        sample_app.build_app(), HostConfig(state_dir=tmp_path / "host", blob_scan_seconds=0.2), AppSettings(settings)
+    )
     host.start()
     try:
-        yield InProcessHost(host, ContainerClient.from_connection_string(azurite.connection_string, f"in-{token}"),
-                            record_dir)
+        yield InProcessHost(
+            host, ContainerClient.from_connection_string(azurite.connection_string, f"in-{token}"), record_dir
+        )
     finally:
         host.stop()
 
@@ -70,11 +72,18 @@ def test_two_more_scans_then_two_more_polls_mean_a_new_blob_has_been_handled(run
     scans = running.count("blob_scans", BLOB_FUNCTION)
     wait_until(lambda: running.count("blob_scans", BLOB_FUNCTION) >= scans + 2, 10, what="two more scans")
     polls = running.count("queue_polls", DISPATCH_QUEUE)
-    wait_until(lambda: running.count("queue_polls", DISPATCH_QUEUE) >= polls + 2
-               and running.count("queue_in_flight", DISPATCH_QUEUE) == 0, 10, what="two more dispatch polls")
+    wait_until(
+        lambda: (
+            running.count("queue_polls", DISPATCH_QUEUE) >= polls + 2
+            and running.count("queue_in_flight", DISPATCH_QUEUE) == 0
+        ),
+        10,
+        what="two more dispatch polls",
+    )
     # No waiting here: the counts alone say the invocation has run.
     assert [r["name"] for r in read_records(running.record_dir, "on_blob")] == [
-        f"{running.container.container_name}/counted.txt"]
+        f"{running.container.container_name}/counted.txt"
+    ]
 
 
 def test_the_running_host_serves_its_progress(sample_host: SampleHost) -> None:

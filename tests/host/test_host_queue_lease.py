@@ -30,8 +30,9 @@ def test_a_long_invocation_keeps_its_message_and_deletes_it_once_done(azurite: A
         handled.append((received.body, received.dequeue_count))
         release.wait(60)
 
-    listener = QueueListener("lease-test", queue, poison, HostOptions(message_encoding="none"), slow, stopping,
-                             lease_seconds=LEASE_SECONDS)
+    listener = QueueListener(
+        "lease-test", queue, poison, HostOptions(message_encoding="none"), slow, stopping, lease_seconds=LEASE_SECONDS
+    )
     queue.create_queue()
     listener.start()
     try:

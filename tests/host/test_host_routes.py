@@ -37,26 +37,30 @@ def route(router: Router, method: str, path: str) -> tuple[str, dict[str, str]] 
     return (match.spec.name, match.route_params) if match else None
 
 
-@pytest.mark.parametrize(("method", "path", "expected"), [
-    ("GET", "/api/status", ("status", {})),
-    ("GET", "/API/Status/", ("status", {})),
-    ("POST", "/api/status", None),
-    ("DELETE", "/api/items/42", ("item", {"id": "42"})),
-    ("GET", "/api/items/abc", ("item_name", {"name": "abc"})),
-    ("GET", "/api/items/a%20b", ("item_name", {"name": "a b"})),
-    ("GET", "/api/files/a/b/c.txt", ("files", {"path": "a/b/c.txt"})),
-    ("GET", "/api/files", ("files", {})),
-    ("GET", "/api/reports/2026", ("report", {"year": "2026"})),
-    ("GET", "/api/reports/2026/11", ("report", {"year": "2026", "month": "11"})),
-    ("GET", "/api/reports/x", None),
-    ("GET", "/api/download/data.tar.gz", ("download", {"name": "data", "ext": "tar.gz"})),
-    ("GET", "/api/pages", ("defaults", {"page": "first"})),
-    ("GET", "/api/pages/7", ("defaults", {"page": "7"})),
-    ("GET", "/status", None),
-    ("GET", "/api", None),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "expected"),
+    [
+        ("GET", "/api/status", ("status", {})),
+        ("GET", "/API/Status/", ("status", {})),
+        ("POST", "/api/status", None),
+        ("DELETE", "/api/items/42", ("item", {"id": "42"})),
+        ("GET", "/api/items/abc", ("item_name", {"name": "abc"})),
+        ("GET", "/api/items/a%20b", ("item_name", {"name": "a b"})),
+        ("GET", "/api/files/a/b/c.txt", ("files", {"path": "a/b/c.txt"})),
+        ("GET", "/api/files", ("files", {})),
+        ("GET", "/api/reports/2026", ("report", {"year": "2026"})),
+        ("GET", "/api/reports/2026/11", ("report", {"year": "2026", "month": "11"})),
+        ("GET", "/api/reports/x", None),
+        ("GET", "/api/download/data.tar.gz", ("download", {"name": "data", "ext": "tar.gz"})),
+        ("GET", "/api/pages", ("defaults", {"page": "first"})),
+        ("GET", "/api/pages/7", ("defaults", {"page": "7"})),
+        ("GET", "/status", None),
+        ("GET", "/api", None),
+    ],
+)
 def test_requests_reach_the_function_with_route_params(
-        method: str, path: str, expected: tuple[str, dict[str, str]] | None) -> None:
+    method: str, path: str, expected: tuple[str, dict[str, str]] | None
+) -> None:
     assert route(build_router(), method, path) == expected
 
 

@@ -16,8 +16,13 @@ from local.host.settings import AppSettings, HostOptions, StartupError, read_set
 from local.host.storage import StorageAccounts
 from tests.host import sample_app
 
-SAMPLE_SETTINGS = {"SAMPLE_CONTAINER": "drop", "SAMPLE_QUEUE": "work", "SAMPLE_SCHEDULE": "*/5 * * * * *",
-                   "SampleStorage": "UseDevelopmentStorage=true", "SAMPLE_RECORD_DIR": "/nonexistent"}
+SAMPLE_SETTINGS = {
+    "SAMPLE_CONTAINER": "drop",
+    "SAMPLE_QUEUE": "work",
+    "SAMPLE_SCHEDULE": "*/5 * * * * *",
+    "SampleStorage": "UseDevelopmentStorage=true",
+    "SAMPLE_RECORD_DIR": "/nonexistent",
+}
 
 
 def write_settings(path: Path, values: dict[str, object]) -> Path:
@@ -26,8 +31,9 @@ def write_settings(path: Path, values: dict[str, object]) -> Path:
 
 
 def test_environment_wins_over_the_settings_file(tmp_path: Path) -> None:
-    values = read_settings_file(write_settings(tmp_path / "local.settings.json",
-                                               {"A": "from-file", "B": "from-file", "FLAG": True, "N": 3}))
+    values = read_settings_file(
+        write_settings(tmp_path / "local.settings.json", {"A": "from-file", "B": "from-file", "FLAG": True, "N": 3})
+    )
     settings = AppSettings({"A": "from-env"}, values)
     environ = {"A": "from-env"}
     settings.export_to(environ)
@@ -50,10 +56,19 @@ def test_setting_references_resolve_and_a_missing_one_is_named() -> None:
 
 
 def test_host_json_options() -> None:
-    options = HostOptions.from_document({"extensions": {
-        "queues": {"maxDequeueCount": 3, "batchSize": 4, "visibilityTimeout": "00:00:02",
-                   "maxPollingInterval": "00:00:30"},
-        "http": {"routePrefix": ""}}})
+    options = HostOptions.from_document(
+        {
+            "extensions": {
+                "queues": {
+                    "maxDequeueCount": 3,
+                    "batchSize": 4,
+                    "visibilityTimeout": "00:00:02",
+                    "maxPollingInterval": "00:00:30",
+                },
+                "http": {"routePrefix": ""},
+            }
+        }
+    )
     assert (options.max_dequeue_count, options.batch_size, options.new_batch_threshold) == (3, 4, 2)
     assert options.retry_delay(1) == options.retry_delay(3) == 2.0
     assert options.max_polling_interval == 1.0  # capped: idle polling stays about once a second
@@ -78,8 +93,9 @@ def test_sample_app_bindings_are_read_with_settings_resolved() -> None:
     timer = functions["tick"].trigger
     assert isinstance(timer, TimerTrigger) and timer.run_on_startup
     assert timer.schedule.describe() == "*/5 * * * * *"
-    assert functions["echo"].trigger == HttpTrigger("req", "items/{id:int}/{*rest}",
-                                                    frozenset({"GET", "POST"}), "function")
+    assert functions["echo"].trigger == HttpTrigger(
+        "req", "items/{id:int}/{*rest}", frozenset({"GET", "POST"}), "function"
+    )
 
 
 def test_a_missing_setting_in_a_binding_names_function_and_setting() -> None:
@@ -176,8 +192,7 @@ def test_async_functions_are_awaited() -> None:
 
     [spec] = read_functions(app, AppSettings({}))
     invoker = Invoker(StorageAccounts(AppSettings({})), "base64")
-    request = func.HttpRequest(method="GET", url="http://127.0.0.1/api/hello?who=you", params={"who": "you"},
-                               body=b"")
+    request = func.HttpRequest(method="GET", url="http://127.0.0.1/api/hello?who=you", params={"who": "you"}, body=b"")
     assert invoker.invoke(spec, request, reason="test").get_body() == b"hello you"
 
 

@@ -20,8 +20,14 @@ from tests.waiting import wait_until
 
 
 def start_timers(state_dir: Path, schedule: str) -> threading.Event:
-    settings = AppSettings({"SAMPLE_CONTAINER": "drop", "SAMPLE_QUEUE": "work", "SAMPLE_SCHEDULE": schedule,
-                            "SampleStorage": "UseDevelopmentStorage=true"})
+    settings = AppSettings(
+        {
+            "SAMPLE_CONTAINER": "drop",
+            "SAMPLE_QUEUE": "work",
+            "SAMPLE_SCHEDULE": schedule,
+            "SampleStorage": "UseDevelopmentStorage=true",
+        }
+    )
     timers = [spec for spec in read_functions(sample_app.build_app(), settings) if spec.name == "tick"]
     stopping = threading.Event()
     Timers(timers, Invoker(StorageAccounts(settings), "base64"), state_dir, stopping).start()
@@ -46,8 +52,11 @@ def test_missed_occurrence_runs_once_past_due(record_dir: Path, tmp_path: Path) 
     stopping = start_timers(tmp_path, "0 0 * * * *")
     try:
         assert wait_until(lambda: read_records(record_dir, "tick")) == [{"function": "tick", "past_due": True}]
-        wait_until(lambda: dt.datetime.fromisoformat(json.loads(status.read_text())["Next"])
-                   > dt.datetime.now(dt.UTC), 5, what="the next occurrence to be saved")
+        wait_until(
+            lambda: dt.datetime.fromisoformat(json.loads(status.read_text())["Next"]) > dt.datetime.now(dt.UTC),
+            5,
+            what="the next occurrence to be saved",
+        )
         assert len(read_records(record_dir, "tick")) == 1
     finally:
         stopping.set()

@@ -19,7 +19,6 @@ from azure.data.tables import TableServiceClient
 
 from local.stack import Azurite, Emulator, free_port, start_azurite
 from shared import collect as collect_module
-from shared.batch import AzureBatch
 from shared.submit import submit_blob
 from tests.integration.pipeline_world import make_pipeline_world
 from tests.waiting import wait_until
@@ -47,7 +46,8 @@ def test_a_download_during_a_storage_outage_leaves_no_signature_anywhere(
     world = make_pipeline_world(tmp_path, azurite, emulator, namespace)
     batch = BatchClient(emulator.url, AzureNamedKeyCredential(emulator.account_name, emulator.account_key))
     pipeline = world.gw.pipelines.pipelines[0]
-    AzureBatch(batch).ensure_pool(pipeline.pool.model_copy(update={"dedicated_nodes": 0}))  # the task waits
+    # The app's own gateway creates the pool: it has then checked it, and does not resize it to the file's spec
+    world.gw.batch.ensure_pool(pipeline.pool.model_copy(update={"dedicated_nodes": 0}))  # the task waits
     world.drop("a.txt", b"hello")
     submitted = submit_blob(world.gw, world.names["input"], "a.txt")
 

@@ -107,11 +107,10 @@ def test_empty_and_longest_names_are_processed(world: PipelineWorld) -> None:
 def test_input_deleted_before_its_task_runs_fails_with_the_reason(world: PipelineWorld) -> None:
     from azure.batch import models as batch_models
 
-    from shared.batch import AzureBatch
-
     pipeline = world.gw.pipelines.pipelines[0]
     idle_pool = pipeline.pool.model_copy(update={"dedicated_nodes": 0})
-    AzureBatch(batch_client(world.emulator)).ensure_pool(idle_pool)  # no node yet: the task waits
+    # The app's own gateway creates the pool: it has then checked it, and does not resize it to the file's spec
+    world.gw.batch.ensure_pool(idle_pool)  # no node yet: the task waits
     world.drop("vanishing.txt", b"soon gone")
     submit_blob(world.gw, world.names["input"], "vanishing.txt")
     world.container("input").delete_blob("vanishing.txt")

@@ -22,11 +22,13 @@ from shared.models import (
     JobRecord,
     JobState,
     LedgerCounts,
+    ResourceFile,
     TaskCounts,
     TaskResult,
     TaskSpec,
 )
-from shared.pipelines import PipelineSet, PipelineSpec, PoolSpec
+from shared.pipelines import PipelineSet, PipelineSpec, PoolPlan, PoolSpec
+from shared.pools import PoolDrift, PoolReport
 from shared.ports import FINAL_STATES
 from shared.settings import Settings, load_settings
 
@@ -68,7 +70,10 @@ class FakeBatch:
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
-        self.pools: set[str] = set()
+        # pool id -> the plan it was created (and updated in place) from, and the start task files last given
+        self.pools: dict[str, PoolPlan] = {}
+        self.pool_files: dict[str, tuple[ResourceFile, ...]] = {}
+        self.drift: dict[str, tuple[PoolDrift, ...]] = {}
         self.jobs: dict[str, FakeJob] = {}
         self.requests: Counter[str] = Counter()
         self.fail_next: list[Exception] = []
@@ -91,9 +96,70 @@ class FakeBatch:
         if not TASK_ID.match(task.task_id):
             raise PermanentError(f"add task {task.task_id} to {job_id}: Batch answered 400 InvalidPropertyValue")
 
-    def ensure_pool(self, pool: PoolSpec) -> None:
+    def ensure_pool(self, pool: PoolPlan | PoolSpec, start_files: Sequence[ResourceFile] = ()) -> None:
+        """Like Batch: VM size, image and containers stay as created; start task and scale change in place."""
+        plan = pool if isinstance(pool, PoolPlan) else PoolPlan(pool)
         self._request("Pool_Add")
-        self.pools.add(pool.id)
+        existing = self.pools.get(plan.id)
+        if existing is None:
+            self.pools[plan.id] = plan
+            self.pool_files[plan.id] = tuple(start_files)
+            return
+        self._request("Pool_Get")
+        drift, updated = self._drift(existing, plan)
+        for name in ("start_task", "scale"):
+            if any(item.field == name for item in drift):
+                self._request("Pool_ReplaceProperties" if name == "start_task" else "Pool_Scale")
+        self.pools[plan.id] = PoolPlan(updated, existing.containers)
+        self.pool_files[plan.id] = tuple(start_files)
+        self.drift[plan.id] = drift
+
+    @staticmethod
+    def _drift(existing: PoolPlan, plan: PoolPlan) -> tuple[tuple[PoolDrift, ...], PoolSpec]:
+        old, new = existing.spec, plan.spec
+        found = []
+        if old.vm_size.lower() != new.vm_size.lower():
+            found.append(PoolDrift("vm_size", new.vm_size, old.vm_size, "create a new pool"))
+        if old.image(bool(existing.containers)) != new.image(bool(plan.containers)):
+            found.append(
+                PoolDrift("image", str(new.image(bool(plan.containers))), str(old.image(False)), "create a new pool")
+            )
+        if existing.containers != plan.containers:
+            found.append(PoolDrift("container", str(plan.containers), str(existing.containers), "create a new pool"))
+        if old.start_task != new.start_task:
+            found.append(PoolDrift("start_task", str(new.start_task), str(old.start_task), "updated in place"))
+        if (old.fixed_nodes(), old.autoscale()) != (new.fixed_nodes(), new.autoscale()):
+            found.append(
+                PoolDrift(
+                    "scale",
+                    str(new.fixed_nodes() or new.autoscale()),
+                    str(old.fixed_nodes() or old.autoscale()),
+                    "updated in place",
+                )
+            )
+        updated = old.model_copy(
+            update={
+                "start_task": new.start_task,
+                "scale": new.scale,
+                "dedicated_nodes": new.dedicated_nodes,
+                "low_priority_nodes": new.low_priority_nodes,
+            }
+        )
+        return tuple(found), updated
+
+    def pool_reports(self, plans: Sequence[PoolPlan]) -> list[PoolReport]:
+        self._request("Account_ListPoolNodeCounts")
+        reports = []
+        for plan in plans:
+            self._request("Pool_Get")
+            existing = self.pools.get(plan.id)
+            if existing is None:
+                reports.append(PoolReport(plan.id, exists=False))
+                continue
+            drift, _ = self._drift(existing, plan)
+            fixed = existing.spec.fixed_nodes() or (0, 0)
+            reports.append(PoolReport(plan.id, True, drift, (("idle", fixed[0] + fixed[1]),)))
+        return reports
 
     def ensure_job(self, job_id: str, pipeline: PipelineSpec) -> None:
         self._request("Job_Add")
