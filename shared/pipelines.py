@@ -189,10 +189,17 @@ class PipelineSet(BaseModel):
         return PoolPlan(on_pool[0].pool, containers)
 
     def overlaps(self) -> list[str]:
-        """Every pair of pipelines that could both take one input, with a name they would both take."""
+        """Every pair of pipelines that could both take one input, with a name they would both take.
+
+        Pipelines with different prefixes never conflict: a name both take starts with both prefixes, so one
+        prefix extends the other, and the longer one wins (`route`): a folder can have its own pipeline beside a
+        catch-all. Only pipelines with the same prefix must not share a name.
+        """
         found = []
         for index, first in enumerate(self.pipelines):
             for second in self.pipelines[index + 1 :]:
+                if first.match.prefix != second.match.prefix:
+                    continue
                 name = first.match.common_name(second.match)
                 if name is not None:
                     found.append(
@@ -216,11 +223,16 @@ class RoutingConflict(Exception):
 
 
 def route(pipelines: PipelineSet, name: str) -> PipelineSpec | None:
-    """The pipeline for an input name, None when none takes it; RoutingConflict when several do."""
+    """The pipeline for an input name: of those that take it, the one with the longest prefix; None when none
+    takes it; RoutingConflict when several with that prefix do."""
     found = pipelines.matching(name)
-    if len(found) > 1:
-        raise RoutingConflict(f"pipelines {', '.join(p.name for p in found)} all match {name!r}")
-    return found[0] if found else None
+    if not found:
+        return None
+    longest = max(len(pipeline.match.prefix) for pipeline in found)
+    winners = [pipeline for pipeline in found if len(pipeline.match.prefix) == longest]
+    if len(winners) > 1:
+        raise RoutingConflict(f"pipelines {', '.join(p.name for p in winners)} all match {name!r}")
+    return winners[0]
 
 
 def load_pipelines(path: Path) -> PipelineSet:

@@ -154,7 +154,10 @@ def test_demo_passes_and_leaves_nothing_running(state: Path) -> None:
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert "demo passed: 6 manifests" in demo.stdout  # 4 top-level samples and the 2 under samples/csv
     assert "application packages added to the Batch account: csvstats 1.0" in demo.stdout
-    assert (state / "demo" / "results" / "csv" / "weather.csv" / "_manifest.json").is_file()
+    manifest = json.loads((state / "demo" / "results" / "csv" / "weather.csv" / "_manifest.json").read_text())
+    assert manifest["pipeline"] == "csvstats" and manifest["status"] == "succeeded"
+    stats = json.loads((state / "demo" / "results" / "csv" / "weather.csv" / "stats.json").read_text())
+    assert stats["rows"] > 0  # computed by the package's tool with its vendored dependency
     assert "stopped the local stack." in demo.stdout
     assert not (state / "demo" / "stack.json").exists()
 

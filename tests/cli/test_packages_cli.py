@@ -14,6 +14,7 @@ import pytest
 from apps.csvstats.build import build
 from local import cli
 from local.cli.processes import identify
+from shared.pipelines import load_pipelines, route
 
 PROJECT = Path(__file__).resolve().parents[2]
 CSVSTATS = PROJECT / "apps" / "csvstats" / "csvstats.py"
@@ -101,16 +102,23 @@ def test_demo_drops_the_csv_samples_under_their_prefix() -> None:
     inputs = dict((name, path) for path, name in cli.sample_inputs(PROJECT / "samples"))
 
     assert {"csv/weather.csv", "csv/sales.csv"} <= set(inputs)
-    assert "hello.txt" in inputs and "pipelines.json" not in inputs and "pipelines.csvstats.json" not in inputs
+    assert "hello.txt" in inputs and "pipelines.json" not in inputs
     assert all(cli.expected_status(inputs[name]) == "succeeded" for name in inputs if name.startswith("csv/"))
 
 
-def test_the_csvstats_pipeline_references_its_package() -> None:
-    pipeline = json.loads((PROJECT / "samples" / "pipelines.csvstats.json").read_text())
+def test_the_sample_pipelines_route_csv_inputs_to_the_package_pipeline() -> None:
+    pipelines = load_pipelines(PROJECT / "samples" / "pipelines.json")
+    csvstats = pipelines.by_name("csvstats")
 
-    assert pipeline["application_packages"] == [{"id": "csvstats", "version": "1.0"}]
-    assert "{package:csvstats}/csvstats.py" in pipeline["command"]
-    assert pipeline["match"]["prefix"] == "csv/"
+    assert csvstats is not None and csvstats.match.prefix == "csv/"
+    assert [(package.id, package.version) for package in csvstats.application_packages] == [("csvstats", "1.0")]
+    assert "csvstats.py" in csvstats.command
+    routed = {name: route(pipelines, name) for name in ("csv/weather.csv", "cities.csv", "hello.txt")}
+    assert {name: p.name if p else None for name, p in routed.items()} == {
+        "csv/weather.csv": "csvstats",
+        "cities.csv": "report",  # the longer prefix wins; the rest goes to the catch-all
+        "hello.txt": "report",
+    }
 
 
 def test_the_package_build_is_repeatable_and_carries_its_dependency(tmp_path: Path) -> None:

@@ -48,7 +48,9 @@ def test_star_crosses_slashes_so_a_folder_glob_overlaps_a_top_level_one(tmp_path
 
 def test_prefix_and_glob_together_make_the_language(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"can both take 'images/.*\.png'"):
-        load_pipelines(write(tmp_path, pipeline("images", prefix="images/"), pipeline("png", glob="*.png")))
+        load_pipelines(
+            write(tmp_path, pipeline("images", prefix="images/"), pipeline("png", prefix="images/", glob="*.png"))
+        )
     assert common(("images/", "*"), ("logs/", "*")) is None
     assert common(("in/", "*.csv"), ("", "in/a*")) == "in/a.csv"
 
@@ -136,6 +138,26 @@ def test_a_set_built_without_the_file_still_rejects_a_conflicting_input() -> Non
     assert pipelines.overlaps()
     with pytest.raises(RoutingConflict, match=r"a, b all match 'n\.txt'"):
         route(pipelines, "n.txt")
+
+
+def test_a_longer_prefix_wins_over_a_catch_all(tmp_path: Path) -> None:
+    pipelines = load_pipelines(
+        write(
+            tmp_path,
+            pipeline("everything"),
+            pipeline("images", prefix="images/"),
+            pipeline("png", prefix="images/png/", glob="*.png"),
+        )
+    )
+    assert pipelines.overlaps() == []
+    names = ("a.png", "images/a.png", "images/png/a.png", "images/png/a.txt")
+    routed = {name: route(pipelines, name) for name in names}
+    assert {name: p.name if p else None for name, p in routed.items()} == {
+        "a.png": "everything",
+        "images/a.png": "images",
+        "images/png/a.png": "png",
+        "images/png/a.txt": "images",  # the png pipeline does not take it: the next longest prefix does
+    }
 
 
 def test_the_sample_pipelines_file_loads() -> None:
