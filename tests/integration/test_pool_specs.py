@@ -236,16 +236,6 @@ def test_pool_drift_is_updated_in_place_where_batch_allows_and_reported_elsewher
         client.begin_delete_pool(pool_id, polling_interval=1).result()
 
 
-def _emulator_routes() -> set[str]:
-    from local.batch.routes import ROUTES
-
-    return {name for _, _, name, _ in ROUTES}
-
-
-@pytest.mark.skipif(
-    "Pool_EnableAutoScale" not in _emulator_routes(),
-    reason="the emulator has no Pool_EnableAutoScale yet (issue 11, emulator autoscale part)",
-)
 def test_a_fixed_pool_whose_file_now_says_auto_gets_the_formula(emulator: Emulator, namespace: str) -> None:
     client = client_for(emulator)
     pool_id = f"pool-{namespace}"
