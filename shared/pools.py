@@ -59,6 +59,13 @@ def secret_reason(name: str, value: str) -> str | None:
     return None
 
 
+def check_one_line(text: str) -> str:
+    """A command line or option string: one line, no control characters (they would reach Batch verbatim)."""
+    if any(ord(char) < 32 for char in text):
+        raise ValueError("must be one line without control characters")
+    return text
+
+
 def check_environment(environment: dict[str, str]) -> dict[str, str]:
     """Environment variable names Batch and batchdrop leave to the user, and values that are no secrets."""
     for name, value in environment.items():
@@ -108,9 +115,7 @@ class StartTaskSpec(BaseModel):
     @field_validator("command")
     @classmethod
     def _one_line(cls, command: str) -> str:
-        if any(ord(char) < 32 for char in command):
-            raise ValueError("must be one line without control characters")
-        return command
+        return check_one_line(command)
 
 
 class FixedScale(BaseModel):

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from shared.pools import APP_SETTING_NAME
+from shared.pools import APP_SETTING_NAME, check_one_line
 
 PATH_PLACEHOLDERS = frozenset({"input", "output_dir", "app_dir"})
 PACKAGE_PLACEHOLDER = "package"
@@ -116,9 +116,7 @@ class ContainerSpec(BaseModel):
     @field_validator("run_options")
     @classmethod
     def _one_line(cls, options: str) -> str:
-        if any(ord(char) < 32 for char in options):
-            raise ValueError("must be one line without control characters")
-        return options
+        return check_one_line(options)
 
     @model_validator(mode="after")
     def _image_on_registry(self) -> ContainerSpec:
