@@ -7,9 +7,19 @@ VENV := .venv
 BIN := $(VENV)/bin
 FILES ?=
 
-.PHONY: install run test lint typecheck unit bench chaos clean
+.PHONY: install tools run test lint typecheck unit bench chaos clean
 
-install: $(VENV)/.installed node_modules/.installed
+install: $(VENV)/.installed node_modules/.installed tools
+
+# shellcheck (Debian) for the deploy hooks' tests. apt-get only where it is missing and we are root (CI);
+# elsewhere say what to install, since the hook tests fail without it rather than skip.
+tools:
+	@command -v shellcheck >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck >/dev/null; \
+	  else \
+	    echo "shellcheck is missing: install it (apt-get install shellcheck / brew install shellcheck)" >&2; \
+	  fi; }
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
