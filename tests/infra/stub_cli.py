@@ -66,10 +66,11 @@ def az(argv: list[str], config: dict[str, object], state: dict[str, dict[str, ob
             return 0
         if verb not in ("create", "update"):
             return unexpected(argv)
-        if (verb == "create") == (existing is not None):
-            print(f"stub az: {verb} of {name}, which {'exists' if existing else 'does not exist'}", file=sys.stderr)
-            return 1
-        record = dict(existing or {})
+        # As on Azure: create is a PUT (it replaces an existing subscription), update needs one to exist.
+        if verb == "update" and existing is None:
+            print(f"(ResourceNotFound) event subscription {name} not found", file=sys.stderr)
+            return NOT_FOUND
+        record = dict(existing or {}) if verb == "update" else {}
         for option in ("--resource-group", "--system-topic-name", "--endpoint-type", "--endpoint",
                        "--subject-begins-with", "--subject-ends-with", "--included-event-types"):
             if option in options:
