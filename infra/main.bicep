@@ -52,20 +52,27 @@ var functionAppName = 'func-${resourceToken}'
 var deploymentContainer = 'app-package-${resourceToken}'
 var newStorageAccountName = 'st${resourceToken}'
 var newBatchAccountName = 'ba${resourceToken}'
-// A reused account is addressed by its own subscription, resource group and name.
-var storageIdParts = split(existingStorageAccountId, '/')
-var batchIdParts = split(existingBatchAccountId, '/')
-var reuseStorage = !empty(existingStorageAccountId)
-var reuseBatch = !empty(existingBatchAccountId)
+var resourceGroupName = 'rg-${environmentName}'
+// A reused account is addressed by its own subscription, resource group and name; a new one by the ids it will
+// have. Splitting an id that always exists keeps every index below in range whichever branch is taken.
+var storageIdParts = split(
+  empty(existingStorageAccountId)
+    ? '${subscription().id}/resourceGroups/${resourceGroupName}/providers/Microsoft.Storage/storageAccounts/${newStorageAccountName}'
+    : existingStorageAccountId,
+  '/'
+)
+var batchIdParts = split(
+  empty(existingBatchAccountId)
+    ? '${subscription().id}/resourceGroups/${resourceGroupName}/providers/Microsoft.Batch/batchAccounts/${newBatchAccountName}'
+    : existingBatchAccountId,
+  '/'
+)
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
-  name: 'rg-${environmentName}'
+  name: resourceGroupName
   location: location
   tags: tags
 }
-
-var storageScope = reuseStorage ? resourceGroup(storageIdParts[2], storageIdParts[4]) : rg
-var batchScope = reuseBatch ? resourceGroup(batchIdParts[2], batchIdParts[4]) : rg
 
 module identity 'app/identity.bicep' = {
   name: 'identity'
@@ -90,10 +97,13 @@ module monitoring 'app/monitoring.bicep' = {
 
 module storage 'app/storage.bicep' = {
   name: 'storage'
-  scope: storageScope
+  scope: resourceGroup(storageIdParts[2], storageIdParts[4])
+  dependsOn: [
+    rg
+  ]
   params: {
-    name: reuseStorage ? last(storageIdParts) : newStorageAccountName
-    create: !reuseStorage
+    name: last(storageIdParts)
+    create: empty(existingStorageAccountId)
     location: location
     tags: tags
     containers: [inputContainer, appsContainer, resultsContainer, deploymentContainer]
@@ -102,7 +112,10 @@ module storage 'app/storage.bicep' = {
 
 module eventGrid 'app/eventgrid.bicep' = {
   name: 'eventgrid'
-  scope: storageScope
+  scope: resourceGroup(storageIdParts[2], storageIdParts[4])
+  dependsOn: [
+    rg
+  ]
   params: {
     name: 'evgt-${resourceToken}'
     storageAccountName: storage.outputs.name
@@ -112,10 +125,13 @@ module eventGrid 'app/eventgrid.bicep' = {
 
 module batch 'app/batch.bicep' = {
   name: 'batch'
-  scope: batchScope
+  scope: resourceGroup(batchIdParts[2], batchIdParts[4])
+  dependsOn: [
+    rg
+  ]
   params: {
-    name: reuseBatch ? last(batchIdParts) : newBatchAccountName
-    create: !reuseBatch
+    name: last(batchIdParts)
+    create: empty(existingBatchAccountId)
     location: location
     tags: tags
     allowSharedKey: allowBatchSharedKey
@@ -149,7 +165,10 @@ module functionApp 'app/function.bicep' = {
 // (possibly in a reused account's own resource group); the role table lives only in roles.bicep.
 module storageRoles 'app/roles.bicep' = {
   name: 'roles-storage'
-  scope: storageScope
+  scope: resourceGroup(storageIdParts[2], storageIdParts[4])
+  dependsOn: [
+    rg
+  ]
   params: {
     principalId: identity.outputs.principalId
     storageAccountName: storage.outputs.name
@@ -158,7 +177,10 @@ module storageRoles 'app/roles.bicep' = {
 
 module batchRoles 'app/roles.bicep' = {
   name: 'roles-batch'
-  scope: batchScope
+  scope: resourceGroup(batchIdParts[2], batchIdParts[4])
+  dependsOn: [
+    rg
+  ]
   params: {
     principalId: identity.outputs.principalId
     batchAccountName: batch.outputs.name

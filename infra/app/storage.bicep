@@ -39,18 +39,19 @@ resource account 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
   name: name
 }
 
-resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' = {
+// Every account has this service: it is referenced, not declared, so a reused account's blob settings stay as they are.
+resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' existing = {
   name: 'default'
   parent: account
-  dependsOn: [
-    newAccount
-  ]
 }
 
 resource container 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = [
   for containerName in containers: {
     name: containerName
     parent: blobService
+    dependsOn: [
+      newAccount
+    ]
     properties: {
       publicAccess: 'None'
     }
