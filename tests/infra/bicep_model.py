@@ -175,7 +175,7 @@ def load(files: dict[str, str]) -> dict[str, BicepFile]:
 
 def template_sources() -> dict[str, str]:
     """Every file of the template (Bicep, azure.yaml, main.parameters.json), by path relative to the repository."""
-    paths = sorted(INFRA.rglob("*.bicep")) + [ROOT / "azure.yaml", INFRA / "main.parameters.json"]
+    paths = [*sorted(INFRA.rglob("*.bicep")), ROOT / "azure.yaml", INFRA / "main.parameters.json"]
     return {str(path.relative_to(ROOT)): path.read_text() for path in paths}
 
 

@@ -10,7 +10,6 @@ import ast
 import json
 import re
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Literal
 
 import pytest
@@ -38,7 +37,9 @@ PINNED_API_VERSIONS = {
     "Microsoft.OperationalInsights/workspaces@2023-09-01": (
         "generated/operationalinsights/microsoft.operationalinsights/2023-09-01/types.json"
     ),
-    "Microsoft.Insights/components@2020-02-02": "generated/applicationinsights/microsoft.insights/2020-02-02/types.json",
+    "Microsoft.Insights/components@2020-02-02": (
+        "generated/applicationinsights/microsoft.insights/2020-02-02/types.json"
+    ),
     "Microsoft.Storage/storageAccounts@2023-05-01": "generated/storage/microsoft.storage/2023-05-01/types.json",
     "Microsoft.Storage/storageAccounts/blobServices@2023-05-01": (
         "generated/storage/microsoft.storage/2023-05-01/types.json"
@@ -76,8 +77,15 @@ ROLE_SCOPE_TYPES = {
     "Monitoring Metrics Publisher": "Microsoft.Insights/components",
 }
 
-# What azd puts in the environment by itself (learn.microsoft.com/azure/developer/azure-developer-cli/manage-environment-variables).
-AZD_PROVIDED = {"AZURE_ENV_NAME", "AZURE_LOCATION", "AZURE_SUBSCRIPTION_ID", "AZURE_PRINCIPAL_ID", "AZURE_PRINCIPAL_TYPE"}
+# What azd puts in the environment by itself
+# (learn.microsoft.com/azure/developer/azure-developer-cli/manage-environment-variables).
+AZD_PROVIDED = {
+    "AZURE_ENV_NAME",
+    "AZURE_LOCATION",
+    "AZURE_SUBSCRIPTION_ID",
+    "AZURE_PRINCIPAL_ID",
+    "AZURE_PRINCIPAL_TYPE",
+}
 # uniqueString() returns 13 characters, lowercase letters and digits.
 RESOURCE_TOKEN = "abcdefghij123"
 SECRET_NAME = re.compile(r"key|connectionstring|sas|secret|password|token", re.IGNORECASE)
@@ -117,7 +125,7 @@ def check_syntax(t: Template) -> None:
 
 
 def settings_the_app_reads() -> tuple[set[str], set[str]]:
-    """(required, optional) app setting names: Settings' aliases, and the %NAME% binding expressions in shared/triggers."""
+    """(required, optional) app setting names: Settings' aliases, and the %NAME% expressions in shared/triggers."""
     required, optional = set(), set()
     for field in Settings.model_fields.values():
         assert field.alias is not None
@@ -134,12 +142,15 @@ def check_app_settings(t: Template) -> None:
     required, optional = settings_the_app_reads()
     missing = {name for name in required if name not in settings and not name.startswith(STORAGE_CONNECTION)}
     assert not missing, f"app settings the app needs are not set: {sorted(missing)}"
-    unknown = {
-        name for name in settings if name.startswith("BATCHDROP_") and name not in required | optional
-    }
+    unknown = {name for name in settings if name.startswith("BATCHDROP_") and name not in required | optional}
     assert not unknown, f"BATCHDROP_* settings the app does not read: {sorted(unknown)}"
     # On Azure the app runs on its identity: no connection string, no account key; Settings must accept what is set.
-    for forbidden in (STORAGE_CONNECTION, "AzureWebJobsStorage", "BATCHDROP_BATCH_ACCOUNT_KEY", "BATCHDROP_BATCH_ACCOUNT_NAME"):
+    for forbidden in (
+        STORAGE_CONNECTION,
+        "AzureWebJobsStorage",
+        "BATCHDROP_BATCH_ACCOUNT_KEY",
+        "BATCHDROP_BATCH_ACCOUNT_NAME",
+    ):
         assert forbidden not in settings, f"{forbidden} is set: the deployed app must use its managed identity"
     placeholders = {
         name: (setting if isinstance(setting, str) else "https://placeholder.example/")
@@ -150,7 +161,7 @@ def check_app_settings(t: Template) -> None:
         parsed = Settings(_env_file=None, **placeholders)  # type: ignore[call-arg]
     except ValidationError as error:
         raise AssertionError(f"the app would refuse these settings: {error}") from None
-    assert parsed.uses_managed_identity
+    assert parsed.uses_managed_identity, "the app must run on its managed identity"
     for connection in ("AzureWebJobsStorage", STORAGE_CONNECTION):
         assert settings.get(f"{connection}__credential") == "managedidentity", f"{connection}__credential"
         client_id = settings.get(f"{connection}__clientId")
@@ -177,8 +188,8 @@ def check_flex_plan_and_site(t: Template) -> None:
     assert plan.value["sku"] == {"name": "FC1", "tier": "FlexConsumption"}, "plan sku FC1 / FlexConsumption"
     assert plan.value["properties"]["reserved"] is True, "plan reserved: true (Linux)"
     (site,) = bicep.resources("Microsoft.Web/sites")
-    assert site.value["kind"] == "functionapp,linux"
-    assert site.value["identity"]["type"] == "UserAssigned"
+    assert site.value["kind"] == "functionapp,linux", "site kind functionapp,linux"
+    assert site.value["identity"]["type"] == "UserAssigned", "a user-assigned identity"
     assert site.value["properties"]["functionAppConfig"]["runtime"] == {"name": "python", "version": "3.11"}
     storage = site.value["properties"]["functionAppConfig"]["deployment"]["storage"]
     assert storage["authentication"]["type"] == "UserAssignedIdentity", "Flex pulls its package with the identity"
@@ -198,18 +209,20 @@ def check_storage(t: Template) -> None:
     }
     for expected in ("input", "apps", "results"):
         assert expected in containers, f"container {expected} is not created"
-    assert any(isinstance(c, Expr) and c.text.startswith("'app-package-") for c in containers), "Flex deployment container"
+    assert any(isinstance(c, Expr) and c.text.startswith("'app-package-") for c in containers), (
+        "Flex deployment container"
+    )
 
 
 def check_batch(t: Template) -> None:
     (account,) = [r for r in t.bicep[BATCH].resources("Microsoft.Batch/batchAccounts") if not r.existing]
     properties = account.value["properties"]
-    assert properties["poolAllocationMode"] == "BatchService"
+    assert properties["poolAllocationMode"] == "BatchService", "Batch pool allocation BatchService"
     modes = properties["allowedAuthenticationModes"]
     assert isinstance(modes, Expr) and modes.text == "allowSharedKey ? ['AAD', 'SharedKey'] : ['AAD']", (
         "Batch auth must be AAD only unless allowSharedKey"
     )
-    assert t.bicep[BATCH].get("param", "allowSharedKey").value is False
+    assert t.bicep[BATCH].get("param", "allowSharedKey").value is False, "allowSharedKey defaults to false"
     assert t.bicep[MAIN].get("param", "allowBatchSharedKey").value is False, "allowBatchSharedKey defaults to false"
 
 
@@ -221,7 +234,11 @@ def role_table(t: Template) -> dict[str, tuple[str, str]]:
         if prop.type == "object_property":
             key = (prop.named_children[0].text or b"").decode()
             comment = prop.next_named_sibling
-            name = (comment.text or b"").decode().removeprefix("//").strip() if comment and comment.type == "comment" else ""
+            name = (
+                (comment.text or b"").decode().removeprefix("//").strip()
+                if comment and comment.type == "comment"
+                else ""
+            )
             table[key] = (var.value[key], name)
     return table
 
@@ -244,8 +261,10 @@ def check_roles(t: Template) -> None:
         role_name = table[match.group(1)][1]
         scope = body.get("scope")
         assert isinstance(scope, Expr) and scope.text in scopes, f"{assignment.name}: scope must be a resource"
-        assert scopes[scope.text] == ROLE_SCOPE_TYPES[role_name], f"{assignment.name}: {role_name} on {scopes[scope.text]}"
-        assert body["properties"]["principalType"] == "ServicePrincipal"
+        assert scopes[scope.text] == ROLE_SCOPE_TYPES[role_name], (
+            f"{assignment.name}: {role_name} on {scopes[scope.text]}"
+        )
+        assert body["properties"]["principalType"] == "ServicePrincipal", f"{assignment.name}: principalType"
         assigned[role_name] = assigned.get(role_name, 0) + 1
     assert assigned == dict.fromkeys(EXPECTED_ROLES, 1), f"each role assigned once: {assigned}"
     # main.bicep deploys roles.bicep for each of the three resources.
@@ -258,8 +277,10 @@ def check_no_secrets(t: Template) -> None:
     for path, bicep in t.bicep.items():
         for node in walk(bicep.root):
             if node.type == "call_expression" or node.type == "member_expression":
-                name = (node.named_children[-1].text or b"").decode() if node.type == "member_expression" else (
-                    (node.named_children[0].text or b"").decode()
+                name = (
+                    (node.named_children[-1].text or b"").decode()
+                    if node.type == "member_expression"
+                    else ((node.named_children[0].text or b"").decode())
                 )
                 assert not re.match(r"list\w*$", name.split(".")[-1]), f"{path}: {name}() reads a key"
         for output in bicep.of("output"):
@@ -275,7 +296,9 @@ def check_descriptions(t: Template) -> None:
     for path, bicep in t.bicep.items():
         for param in bicep.of("param"):
             description = param.decorators.get("description", [""])[0]
-            assert isinstance(description, str) and description.strip(), f"{path}: param {param.name} has no @description"
+            assert isinstance(description, str) and description.strip(), (
+                f"{path}: param {param.name} has no @description"
+            )
 
 
 def resolve_name(bicep: BicepFile, expression: Any) -> str:
@@ -347,7 +370,7 @@ def check_main(t: Template) -> None:
     tags = site.value["tags"]
     assert isinstance(tags, Expr) and f"'azd-service-name': '{service}'" in tags.text, "site tagged azd-service-name"
     (topic,) = t.bicep["infra/app/eventgrid.bicep"].resources("Microsoft.EventGrid/systemTopics")
-    assert topic.value["properties"]["topicType"] == "Microsoft.Storage.StorageAccounts"
+    assert topic.value["properties"]["topicType"] == "Microsoft.Storage.StorageAccounts", "storage system topic"
 
 
 # azure.yaml and main.parameters.json: the parts of azd's documented structures that this template uses.
@@ -408,8 +431,8 @@ def check_azd_files(t: Template) -> None:
     except ValidationError as error:
         raise AssertionError(str(error)) from None
     assert (ROOT / azure_yaml.infra.path / f"{azure_yaml.infra.module}.bicep").resolve() == (ROOT / MAIN).resolve()
-    assert azure_yaml.hooks["postdeploy"].posix.run == "infra/hooks/postdeploy.sh"
-    assert azure_yaml.hooks["postdeploy"].windows.run == "infra/hooks/postdeploy.ps1"
+    assert azure_yaml.hooks["postdeploy"].posix.run == "infra/hooks/postdeploy.sh", "posix postdeploy hook path"
+    assert azure_yaml.hooks["postdeploy"].windows.run == "infra/hooks/postdeploy.ps1", "windows postdeploy hook"
     main = t.bicep[MAIN]
     params = {p.name: p for p in main.of("param")}
     assert set(parameters.parameters) <= set(params), f"unknown parameters: {set(parameters.parameters) - set(params)}"
@@ -419,7 +442,7 @@ def check_azd_files(t: Template) -> None:
     documented = (ROOT / "docs" / "deploy.md").read_text()
     for path in (AZURE_YAML, PARAMETERS):
         for name, default in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(=[^}]*)?\}", t.sources[path]):
-            # a variable with a default (${NAME=default}) is one a user may set with `azd env set`: docs/deploy.md names it
+            # ${NAME=default} is a variable a user may set (`azd env set`): docs/deploy.md must name it
             ok = name in AZD_PROVIDED or name in outputs or (default and f"`{name}`" in documented)
             assert ok, f"{path}: ${{{name}}} is neither azd's, an output, nor a documented setting with a default"
 
@@ -464,43 +487,169 @@ def test_azure_yaml_hooks_exist_once_the_hooks_are_in() -> None:
 MUTATIONS: list[tuple[str, str, str, str, str]] = [
     # (id, file, old, new, check that must fail)
     ("break syntax", STORAGE, "properties: {\n    // Identity", "properties: {{\n    // Identity", "syntax"),
-    ("missing brace", MAIN, "  scope: rg\n  params: {\n    name: 'id-", "  scope: rg\n  params: \n    name: 'id-", "syntax"),
-    ("add FUNCTIONS_WORKER_RUNTIME", FUNCTION, "    BATCHDROP_BATCH_URL:", "    FUNCTIONS_WORKER_RUNTIME: 'python'\n    BATCHDROP_BATCH_URL:", "no_worker_runtime"),
+    (
+        "missing brace",
+        MAIN,
+        "  scope: rg\n  params: {\n    name: 'id-",
+        "  scope: rg\n  params: \n    name: 'id-",
+        "syntax",
+    ),
+    (
+        "add FUNCTIONS_WORKER_RUNTIME",
+        FUNCTION,
+        "    BATCHDROP_BATCH_URL:",
+        "    FUNCTIONS_WORKER_RUNTIME: 'python'\n    BATCHDROP_BATCH_URL:",
+        "no_worker_runtime",
+    ),
     ("drop BATCHDROP_BATCH_URL", FUNCTION, "    BATCHDROP_BATCH_URL: batchUrl\n", "", "app_settings"),
     ("drop the sweep schedule", FUNCTION, "    BATCHDROP_SWEEP_SCHEDULE: '0 */5 * * * *'\n", "", "app_settings"),
-    ("drop a storage service URI", FUNCTION, "    BatchdropStorage__tableServiceUri: tableEndpoint\n", "", "app_settings"),
-    ("drop the identity's client id", FUNCTION, "    BatchdropStorage__clientId: identityClientId\n", "", "app_settings"),
-    ("add an account key", FUNCTION, "    BATCHDROP_BATCH_URL:", "    BATCHDROP_BATCH_ACCOUNT_KEY: 'k'\n    BATCHDROP_BATCH_URL:", "app_settings"),
-    ("a setting the app does not read", FUNCTION, "    BATCHDROP_BATCH_URL:", "    BATCHDROP_BATCH_ULR: batchUrl\n    BATCHDROP_BATCH_URL:", "app_settings"),
-    ("bad container name", FUNCTION, "BATCHDROP_INPUT_CONTAINER: inputContainer", "BATCHDROP_STAGING_PREFIX: 'Bad_Prefix'\n    BATCHDROP_INPUT_CONTAINER: inputContainer", "app_settings"),
+    (
+        "drop a storage service URI",
+        FUNCTION,
+        "    BatchdropStorage__tableServiceUri: tableEndpoint\n",
+        "",
+        "app_settings",
+    ),
+    (
+        "drop the identity's client id",
+        FUNCTION,
+        "    BatchdropStorage__clientId: identityClientId\n",
+        "",
+        "app_settings",
+    ),
+    (
+        "add an account key",
+        FUNCTION,
+        "    BATCHDROP_BATCH_URL:",
+        "    BATCHDROP_BATCH_ACCOUNT_KEY: 'k'\n    BATCHDROP_BATCH_URL:",
+        "app_settings",
+    ),
+    (
+        "a setting the app does not read",
+        FUNCTION,
+        "    BATCHDROP_BATCH_URL:",
+        "    BATCHDROP_BATCH_ULR: batchUrl\n    BATCHDROP_BATCH_URL:",
+        "app_settings",
+    ),
+    (
+        "bad container name",
+        FUNCTION,
+        "BATCHDROP_INPUT_CONTAINER: inputContainer",
+        "BATCHDROP_STAGING_PREFIX: 'Bad_Prefix'\n    BATCHDROP_INPUT_CONTAINER: inputContainer",
+        "app_settings",
+    ),
     ("plan Y1", FUNCTION, "name: 'FC1'", "name: 'Y1'", "flex"),
     ("plan not reserved", FUNCTION, "reserved: true", "reserved: false", "flex"),
     ("windows app", FUNCTION, "kind: 'functionapp,linux'", "kind: 'functionapp'", "flex"),
     ("flip allowSharedKeyAccess", STORAGE, "allowSharedKeyAccess: false", "allowSharedKeyAccess: true", "storage"),
     ("TLS 1.0", STORAGE, "minimumTlsVersion: 'TLS1_2'", "minimumTlsVersion: 'TLS1_0'", "storage"),
     ("public blobs", STORAGE, "allowBlobPublicAccess: false", "allowBlobPublicAccess: true", "storage"),
-    ("no results container", MAIN, "containers: [inputContainer, appsContainer, resultsContainer,", "containers: [inputContainer, appsContainer,", "storage"),
-    ("Batch shared key always", BATCH, "allowSharedKey ? ['AAD', 'SharedKey'] : ['AAD']", "['AAD', 'SharedKey']", "batch"),
-    ("Batch shared key by default", MAIN, "param allowBatchSharedKey bool = false", "param allowBatchSharedKey bool = true", "batch"),
-    ("user subscription pool allocation", BATCH, "poolAllocationMode: 'BatchService'", "poolAllocationMode: 'UserSubscription'", "batch"),
+    (
+        "no results container",
+        MAIN,
+        "containers: [inputContainer, appsContainer, resultsContainer,",
+        "containers: [inputContainer, appsContainer,",
+        "storage",
+    ),
+    (
+        "Batch shared key always",
+        BATCH,
+        "allowSharedKey ? ['AAD', 'SharedKey'] : ['AAD']",
+        "['AAD', 'SharedKey']",
+        "batch",
+    ),
+    (
+        "Batch shared key by default",
+        MAIN,
+        "param allowBatchSharedKey bool = false",
+        "param allowBatchSharedKey bool = true",
+        "batch",
+    ),
+    (
+        "user subscription pool allocation",
+        BATCH,
+        "poolAllocationMode: 'BatchService'",
+        "poolAllocationMode: 'UserSubscription'",
+        "batch",
+    ),
     ("drop a role assignment", ROLES, r"re:resource blobDelegator .*?\n}\n", "", "roles"),
     ("wrong GUID", ROLES, "db58b8e5-c6ad-4a2a-8342-4190687cbf4a", "db58b8e5-c6ad-4a2a-8342-4190687cbf4b", "roles"),
     ("wrong role name comment", ROLES, "// Azure Batch Data Contributor", "// Azure Batch Job Submitter", "roles"),
     ("scope to the resource group", ROLES, "  scope: batchAccount\n", "  scope: resourceGroup()\n", "roles"),
     ("role on the wrong resource", ROLES, "  scope: appInsights\n", "  scope: storageAccount\n", "roles"),
-    ("a GUID outside the table", FUNCTION, "    AZURE_CLIENT_ID: identityClientId", "    AZURE_CLIENT_ID: '3913510d-42f4-4e42-8a64-420c390055eb'", "roles"),
+    (
+        "a GUID outside the table",
+        FUNCTION,
+        "    AZURE_CLIENT_ID: identityClientId",
+        "    AZURE_CLIENT_ID: '3913510d-42f4-4e42-8a64-420c390055eb'",
+        "roles",
+    ),
     ("no Batch role module", MAIN, "    batchAccountName: batch.outputs.name\n", "", "roles"),
-    ("output a key", "infra/app/batch.bicep", "output name string = account.name", "output name string = account.listKeys().primary", "no_secrets"),
-    ("output a connection string", FUNCTION, "output name string = site.name", "output name string = appInsights.properties.ConnectionString", "no_secrets"),
-    ("plain param for a key", "infra/app/identity.bicep", "param name string\n", "param name string\n\n@description('a key')\nparam accountKey string\n", "no_secrets"),
-    ("param without description", "infra/app/eventgrid.bicep", "@description('Name of the system topic.')\n", "", "descriptions"),
-    ("storage name too long", MAIN, "var newStorageAccountName = 'st${resourceToken}'", "var newStorageAccountName = 'storage${resourceToken}xxxxx'", "names"),
-    ("Batch name with a dash", MAIN, "var newBatchAccountName = 'ba${resourceToken}'", "var newBatchAccountName = 'ba-${resourceToken}'", "names"),
-    ("function app name with an underscore", MAIN, "var functionAppName = 'func-${resourceToken}'", "var functionAppName = 'func_${resourceToken}'", "names"),
-    ("unpinned apiVersion", "infra/app/identity.bicep", "userAssignedIdentities@2023-01-31", "userAssignedIdentities@2018-11-30", "api_versions"),
+    (
+        "output a key",
+        "infra/app/batch.bicep",
+        "output name string = account.name",
+        "output name string = account.listKeys().primary",
+        "no_secrets",
+    ),
+    (
+        "output a connection string",
+        FUNCTION,
+        "output name string = site.name",
+        "output name string = appInsights.properties.ConnectionString",
+        "no_secrets",
+    ),
+    (
+        "plain param for a key",
+        "infra/app/identity.bicep",
+        "param name string\n",
+        "param name string\n\n@description('a key')\nparam accountKey string\n",
+        "no_secrets",
+    ),
+    (
+        "param without description",
+        "infra/app/eventgrid.bicep",
+        "@description('Name of the system topic.')\n",
+        "",
+        "descriptions",
+    ),
+    (
+        "storage name too long",
+        MAIN,
+        "var newStorageAccountName = 'st${resourceToken}'",
+        "var newStorageAccountName = 'storage${resourceToken}xxxxx'",
+        "names",
+    ),
+    (
+        "Batch name with a dash",
+        MAIN,
+        "var newBatchAccountName = 'ba${resourceToken}'",
+        "var newBatchAccountName = 'ba-${resourceToken}'",
+        "names",
+    ),
+    (
+        "function app name with an underscore",
+        MAIN,
+        "var functionAppName = 'func-${resourceToken}'",
+        "var functionAppName = 'func_${resourceToken}'",
+        "names",
+    ),
+    (
+        "unpinned apiVersion",
+        "infra/app/identity.bicep",
+        "userAssignedIdentities@2023-01-31",
+        "userAssignedIdentities@2018-11-30",
+        "api_versions",
+    ),
     ("resource group not tagged", MAIN, "  'azd-env-name': environmentName", "  env: environmentName", "main"),
     ("an agreed output missing", MAIN, "output AZURE_STORAGE_ACCOUNT_ID string = storage.outputs.id\n", "", "main"),
-    ("azure.yaml: unknown field", AZURE_YAML, "    host: function\n", "    host: function\n    docker: {}\n", "azd_files"),
+    (
+        "azure.yaml: unknown field",
+        AZURE_YAML,
+        "    host: function\n",
+        "    host: function\n    docker: {}\n",
+        "azd_files",
+    ),
     ("azure.yaml: app service", AZURE_YAML, "    host: function\n", "    host: appservice\n", "azd_files"),
     ("azure.yaml: hook path", AZURE_YAML, "run: infra/hooks/postdeploy.sh", "run: scripts/postdeploy.sh", "azd_files"),
     ("parameters: unknown variable", PARAMETERS, "${AZURE_LOCATION}", "${MY_LOCATION}", "azd_files"),
