@@ -55,18 +55,10 @@ var newBatchAccountName = 'ba${resourceToken}'
 var resourceGroupName = 'rg-${environmentName}'
 // A reused account is addressed by its own subscription, resource group and name; a new one by the ids it will
 // have. Splitting an id that always exists keeps every index below in range whichever branch is taken.
-var storageIdParts = split(
-  empty(existingStorageAccountId)
-    ? '${subscription().id}/resourceGroups/${resourceGroupName}/providers/Microsoft.Storage/storageAccounts/${newStorageAccountName}'
-    : existingStorageAccountId,
-  '/'
-)
-var batchIdParts = split(
-  empty(existingBatchAccountId)
-    ? '${subscription().id}/resourceGroups/${resourceGroupName}/providers/Microsoft.Batch/batchAccounts/${newBatchAccountName}'
-    : existingBatchAccountId,
-  '/'
-)
+var newStorageAccountId = '${subscription().id}/resourceGroups/${resourceGroupName}/providers/Microsoft.Storage/storageAccounts/${newStorageAccountName}'
+var newBatchAccountId = '${subscription().id}/resourceGroups/${resourceGroupName}/providers/Microsoft.Batch/batchAccounts/${newBatchAccountName}'
+var storageIdParts = split(empty(existingStorageAccountId) ? newStorageAccountId : existingStorageAccountId, '/')
+var batchIdParts = split(empty(existingBatchAccountId) ? newBatchAccountId : existingBatchAccountId, '/')
 
 resource rg 'Microsoft.Resources/resourceGroups@2024-03-01' = {
   name: resourceGroupName

@@ -337,8 +337,8 @@ def check_names(t: Template) -> None:
     for var in ("inputContainer", "appsContainer", "resultsContainer"):
         assert re.fullmatch(rules["deploymentContainer"][0], main.get("var", var).value), var
     # the new accounts are named by those vars
-    assert "newStorageAccountName" in main.get("var", "storageIdParts").value.text
-    assert "newBatchAccountName" in main.get("var", "batchIdParts").value.text
+    assert "newStorageAccountName" in main.get("var", "newStorageAccountId").value.text
+    assert "newBatchAccountName" in main.get("var", "newBatchAccountId").value.text
     function_module = next(m for m in main.of("module") if m.type_text == "app/function.bicep")
     assert function_module.value["params"]["name"] == Expr("functionAppName", function_module.node)
 
