@@ -1,0 +1,102 @@
+// The app identity's roles, each on the one resource it is needed for. Deployed once per resource (main.bicep):
+// give the name of the storage account, the Batch account or the Application Insights component, and only that
+// resource's assignments are made. This is the only table of role definition ids in the template.
+@description('Principal (object) id of the app\'s user-assigned managed identity.')
+param principalId string
+
+@description('Storage account in this resource group to grant the storage roles on; empty for none.')
+param storageAccountName string = ''
+
+@description('Batch account in this resource group to grant the Batch role on; empty for none.')
+param batchAccountName string = ''
+
+@description('Application Insights component in this resource group to grant the metrics role on; empty for none.')
+param appInsightsName string = ''
+
+// Built-in role definition ids (learn.microsoft.com/azure/role-based-access-control/built-in-roles).
+var roles = {
+  storageBlobDataContributor: 'ba92f5b4-2d11-453d-a403-e96b0029c9fe' // Storage Blob Data Contributor
+  storageQueueDataContributor: '974c5e8b-45b9-4653-ba55-5f855dd0fb88' // Storage Queue Data Contributor
+  storageTableDataContributor: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3' // Storage Table Data Contributor
+  storageBlobDelegator: 'db58b8e5-c6ad-4a2a-8342-4190687cbf4a' // Storage Blob Delegator
+  batchDataContributor: '6aaa78f1-f7de-44ca-8722-c64a23943cae' // Azure Batch Data Contributor
+  monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb' // Monitoring Metrics Publisher
+}
+
+resource storageAccount 'Microsoft.Storage/storageAccounts@2023-05-01' existing = if (!empty(storageAccountName)) {
+  name: storageAccountName
+}
+
+resource batchAccount 'Microsoft.Batch/batchAccounts@2024-07-01' existing = if (!empty(batchAccountName)) {
+  name: batchAccountName
+}
+
+resource appInsights 'Microsoft.Insights/components@2020-02-02' existing = if (!empty(appInsightsName)) {
+  name: appInsightsName
+}
+
+// Blobs: inputs, app files, staging and results, and the Functions host's own blobs and the Flex package.
+resource blobDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(storageAccountName)) {
+  name: guid(storageAccount.id, principalId, roles.storageBlobDataContributor)
+  scope: storageAccount
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataContributor)
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// The completions queue and its poison queue, and the host's queues (blob trigger receipts).
+resource queueDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(storageAccountName)) {
+  name: guid(storageAccount.id, principalId, roles.storageQueueDataContributor)
+  scope: storageAccount
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageQueueDataContributor)
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// The ledger table.
+resource tableDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(storageAccountName)) {
+  name: guid(storageAccount.id, principalId, roles.storageTableDataContributor)
+  scope: storageAccount
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageTableDataContributor)
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// Get User Delegation Key: the tasks' short-lived SAS URLs are signed with it (Azure grants it at account scope).
+resource blobDelegator 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(storageAccountName)) {
+  name: guid(storageAccount.id, principalId, roles.storageBlobDelegator)
+  scope: storageAccount
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDelegator)
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// Pools (create, resize, autoscale), jobs and tasks; Azure Batch Job Submitter cannot write pools.
+resource batchDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(batchAccountName)) {
+  name: guid(batchAccount.id, principalId, roles.batchDataContributor)
+  scope: batchAccount
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.batchDataContributor)
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// Telemetry with Entra auth (the component's local auth is off).
+resource metricsPublisher 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(appInsightsName)) {
+  name: guid(appInsights.id, principalId, roles.monitoringMetricsPublisher)
+  scope: appInsights
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.monitoringMetricsPublisher)
+    principalId: principalId
+    principalType: 'ServicePrincipal'
+  }
+}
