@@ -40,6 +40,16 @@ param poolUseSpot bool = false
 @description('Also allow SharedKey (account key) auth on a new Batch account; false keeps Entra ID (AAD) as the only way in.')
 param allowBatchSharedKey bool = false
 
+@description('Principal (object) id of whoever runs azd (azd passes AZURE_PRINCIPAL_ID): granted Storage Blob Data Contributor on the storage account so the postdeploy hook can upload apps/; empty grants nothing.')
+param principalId string = ''
+
+@allowed([
+  'User'
+  'ServicePrincipal'
+])
+@description('Kind of principal principalId is: User for a person running azd, ServicePrincipal for a CI pipeline.')
+param principalType string = 'User'
+
 var resourceToken = toLower(uniqueString(subscription().id, environmentName, location))
 var tags = {
   'azd-env-name': environmentName
@@ -154,7 +164,8 @@ module functionApp 'app/function.bicep' = {
 }
 
 // The same module three times, once per resource it grants on, so that each assignment is scoped to its resource
-// (possibly in a reused account's own resource group); the role table lives only in roles.bicep.
+// (possibly in a reused account's own resource group); the role table lives only in roles.bicep. The storage one also
+// grants the deploying principal its blob role.
 module storageRoles 'app/roles.bicep' = {
   name: 'roles-storage'
   scope: resourceGroup(storageIdParts[2], storageIdParts[4])
@@ -164,6 +175,8 @@ module storageRoles 'app/roles.bicep' = {
   params: {
     principalId: identity.outputs.principalId
     storageAccountName: storage.outputs.name
+    deployerPrincipalId: principalId
+    deployerPrincipalType: principalType
   }
 }
 

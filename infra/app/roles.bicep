@@ -1,8 +1,18 @@
-// The app identity's roles, each on the one resource it is needed for. Deployed once per resource (main.bicep):
+// The app identity's roles, each on the one resource it is needed for, and the deploying principal's blob role. Deployed once per resource (main.bicep):
 // give the name of the storage account, the Batch account or the Application Insights component, and only that
 // resource's assignments are made. This is the only table of role definition ids in the template.
 @description('Principal (object) id of the app\'s user-assigned managed identity.')
 param principalId string
+
+@description('Principal (object) id of whoever runs azd (AZURE_PRINCIPAL_ID): granted Storage Blob Data Contributor on the storage account for the postdeploy hook\'s upload; empty grants nothing.')
+param deployerPrincipalId string = ''
+
+@allowed([
+  'User'
+  'ServicePrincipal'
+])
+@description('Kind of principal deployerPrincipalId is: User for a person, ServicePrincipal for a CI pipeline.')
+param deployerPrincipalType string = 'User'
 
 @description('Storage account in this resource group to grant the storage roles on; empty for none.')
 param storageAccountName string = ''
@@ -76,6 +86,18 @@ resource blobDelegator 'Microsoft.Authorization/roleAssignments@2022-04-01' = if
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDelegator)
     principalId: principalId
     principalType: 'ServicePrincipal'
+  }
+}
+
+// The deploying principal (a person, or a CI pipeline's service principal): the postdeploy hook uploads apps/ to the
+// apps container as it (--auth-mode login; shared keys are off). Only when its id is given.
+resource deployerBlobDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(storageAccountName) && !empty(deployerPrincipalId)) {
+  name: guid(storageAccount.id, deployerPrincipalId, roles.storageBlobDataContributor)
+  scope: storageAccount
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataContributor)
+    principalId: deployerPrincipalId
+    principalType: deployerPrincipalType
   }
 }
 

@@ -77,6 +77,11 @@ ROLE_SCOPE_TYPES = {
     "Monitoring Metrics Publisher": "Microsoft.Insights/components",
 }
 
+# The deploying principal (whoever runs azd) gets this one role on the storage account, from roles.bicep's
+# deployerPrincipalId, which main.bicep's principalId (${AZURE_PRINCIPAL_ID}) feeds.
+DEPLOYER_ROLE = "Storage Blob Data Contributor"
+DEPLOYER_PRINCIPAL = "deployerPrincipalId"
+
 # What azd puts in the environment by itself
 # (learn.microsoft.com/azure/developer/azure-developer-cli/manage-environment-variables).
 AZD_PROVIDED = {
@@ -253,6 +258,7 @@ def check_roles(t: Template) -> None:
     bicep = t.bicep[ROLES]
     scopes = {r.name: r.type_text.split("@")[0] for r in bicep.of("resource") if r.existing}
     assigned: dict[str, int] = {}
+    deployer: list[str] = []
     for assignment in bicep.resources("Microsoft.Authorization/roleAssignments"):
         body = assignment.value
         role_id = body["properties"]["roleDefinitionId"]
@@ -261,16 +267,61 @@ def check_roles(t: Template) -> None:
         role_name = table[match.group(1)][1]
         scope = body.get("scope")
         assert isinstance(scope, Expr) and scope.text in scopes, f"{assignment.name}: scope must be a resource"
+        principal = body["properties"]["principalId"]
+        assert isinstance(principal, Expr) and principal.text in ("principalId", DEPLOYER_PRINCIPAL), (
+            f"{assignment.name}: principalId must be the app identity's or the deployer's"
+        )
+        if principal.text == DEPLOYER_PRINCIPAL:
+            # The deploying principal: the postdeploy hook's upload, only when azd gave its id.
+            assert role_name == DEPLOYER_ROLE, f"{assignment.name}: the deployer gets {DEPLOYER_ROLE}, not {role_name}"
+            assert scopes[scope.text] == ROLE_SCOPE_TYPES[DEPLOYER_ROLE], (
+                f"{assignment.name}: deployer's role on {scopes[scope.text]}"
+            )
+            assert f"!empty({DEPLOYER_PRINCIPAL})" in (assignment.condition or ""), (
+                f"{assignment.name}: the deployer's assignment must be conditional on its id being given"
+            )
+            principal_type = body["properties"]["principalType"]
+            assert isinstance(principal_type, Expr) and principal_type.text == "deployerPrincipalType", (
+                f"{assignment.name}: principalType from deployerPrincipalType"
+            )
+            deployer.append(assignment.name)
+            continue
         assert scopes[scope.text] == ROLE_SCOPE_TYPES[role_name], (
             f"{assignment.name}: {role_name} on {scopes[scope.text]}"
         )
         assert body["properties"]["principalType"] == "ServicePrincipal", f"{assignment.name}: principalType"
         assigned[role_name] = assigned.get(role_name, 0) + 1
     assert assigned == dict.fromkeys(EXPECTED_ROLES, 1), f"each role assigned once: {assigned}"
-    # main.bicep deploys roles.bicep for each of the three resources.
-    role_modules = [m for m in t.bicep[MAIN].of("module") if m.type_text == "app/roles.bicep"]
-    given = {name for m in role_modules for name in m.value["params"] if name != "principalId"}
+    assert len(deployer) == 1, f"exactly one assignment to the deploying principal: {deployer}"
+    deployer_param = bicep.get("param", DEPLOYER_PRINCIPAL)
+    assert deployer_param.value == "", f"roles.bicep: {DEPLOYER_PRINCIPAL} defaults to '' (grant nothing)"
+    # main.bicep deploys roles.bicep for each of the three resources; the storage one also names the deployer.
+    main = t.bicep[MAIN]
+    role_modules = [m for m in main.of("module") if m.type_text == "app/roles.bicep"]
+    deployer_params = {DEPLOYER_PRINCIPAL, "deployerPrincipalType"}
+    given = {name for m in role_modules for name in m.value["params"] if name not in {"principalId", *deployer_params}}
     assert given == {"storageAccountName", "batchAccountName", "appInsightsName"}, f"roles granted on {given}"
+    with_deployer = [m for m in role_modules if deployer_params & set(m.value["params"])]
+    assert len(with_deployer) == 1 and "storageAccountName" in with_deployer[0].value["params"], (
+        "the deployer's role is granted by the storage roles module only"
+    )
+    module_params = with_deployer[0].value["params"]
+    assert module_params.get(DEPLOYER_PRINCIPAL) == Expr("principalId", main.root), (
+        f"{DEPLOYER_PRINCIPAL} must be main.bicep's principalId param"
+    )
+    assert module_params.get("deployerPrincipalType") == Expr("principalType", main.root), (
+        "deployerPrincipalType must be main.bicep's principalType param"
+    )
+    main_params = {p.name: p for p in main.of("param")}
+    assert "principalId" in main_params and main_params["principalId"].value == "", (
+        "main.bicep: param principalId defaulting to '' (grant nothing)"
+    )
+    assert "principalType" in main_params and main_params["principalType"].value == "User", (
+        "main.bicep: param principalType defaulting to 'User'"
+    )
+    # azd passes the signed-in principal's object id as AZURE_PRINCIPAL_ID; main.parameters.json must map it.
+    mapped = t.parameters.get("parameters", {}).get("principalId", {}).get("value")
+    assert mapped == "${AZURE_PRINCIPAL_ID}", f"{PARAMETERS}: principalId must be ${{AZURE_PRINCIPAL_ID}}, not {mapped}"
 
 
 def check_no_secrets(t: Template) -> None:
@@ -585,6 +636,44 @@ MUTATIONS: list[tuple[str, str, str, str, str]] = [
         "roles",
     ),
     ("no Batch role module", MAIN, "    batchAccountName: batch.outputs.name\n", "", "roles"),
+    ("drop the deployer's assignment", ROLES, r"re:resource deployerBlobDataContributor .*?\n}\n", "", "roles"),
+    (
+        "deployer's role on the resource group",
+        ROLES,
+        "deployerPrincipalId, roles.storageBlobDataContributor)\n  scope: storageAccount\n",
+        "deployerPrincipalId, roles.storageBlobDataContributor)\n  scope: resourceGroup()\n",
+        "roles",
+    ),
+    (
+        "deployer given another role",
+        ROLES,
+        "roles.storageBlobDataContributor)\n    principalId: deployerPrincipalId\n",
+        "roles.storageQueueDataContributor)\n    principalId: deployerPrincipalId\n",
+        "roles",
+    ),
+    (
+        "deployer's assignment unconditional",
+        ROLES,
+        "if (!empty(storageAccountName) && !empty(deployerPrincipalId))",
+        "if (!empty(storageAccountName))",
+        "roles",
+    ),
+    (
+        "deployer's assignment as a service principal always",
+        ROLES,
+        "    principalType: deployerPrincipalType\n",
+        "    principalType: 'ServicePrincipal'\n",
+        "roles",
+    ),
+    ("deployer granted by default", MAIN, "param principalId string = ''", "param principalId string = 'x'", "roles"),
+    ("deployer not passed on", MAIN, "    deployerPrincipalId: principalId\n", "", "roles"),
+    (
+        "parameters: no principalId",
+        PARAMETERS,
+        '    "principalId": {\n      "value": "${AZURE_PRINCIPAL_ID}"\n    },\n',
+        "",
+        "roles",
+    ),
     (
         "output a key",
         "infra/app/batch.bicep",
