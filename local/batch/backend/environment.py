@@ -12,7 +12,7 @@ from typing import Any
 from local.batch import clock, packages, runner
 from local.batch.backend.records import Doc
 from local.batch.backend.state import State
-from local.batch.errors import BatchApiError
+from local.batch.errors import BatchApiError, missing_property
 
 
 def auto_user(task: Doc) -> Doc:
@@ -31,10 +31,7 @@ def _references(raw: Any) -> list[Doc]:
         )  # fmt: skip
     for reference in raw:
         if not isinstance(reference, dict) or not reference.get("applicationId"):
-            raise BatchApiError(
-                400, "MissingRequiredProperty", "A required property was not specified in the request body.",
-                {"PropertyName": "applicationPackageReferences.applicationId"},
-            )  # fmt: skip
+            raise missing_property("applicationPackageReferences.applicationId")
         for name in ("applicationId", "version"):
             if reference.get(name) is not None and not isinstance(reference[name], str):
                 raise BatchApiError(

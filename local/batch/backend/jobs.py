@@ -57,12 +57,7 @@ def _check_create(body: Doc) -> str:
     job_id = validation.check_id(body.get("id"))
     pool_info = body.get("poolInfo")
     if not isinstance(pool_info, dict) or not (pool_info.get("poolId") or pool_info.get("autoPoolSpecification")):
-        raise BatchApiError(
-            400,
-            "MissingRequiredProperty",
-            "A required property was not specified in the request body.",
-            {"PropertyName": "poolInfo"},
-        )
+        raise missing_property("poolInfo")
     constraints = body.get("constraints") or {}
     validation.check_duration(constraints.get("maxWallClockTime"), "constraints.maxWallClockTime")
     validation.check_int(constraints.get("maxTaskRetryCount"), "constraints.maxTaskRetryCount", -1)

@@ -10,7 +10,7 @@ from local.batch.backend import environment, listing
 from local.batch.backend.jobs import require_open
 from local.batch.backend.records import Doc, StopReason, Stored, TaskRecord, TaskState
 from local.batch.backend.state import DEFAULT_RETENTION, TASK_ENDED_BY_USER, State, copy_given, succeeded
-from local.batch.errors import BatchApiError, conflict, error_dict, invalid_property
+from local.batch.errors import BatchApiError, conflict, error_dict, invalid_property, missing_property
 
 
 def _check_exit_conditions(job: Doc, conditions: Any) -> None:
@@ -63,12 +63,7 @@ class Tasks:
             raise BatchApiError(400, "InvalidRequestBody", "The specified Request Body is not syntactically valid.")
         task_id = validation.check_id(body.get("id"))
         if not body.get("commandLine"):
-            raise BatchApiError(
-                400,
-                "MissingRequiredProperty",
-                "A required property was not specified in the request body.",
-                {"PropertyName": "commandLine"},
-            )
+            raise missing_property("commandLine")
         validation.check_resource_files(body.get("resourceFiles"))
         validation.check_output_files(body.get("outputFiles"))
         validation.check_environment(body.get("environmentSettings"), "environmentSettings")
