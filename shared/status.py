@@ -22,14 +22,19 @@ def _zero() -> dict[str, int]:
     return dict.fromkeys(COUNT_KEYS, 0)
 
 
+def _count_collected(counts: dict[str, int], key: FinalKey, n: int) -> None:
+    """Add `n` inputs collected with `key`'s outcome (other final states are counted elsewhere)."""
+    if key.state is InputState.COLLECTED:
+        counts["collected"] += n
+        if key.outcome in ("succeeded", "failed"):
+            counts[key.outcome] += n
+
+
 def _ledger_counts(final: Counter[FinalKey]) -> dict[str, int]:
     """Counts of a job that Batch no longer answers for: what was collected, by its outcome."""
     counts = _zero()
     for key, n in final.items():
-        if key.state is InputState.COLLECTED:
-            counts["collected"] += n
-            if key.outcome in ("succeeded", "failed"):
-                counts[key.outcome] += n
+        _count_collected(counts, key, n)
     return counts
 
 
@@ -53,10 +58,7 @@ def status(gw: Gateways) -> dict[str, object]:
     deleted = _ledger_counts(ledger_counts.deleted)
     for key, n in ledger_counts.deleted.items():
         if key.state is InputState.COLLECTED:
-            pipeline_counts = per_pipeline.setdefault(key.pipeline, _zero())
-            pipeline_counts["collected"] += n
-            if key.outcome in ("succeeded", "failed"):
-                pipeline_counts[key.outcome] += n
+            _count_collected(per_pipeline.setdefault(key.pipeline, _zero()), key, n)
     # Rejected and skipped inputs have no job: they are counted under the job id "".
     for final in (*ledger_counts.by_job.values(), ledger_counts.deleted):
         for key, n in final.items():
