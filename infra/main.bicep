@@ -26,16 +26,27 @@ param existingStorageAccountId string = ''
 @description('Resource id of an existing Batch account to reuse instead of creating one; empty creates a new one.')
 param existingBatchAccountId string = ''
 
-@description('VM size for the pool (exported as BATCHDROP_POOL_VM_SIZE; the pool itself is what the pipelines file says).')
+@description('Id of the default pool, created here with its nodes\' identity; the deployed pipelines file names it.')
+param poolId string = 'batchdrop-pool'
+
+@description('VM size of the default pool, and of every pool the pipelines file leaves vm_size out of (BATCHDROP_POOL_VM_SIZE).')
 param poolVmSize string = 'standard_d2s_v3'
 
 @minValue(1)
 @maxValue(1000)
-@description('Most nodes the pool may scale to (exported as BATCHDROP_POOL_MAX_NODES for the pipelines file).')
+@description('Most nodes of a pool whose scale the pipelines file leaves out (BATCHDROP_POOL_MAX_NODES).')
 param poolMaxNodes int = 2
 
-@description('Whether the pool should use Spot nodes (exported as BATCHDROP_POOL_USE_SPOT for the pipelines file).')
+@description('Spot nodes instead of dedicated ones for such pools (BATCHDROP_POOL_USE_SPOT): cheaper, may be pre-empted.')
 param poolUseSpot bool = false
+
+@description('Autoscale such pools from 0 to poolMaxNodes (true: no node costs at idle), or keep poolMaxNodes nodes (false).')
+param poolScaleToZero bool = true
+
+@minValue(1)
+@maxValue(256)
+@description('Tasks per node of the default pool: must equal the pipelines file\'s task_slots_per_node for it.')
+param poolTaskSlots int = 2
 
 @description('Also allow SharedKey (account key) auth on a new Batch account; false keeps Entra ID (AAD) as the only way in.')
 param allowBatchSharedKey bool = false
@@ -86,6 +97,28 @@ module identity 'app/identity.bicep' = {
   }
 }
 
+// The Batch account's own identity (it manages application packages in auto-storage) and its nodes' identity (they
+// read the packages): separate from the app's, each with only the storage role it needs.
+module batchIdentity 'app/identity.bicep' = {
+  name: 'identity-batch'
+  scope: rg
+  params: {
+    name: 'id-batch-${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
+module nodeIdentity 'app/identity.bicep' = {
+  name: 'identity-nodes'
+  scope: rg
+  params: {
+    name: 'id-nodes-${resourceToken}'
+    location: location
+    tags: tags
+  }
+}
+
 module monitoring 'app/monitoring.bicep' = {
   name: 'monitoring'
   scope: rg
@@ -130,6 +163,8 @@ module batch 'app/batch.bicep' = {
   scope: resourceGroup(batchIdParts[2], batchIdParts[4])
   dependsOn: [
     rg
+    // The account reaches its auto-storage with its identity: the role comes first.
+    storageRoles
   ]
   params: {
     name: last(batchIdParts)
@@ -137,6 +172,15 @@ module batch 'app/batch.bicep' = {
     location: location
     tags: tags
     allowSharedKey: allowBatchSharedKey
+    storageAccountId: storage.outputs.id
+    accountIdentityId: batchIdentity.outputs.id
+    nodeIdentityId: nodeIdentity.outputs.id
+    poolId: poolId
+    poolVmSize: poolVmSize
+    poolMaxNodes: poolMaxNodes
+    poolUseSpot: poolUseSpot
+    poolScaleToZero: poolScaleToZero
+    poolTaskSlots: poolTaskSlots
   }
 }
 
@@ -160,12 +204,16 @@ module functionApp 'app/function.bicep' = {
     inputContainer: inputContainer
     appsContainer: appsContainer
     resultsContainer: resultsContainer
+    poolVmSize: poolVmSize
+    poolMaxNodes: poolMaxNodes
+    poolUseSpot: poolUseSpot
+    poolScaleToZero: poolScaleToZero
   }
 }
 
 // The same module three times, once per resource it grants on, so that each assignment is scoped to its resource
 // (possibly in a reused account's own resource group); the role table lives only in roles.bicep. The storage one also
-// grants the deploying principal its blob role.
+// grants the deploying principal its blob role and the Batch account's and nodes' identities theirs.
 module storageRoles 'app/roles.bicep' = {
   name: 'roles-storage'
   scope: resourceGroup(storageIdParts[2], storageIdParts[4])
@@ -177,6 +225,8 @@ module storageRoles 'app/roles.bicep' = {
     storageAccountName: storage.outputs.name
     deployerPrincipalId: principalId
     deployerPrincipalType: principalType
+    batchAccountPrincipalId: batchIdentity.outputs.principalId
+    nodesPrincipalId: nodeIdentity.outputs.principalId
   }
 }
 
@@ -219,3 +269,5 @@ output AZURE_BATCH_ACCOUNT_ENDPOINT string = batch.outputs.endpoint
 output BATCHDROP_POOL_VM_SIZE string = poolVmSize
 output BATCHDROP_POOL_MAX_NODES int = poolMaxNodes
 output BATCHDROP_POOL_USE_SPOT bool = poolUseSpot
+output BATCHDROP_POOL_SCALE_TO_ZERO bool = poolScaleToZero
+output BATCHDROP_POOL_ID string = batch.outputs.poolId

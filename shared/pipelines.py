@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from shared.errors import ConfigError
 from shared.ids import MAX_BLOB_NAME, PIPELINE_NAME
-from shared.pools import PoolSpec, check_environment
+from shared.pools import PoolDefaults, PoolSpec, check_environment
 from shared.runtime import (
     APP_DIR,
     OUTPUT_DIR,
@@ -235,14 +235,16 @@ def route(pipelines: PipelineSet, name: str) -> PipelineSpec | None:
     return winners[0]
 
 
-def load_pipelines(path: Path) -> PipelineSet:
-    """Read and validate a pipelines file; errors name the file and the field."""
+def load_pipelines(path: Path, pool_defaults: PoolDefaults | None = None) -> PipelineSet:
+    """Read and validate a pipelines file, the deployment's pool defaults filling what its pools leave out;
+    errors name the file and the field."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: pipelines file not found (BATCHDROP_PIPELINES_FILE)") from None
     except json.JSONDecodeError as error:
         raise ConfigError(f"{path}: not valid JSON: {error}") from None
+    raw = _with_pool_defaults(raw, pool_defaults or PoolDefaults())
     try:
         pipelines = PipelineSet.model_validate(raw)
     except ValidationError as error:
@@ -255,6 +257,18 @@ def load_pipelines(path: Path) -> PipelineSet:
     if overlaps:
         raise ConfigError(f"{path}: " + "; ".join(overlaps) + "; an input may match one pipeline at most")
     return pipelines
+
+
+def _with_pool_defaults(raw: object, defaults: PoolDefaults) -> object:
+    """`raw` with every pipeline's pool object filled by `defaults`; anything malformed is left to validation."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("pipelines"), list):
+        return raw
+    pipelines = [
+        {**item, "pool": defaults.fill(item["pool"])} if isinstance(item, dict) and isinstance(item.get("pool"), dict)
+        else item
+        for item in raw["pipelines"]
+    ]  # fmt: skip
+    return {**raw, "pipelines": pipelines}
 
 
 def _describe_location(raw: object, location: tuple[int | str, ...]) -> str:

@@ -272,6 +272,33 @@ def pending_tasks_formula(min_nodes: int, max_nodes: int, spot: bool, idle_minut
 
 
 @dataclass(frozen=True)
+class PoolDefaults:
+    """What a deployment gives the pools of its pipelines file, for the fields a pool leaves out.
+
+    A pool that states its own `vm_size` or scale (`scale`, `dedicated_nodes`, `low_priority_nodes`) keeps it;
+    one that leaves them out gets `vm_size`, and either autoscale from 0 to `max_nodes` (`scale_to_zero`) or
+    `max_nodes` fixed nodes, Spot when `use_spot`. The azd template sets these from its pool parameters.
+    """
+
+    vm_size: str = "standard_d2s_v3"
+    max_nodes: int = 2
+    use_spot: bool = False
+    scale_to_zero: bool = False
+
+    def fill(self, pool: dict[str, object]) -> dict[str, object]:
+        """The pool's raw JSON object with the deployment's values in the fields it leaves out."""
+        filled = dict(pool)
+        filled.setdefault("vm_size", self.vm_size)
+        if not {"scale", "dedicated_nodes", "low_priority_nodes"} & filled.keys():
+            if self.scale_to_zero:
+                filled["scale"] = {"auto": {"min_nodes": 0, "max_nodes": self.max_nodes, "spot": self.use_spot}}
+            else:
+                kind = "spot" if self.use_spot else "dedicated"
+                filled["scale"] = {"fixed": {kind: self.max_nodes}}
+        return filled
+
+
+@dataclass(frozen=True)
 class PoolDrift:
     """One difference between the pipelines file and the pool in Batch, and what was or is to be done."""
 

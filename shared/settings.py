@@ -9,6 +9,7 @@ from pydantic import Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import ConfigError
+from shared.pools import PoolDefaults
 
 STORAGE_CONNECTION = "BatchdropStorage"
 
@@ -37,6 +38,12 @@ class Settings(BaseSettings):
     # and batchdrop asks for one that outlives the SAS by an hour: 166 hours leaves room for both.
     sas_max_hours: int = Field(48, alias="BATCHDROP_SAS_MAX_HOURS", ge=1, le=24 * 7 - 2)
 
+    # What the pipelines file's pools leave out (shared/pools.py PoolDefaults); the azd template sets them.
+    pool_vm_size: str = Field("standard_d2s_v3", alias="BATCHDROP_POOL_VM_SIZE", pattern=r"^[A-Za-z0-9_]{1,64}$")
+    pool_max_nodes: int = Field(2, alias="BATCHDROP_POOL_MAX_NODES", ge=1, le=1000)
+    pool_use_spot: bool = Field(False, alias="BATCHDROP_POOL_USE_SPOT")
+    pool_scale_to_zero: bool = Field(False, alias="BATCHDROP_POOL_SCALE_TO_ZERO")
+
     input_container: str = Field("input", alias="BATCHDROP_INPUT_CONTAINER")
     apps_container: str = Field("apps", alias="BATCHDROP_APPS_CONTAINER")
     staging_prefix: str = Field("staging", alias="BATCHDROP_STAGING_PREFIX", pattern=r"^[a-z0-9][a-z0-9-]{2,20}$")
@@ -62,6 +69,10 @@ class Settings(BaseSettings):
         if (self.batch_account_name is None) != (self.batch_account_key is None):
             raise ValueError("set both BATCHDROP_BATCH_ACCOUNT_NAME and BATCHDROP_BATCH_ACCOUNT_KEY, or neither")
         return self
+
+    @property
+    def pool_defaults(self) -> PoolDefaults:
+        return PoolDefaults(self.pool_vm_size, self.pool_max_nodes, self.pool_use_spot, self.pool_scale_to_zero)
 
     @property
     def uses_managed_identity(self) -> bool:

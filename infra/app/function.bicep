@@ -50,6 +50,18 @@ param appsContainer string
 @description('Container of the published results.')
 param resultsContainer string
 
+@description('VM size of the pools the pipelines file leaves vm_size out of.')
+param poolVmSize string
+
+@description('Most nodes of the pools the pipelines file leaves scale out of.')
+param poolMaxNodes int
+
+@description('Spot nodes for those pools.')
+param poolUseSpot bool
+
+@description('Autoscale those pools from 0 (true) or keep poolMaxNodes nodes (false).')
+param poolScaleToZero bool
+
 resource appInsights 'Microsoft.Insights/components@2020-02-02' existing = {
   name: appInsightsName
 }
@@ -140,6 +152,11 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     BATCHDROP_INPUT_CONTAINER: inputContainer
     BATCHDROP_APPS_CONTAINER: appsContainer
     BATCHDROP_RESULTS_CONTAINER: resultsContainer
+    // What the pipelines file's pools leave out (shared/pools.py PoolDefaults): main.bicep's pool parameters.
+    BATCHDROP_POOL_VM_SIZE: poolVmSize
+    BATCHDROP_POOL_MAX_NODES: string(poolMaxNodes)
+    BATCHDROP_POOL_USE_SPOT: string(poolUseSpot)
+    BATCHDROP_POOL_SCALE_TO_ZERO: string(poolScaleToZero)
   }
 }
 

@@ -14,6 +14,12 @@ param deployerPrincipalId string = ''
 @description('Kind of principal deployerPrincipalId is: User for a person, ServicePrincipal for a CI pipeline.')
 param deployerPrincipalType string = 'User'
 
+@description('Principal (object) id of the Batch account\'s identity: Storage Blob Data Contributor on the storage account (its auto-storage: application packages); empty grants nothing.')
+param batchAccountPrincipalId string = ''
+
+@description('Principal (object) id of the pool nodes\' identity: Storage Blob Data Reader on the storage account (they download application packages); empty grants nothing.')
+param nodesPrincipalId string = ''
+
 @description('Storage account in this resource group to grant the storage roles on; empty for none.')
 param storageAccountName string = ''
 
@@ -26,6 +32,7 @@ param appInsightsName string = ''
 // Built-in role definition ids (learn.microsoft.com/azure/role-based-access-control/built-in-roles).
 var roles = {
   storageBlobDataContributor: 'ba92f5b4-2d11-453d-a403-e96b0029c9fe' // Storage Blob Data Contributor
+  storageBlobDataReader: '2a2b9908-6ea1-4ae2-8e65-a410df84e7d1' // Storage Blob Data Reader
   storageQueueDataContributor: '974c5e8b-45b9-4653-ba55-5f855dd0fb88' // Storage Queue Data Contributor
   storageTableDataContributor: '0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3' // Storage Table Data Contributor
   storageBlobDelegator: 'db58b8e5-c6ad-4a2a-8342-4190687cbf4a' // Storage Blob Delegator
@@ -98,6 +105,28 @@ resource deployerBlobDataContributor 'Microsoft.Authorization/roleAssignments@20
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataContributor)
     principalId: deployerPrincipalId
     principalType: deployerPrincipalType
+  }
+}
+
+// The Batch account's identity manages its auto-storage: the containers Batch keeps application packages in.
+resource batchAccountBlobDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(storageAccountName) && !empty(batchAccountPrincipalId)) {
+  name: guid(storageAccount.id, batchAccountPrincipalId, roles.storageBlobDataContributor)
+  scope: storageAccount
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataContributor)
+    principalId: batchAccountPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// The nodes' identity (the auto-storage nodeIdentityReference) only reads: application packages.
+resource nodesBlobDataReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(storageAccountName) && !empty(nodesPrincipalId)) {
+  name: guid(storageAccount.id, nodesPrincipalId, roles.storageBlobDataReader)
+  scope: storageAccount
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataReader)
+    principalId: nodesPrincipalId
+    principalType: 'ServicePrincipal'
   }
 }
 

@@ -60,7 +60,8 @@ def test_demo_pipeline_matches_the_documented_shape() -> None:
     assert pipeline is not None
     assert pipeline.command_line("input/x.txt") == "python3 app/report/report.py input/x.txt out"
     assert pipeline.app_files == ("report/report.py",)
-    assert (pipeline.pool.id, pipeline.pool.dedicated_nodes, pipeline.pool.task_slots_per_node) == (
-        "batchdrop-pool", 2, 2,
+    # vm_size and scale come from the deployment's pool defaults (local: 2 fixed nodes, as in the sample settings)
+    assert (pipeline.pool.id, pipeline.pool.fixed_nodes(), pipeline.pool.task_slots_per_node) == (
+        "batchdrop-pool", (2, 0), 2,
     )  # fmt: skip
     assert pipeline.max_wall_clock_seconds == 300

@@ -51,6 +51,7 @@ PINNED_API_VERSIONS = {
     "Microsoft.Web/sites@2024-04-01": "generated/web/microsoft.web/2024-04-01/types.json",
     "Microsoft.Web/sites/config@2024-04-01": "generated/web/microsoft.web/2024-04-01/types.json",
     "Microsoft.Batch/batchAccounts@2024-07-01": "generated/batch/microsoft.batch/2024-07-01/types.json",
+    "Microsoft.Batch/batchAccounts/pools@2024-07-01": "generated/batch/microsoft.batch/2024-07-01/types.json",
     "Microsoft.EventGrid/systemTopics@2022-06-15": "generated/eventgrid/microsoft.eventgrid/2022-06-15/types.json",
     "Microsoft.Authorization/roleAssignments@2022-04-01": (
         "generated/authorization/microsoft.authorization/2022-04-01/types.json"
@@ -66,7 +67,10 @@ EXPECTED_ROLES = {
     "Storage Blob Delegator": "db58b8e5-c6ad-4a2a-8342-4190687cbf4a",
     "Azure Batch Data Contributor": "6aaa78f1-f7de-44ca-8722-c64a23943cae",
     "Monitoring Metrics Publisher": "3913510d-42f4-4e42-8a64-420c390055eb",
+    "Storage Blob Data Reader": "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1",
 }
+# What the app's identity holds, each once.
+APP_ROLES = set(EXPECTED_ROLES) - {"Storage Blob Data Reader"}
 # The resource type each role must be scoped to.
 ROLE_SCOPE_TYPES = {
     "Storage Blob Data Contributor": "Microsoft.Storage/storageAccounts",
@@ -75,6 +79,14 @@ ROLE_SCOPE_TYPES = {
     "Storage Blob Delegator": "Microsoft.Storage/storageAccounts",
     "Azure Batch Data Contributor": "Microsoft.Batch/batchAccounts",
     "Monitoring Metrics Publisher": "Microsoft.Insights/components",
+    "Storage Blob Data Reader": "Microsoft.Storage/storageAccounts",
+}
+# The Batch account's identity manages its auto-storage (application packages); the nodes' identity reads them.
+# Each gets one role on the storage account, from roles.bicep's param of that name, which main.bicep feeds from
+# the identity module's principalId output.
+BATCH_IDENTITY_ROLES = {
+    "batchAccountPrincipalId": ("Storage Blob Data Contributor", "batchIdentity"),
+    "nodesPrincipalId": ("Storage Blob Data Reader", "nodeIdentity"),
 }
 
 # The deploying principal (whoever runs azd) gets this one role on the storage account, from roles.bicep's
@@ -157,8 +169,16 @@ def check_app_settings(t: Template) -> None:
         "BATCHDROP_BATCH_ACCOUNT_NAME",
     ):
         assert forbidden not in settings, f"{forbidden} is set: the deployed app must use its managed identity"
+    # A computed setting (an Expr) gets a placeholder of the type the app parses it as.
+    annotations = {field.alias: field.annotation for field in Settings.model_fields.values()}
+    typed: dict[object, str] = {int: "1", bool: "true"}
+    examples = {"BATCHDROP_POOL_VM_SIZE": "standard_d2s_v3"}  # computed strings that are no URL
     placeholders = {
-        name: (setting if isinstance(setting, str) else "https://placeholder.example/")
+        name: (
+            setting
+            if isinstance(setting, str)
+            else examples.get(name) or typed.get(annotations[name], "https://placeholder.example/")
+        )
         for name, setting in settings.items()
         if name in required | optional
     }
@@ -259,6 +279,7 @@ def check_roles(t: Template) -> None:
     scopes = {r.name: r.type_text.split("@")[0] for r in bicep.of("resource") if r.existing}
     assigned: dict[str, int] = {}
     deployer: list[str] = []
+    batch_identities: dict[str, str] = {}
     for assignment in bicep.resources("Microsoft.Authorization/roleAssignments"):
         body = assignment.value
         role_id = body["properties"]["roleDefinitionId"]
@@ -268,9 +289,19 @@ def check_roles(t: Template) -> None:
         scope = body.get("scope")
         assert isinstance(scope, Expr) and scope.text in scopes, f"{assignment.name}: scope must be a resource"
         principal = body["properties"]["principalId"]
-        assert isinstance(principal, Expr) and principal.text in ("principalId", DEPLOYER_PRINCIPAL), (
-            f"{assignment.name}: principalId must be the app identity's or the deployer's"
+        principals = ("principalId", DEPLOYER_PRINCIPAL, *BATCH_IDENTITY_ROLES)
+        assert isinstance(principal, Expr) and principal.text in principals, (
+            f"{assignment.name}: principalId must be the app identity's, the deployer's or a Batch identity's"
         )
+        if principal.text in BATCH_IDENTITY_ROLES:
+            assert role_name == BATCH_IDENTITY_ROLES[principal.text][0], f"{assignment.name}: {role_name}"
+            assert scopes[scope.text] == "Microsoft.Storage/storageAccounts", f"{assignment.name}: scope"
+            assert f"!empty({principal.text})" in (assignment.condition or ""), (
+                f"{assignment.name}: conditional on {principal.text} being given"
+            )
+            assert body["properties"]["principalType"] == "ServicePrincipal", f"{assignment.name}: principalType"
+            batch_identities[principal.text] = role_name
+            continue
         if principal.text == DEPLOYER_PRINCIPAL:
             # The deploying principal: the postdeploy hook's upload, only when azd gave its id.
             assert role_name == DEPLOYER_ROLE, f"{assignment.name}: the deployer gets {DEPLOYER_ROLE}, not {role_name}"
@@ -291,14 +322,17 @@ def check_roles(t: Template) -> None:
         )
         assert body["properties"]["principalType"] == "ServicePrincipal", f"{assignment.name}: principalType"
         assigned[role_name] = assigned.get(role_name, 0) + 1
-    assert assigned == dict.fromkeys(EXPECTED_ROLES, 1), f"each role assigned once: {assigned}"
+    assert assigned == dict.fromkeys(APP_ROLES, 1), f"each of the app's roles assigned once: {assigned}"
+    assert batch_identities == {name: role for name, (role, _) in BATCH_IDENTITY_ROLES.items()}, (
+        f"the Batch account's and nodes' roles: {batch_identities}"
+    )
     assert len(deployer) == 1, f"exactly one assignment to the deploying principal: {deployer}"
     deployer_param = bicep.get("param", DEPLOYER_PRINCIPAL)
     assert deployer_param.value == "", f"roles.bicep: {DEPLOYER_PRINCIPAL} defaults to '' (grant nothing)"
     # main.bicep deploys roles.bicep for each of the three resources; the storage one also names the deployer.
     main = t.bicep[MAIN]
     role_modules = [m for m in main.of("module") if m.type_text == "app/roles.bicep"]
-    deployer_params = {DEPLOYER_PRINCIPAL, "deployerPrincipalType"}
+    deployer_params = {DEPLOYER_PRINCIPAL, "deployerPrincipalType", *BATCH_IDENTITY_ROLES}
     given = {name for m in role_modules for name in m.value["params"] if name not in {"principalId", *deployer_params}}
     assert given == {"storageAccountName", "batchAccountName", "appInsightsName"}, f"roles granted on {given}"
     with_deployer = [m for m in role_modules if deployer_params & set(m.value["params"])]
@@ -306,6 +340,10 @@ def check_roles(t: Template) -> None:
         "the deployer's role is granted by the storage roles module only"
     )
     module_params = with_deployer[0].value["params"]
+    for name, (_, identity_module) in BATCH_IDENTITY_ROLES.items():
+        assert module_params.get(name) == Expr(f"{identity_module}.outputs.principalId", main.root), (
+            f"{name} must be {identity_module}.outputs.principalId"
+        )
     assert module_params.get(DEPLOYER_PRINCIPAL) == Expr("principalId", main.root), (
         f"{DEPLOYER_PRINCIPAL} must be main.bicep's principalId param"
     )
@@ -541,8 +579,8 @@ MUTATIONS: list[tuple[str, str, str, str, str]] = [
     (
         "missing brace",
         MAIN,
-        "  scope: rg\n  params: {\n    name: 'id-",
-        "  scope: rg\n  params: \n    name: 'id-",
+        "  scope: rg\n  params: {\n    name: 'id-${resourceToken}'",
+        "  scope: rg\n  params: \n    name: 'id-${resourceToken}'",
         "syntax",
     ),
     (
