@@ -225,7 +225,9 @@ def _prepare(gw: Gateways, request: RerunRequest, name: str) -> tuple[InputRecor
     if first is None:
         return _refuse(gw, name, "this version of the input was never submitted: its first run is still to come")
     current = _current_run(gw, first, task_id)
-    if current.task_id != task_id and current.state in PENDING and not request.force:
+    ended = _batch_outcome(gw, current) if current.task_id != task_id and current.state in PENDING else None
+    pending = current.task_id != task_id and current.state in PENDING and ended is None
+    if pending and not request.force:
         why = f"already {'queued or running' if current.state is InputState.SUBMITTED else 'being submitted'}"
         return _refuse(gw, name, f"{why} (task {current.task_id} in job {current.job_id}); force re-runs it anyway, "
                                  "terminating that task first")  # fmt: skip
@@ -239,7 +241,7 @@ def _prepare(gw: Gateways, request: RerunRequest, name: str) -> tuple[InputRecor
     if not created and record.state is not InputState.CLAIMED:
         return RerunOutcome(name, RerunAction.DUPLICATE, task_id, record.job_id, record.run, "this request re-ran it")
     if current.task_id != task_id:
-        refusal = _retire(gw, current, record, request.request_id)
+        refusal = _retire(gw, current, record, request.request_id, ended)
         if refusal is not None:
             return _refuse(gw, name, refusal)
     return record, pipeline
@@ -258,13 +260,24 @@ def _current_run(gw: Gateways, first: InputRecord, task_id: str) -> InputRecord:
     raise RejectedInput(f"{first.name}: more than {MAX_CHAIN} runs recorded")
 
 
-def _retire(gw: Gateways, current: InputRecord, record: InputRecord, request_id: str) -> str | None:
-    """Mark the current run replaced by `record`, then end its task if it has one pending; the refusal if another
-    re-run replaced it first (the row keeps the first `rerun_by` written)."""
+def _batch_outcome(gw: Gateways, row: InputRecord) -> str | None:
+    """For a row not yet collected: None while its task is queued or running, else how it ended in Batch
+    (a task that completed and awaits collection is not running)."""
+    if row.state is InputState.CLAIMED or not row.job_id:
+        return None
+    task = gw.batch.get_task(row.job_id, row.task_id)
+    return task.outcome.value if task is not None and task.completed else None
+
+
+def _retire(gw: Gateways, current: InputRecord, record: InputRecord, request_id: str, ended: str | None) -> str | None:
+    """Mark the current run replaced by `record`, then end its task if it has one pending (`ended`: how an
+    uncollected task ended in Batch, None while it runs); the refusal if another re-run replaced it first (the row
+    keeps the first `rerun_by` written)."""
+    pending = current.state in PENDING and ended is None
     reason = f"re-run as task {record.task_id} (request {request_id})"
     # A pending task is terminated below, and Batch counts a terminated task as failed: status takes the replaced
     # task out of Batch's counts by this outcome.
-    outcome = current.outcome if current.state is InputState.COLLECTED else "failed"
+    outcome = current.outcome if current.state is InputState.COLLECTED else ended or "failed"
     replaced = replace(current, state=InputState.RERUN, rerun_by=record.task_id, reason=reason, outcome=outcome)
     stored = gw.ledger.save_input(replaced)
     if stored.rerun_by != record.task_id:
@@ -272,7 +285,7 @@ def _retire(gw: Gateways, current: InputRecord, record: InputRecord, request_id:
         lost = replace(record, state=InputState.RERUN, rerun_by=winner, reason=f"re-run {winner} came first")
         gw.ledger.save_input(lost)
         return f"another re-run (task {winner}) replaced this run first"
-    if current.state in PENDING and current.job_id:
+    if pending and current.job_id:
         # Marked first: the terminated task's completion finds its row replaced, and publishes nothing.
         gw.batch.terminate_task(current.job_id, current.task_id)
     return None
