@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
@@ -30,6 +31,7 @@ from shared.submit import SWEEP_CHUNK, _ensure_job, _submit_chunk
 logger = logging.getLogger(__name__)
 MAX_CHAIN = 10_000  # rows followed from an upload's row to its current run; a longer chain is a bug, not a loop
 PENDING = (InputState.CLAIMED, InputState.SUBMITTED)
+PREPARE_THREADS = 8
 
 
 class RerunAction(StrEnum):
@@ -146,8 +148,9 @@ def rerun(gw: Gateways, request: RerunRequest) -> RerunReport:
     report = RerunReport(request.request_id)
     by_job: dict[str, list[tuple[InputRecord, PipelineSpec]]] = defaultdict(list)
     open_jobs: set[str] = set()
-    for name in _selected(gw, request):
-        prepared = _prepare(gw, request, name)
+    with ThreadPoolExecutor(PREPARE_THREADS) as pool:  # each input costs a few storage and ledger round trips
+        prepared_inputs = list(pool.map(lambda name: _prepare(gw, request, name), _selected(gw, request)))
+    for prepared in prepared_inputs:
         if isinstance(prepared, RerunOutcome):
             report.outcomes.append(prepared)
             continue
@@ -178,7 +181,7 @@ def _submit(gw: Gateways, job_id: str, entries: list[tuple[InputRecord, Pipeline
 
 def _selected(gw: Gateways, request: RerunRequest) -> list[str]:
     if request.names:
-        return list(request.names)
+        return list(dict.fromkeys(request.names))
     if request.failed:
         names = [
             row.name
