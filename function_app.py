@@ -2,8 +2,8 @@
 
 import azure.functions as func
 
-from shared.triggers import api, collector, ingest, timers
+from shared.triggers import api, collector, ingest, rerun, timers
 
 app = func.FunctionApp()
-for blueprint in (ingest.bp, timers.bp, collector.bp, api.bp):
+for blueprint in (ingest.bp, timers.bp, collector.bp, api.bp, rerun.bp):
     app.register_functions(blueprint)

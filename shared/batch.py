@@ -383,6 +383,23 @@ class AzureBatch:
 
         return self._call(f"reactivate task {task_id} of {job_id}", reactivate)
 
+    def terminate_task(self, job_id: str, task_id: str) -> None:
+        def terminate() -> None:
+            try:
+                self._client.terminate_task(job_id, task_id)
+            except ResourceNotFoundError:
+                return  # no such task (or job): nothing runs
+            except ResourceExistsError as error:
+                if _error_code(error) != "TaskCompleted":
+                    raise
+                return  # it finished meanwhile: the end state wanted
+            logger.info("terminated task %s", task_id, extra={"job_id": job_id, "task_id": task_id})
+
+        try:
+            self._call(f"terminate task {task_id} of {job_id}", terminate)
+        except JobClosed:
+            pass  # a closed job runs none of its tasks
+
     def task_counts(self, job_id: str) -> TaskCounts | None:
         def get() -> TaskCounts | None:
             try:

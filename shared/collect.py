@@ -58,6 +58,9 @@ def collect(gw: Gateways, event: CompletionEvent) -> CollectOutcome:
         raise RejectedInput(f"completion names job {event.job_id} but task {event.task_id} is in {record.job_id}")
     result_prefix = ids.result_prefix(record.name)
     manifest_name = result_prefix + MANIFEST
+    if record.state is InputState.RERUN:
+        # A re-run replaced this task (terminated it, with --force): the re-run's manifest is the one to publish.
+        return CollectOutcome(record.task_id, CollectAction.SUPERSEDED, "superseded", manifest_name)
     if record.state is InputState.COLLECTED:
         return CollectOutcome(record.task_id, CollectAction.ALREADY_PUBLISHED, record.outcome, manifest_name)
     existing = gw.blobs.read_json_version(gw.settings.results_container, manifest_name)
@@ -82,6 +85,8 @@ def collect(gw: Gateways, event: CompletionEvent) -> CollectOutcome:
         if rerun_refused is None:
             return CollectOutcome(record.task_id, CollectAction.REACTIVATED, "", manifest_name)
         task = rerun_refused
+    if existing is not None and record.run > 1:
+        _keep_history(gw, record, existing[0], result_prefix)
     try:
         published = _publish_outputs(gw, record, result_prefix)
     except PermanentError:
@@ -187,6 +192,48 @@ def _reactivate(gw: Gateways, record: InputRecord, task: TaskResult) -> TaskResu
     return current if current is not None and current.completed else task
 
 
+def _keep_history(gw: Gateways, record: InputRecord, previous: dict[str, object], result_prefix: str) -> None:
+    """Before a re-run publishes, keep the run it replaces: its manifest, outputs and logs under `_history/<run>/`.
+
+    The re-run's outputs then overwrite same-named ones in the input's folder; outputs of the old run that the
+    re-run does not write stay there, unlisted by the new manifest (which is what a consumer reads). The history
+    manifest is written last and names the task it keeps: a repeat finds it and copies nothing again, so a
+    repeat after the re-run's outputs were published never copies those into the history.
+    """
+    results = gw.settings.results_container
+    run = _run_of(previous)
+    history = ids.history_prefix(result_prefix, run)
+    kept = gw.blobs.read_json(results, history + MANIFEST)
+    if kept is not None and kept.get("task_id") == previous.get("task_id"):
+        return
+    moved: dict[str, str] = {}
+    names = [*_names(previous.get("outputs")), *_names([previous.get("stdout"), previous.get("stderr")])]
+    for name in names:
+        if name.startswith(result_prefix):
+            moved[name] = history + name[len(result_prefix) :]
+            gw.blobs.copy(results, name, results, moved[name])
+    document = {
+        **previous,
+        "run": run,
+        "outputs": [moved.get(name, name) for name in _names(previous.get("outputs"))],
+        "stdout": moved.get(str(previous.get("stdout")), previous.get("stdout")),
+        "stderr": moved.get(str(previous.get("stderr")), previous.get("stderr")),
+        "replaced_by": record.task_id,
+    }
+    gw.blobs.write_json(results, history + MANIFEST, document)
+    fields = {"job_id": record.job_id, "task_id": record.task_id}
+    logger.info("kept run %d of %s under %s", run, record.name, history, extra=fields)
+
+
+def _run_of(manifest: dict[str, object]) -> int:
+    run = manifest.get("run")
+    return run if isinstance(run, int) and run > 0 else 1
+
+
+def _names(values: object) -> list[str]:
+    return [value for value in values if isinstance(value, str)] if isinstance(values, list) else []
+
+
 def _publish_outputs(gw: Gateways, record: InputRecord, result_prefix: str) -> Published:
     """Copy the task's outputs and logs into its input's results folder; a name that is unsafe there is refused.
 
@@ -277,6 +324,7 @@ def _manifest(
         "pipeline": record.pipeline,
         "job_id": record.job_id,
         "task_id": record.task_id,
+        "run": record.run,
         "status": status,
         "exit_code": task.exit_code,
         # Failure info is what a node saw; a storage error there can carry a SAS URL (adapters redact too).

@@ -33,6 +33,20 @@ def task_id(container: str, name: str, etag: str) -> str:
     return f"{stem}-{digest}" if stem else f"input-{digest}"
 
 
+RERUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def rerun_task_id(container: str, name: str, etag: str, rerun_id: str) -> str:
+    """The task id of one re-run request's run of an input's version: a repeat of the request maps to it again.
+
+    `-r-` marks it for a reader; the digest also covers the request id, so it never equals the upload's own
+    task id (`task_id`) nor another request's.
+    """
+    stem = _UNSAFE.sub("-", name.rsplit("/", 1)[-1])[:24].strip("-_") or "input"
+    key = f"rerun\n{rerun_id}\n{input_digest(container, name, etag)}".encode()
+    return f"{stem}-r-{hashlib.sha256(key).hexdigest()[:32]}"
+
+
 def window_start(created_on: datetime, window_minutes: int) -> datetime:
     created = created_on.astimezone(UTC)
     minutes = int(created.timestamp() // 60)
@@ -59,6 +73,8 @@ MAX_RESULT_PREFIX = 700  # leaves 324 of Azure's 1,024 characters for the output
 
 
 LONG_NAMES = "_long-names"
+# `<input's folder>/_history/<run>/`: a re-run's collection moves the run it replaces there (shared/collect.py).
+HISTORY = "_history"
 
 
 def result_prefix(name: str) -> str:
@@ -67,6 +83,7 @@ def result_prefix(name: str) -> str:
     A name too long to have outputs below it gets `_long-names/<digest>/`; its manifest names the input.
     The escaping is one-to-one: two input names never share a folder (`a//b` is `a/%/b/`, `a/%/b` is
     `a/%%/b/`), and no input's folder is `_long-names/...` (an input of that name is `%_long-names/...`).
+    A `_history` segment is `%_history`, so no input's folder is inside another input's history.
     """
     segments = [_escape_segment(segment) for segment in name.split("/")]
     if segments[0] == LONG_NAMES:
@@ -78,7 +95,7 @@ def result_prefix(name: str) -> str:
 
 
 def _escape_segment(segment: str) -> str:
-    if segment in ("", ".", "..") or segment.startswith("%"):
+    if segment in ("", ".", "..", HISTORY) or segment.startswith("%"):
         return f"%{segment}"
     return segment
 
@@ -94,6 +111,8 @@ def output_result_name(result_prefix: str, name: str) -> str:
     """Where the task's output `out/<name>` is published; UnsafeName if it cannot be published as that."""
     if _SEPARATORS.split(name, maxsplit=1)[0] + "/" == LOGS_FOLDER:
         raise UnsafeName(f"'{LOGS_FOLDER}' is the folder batchdrop publishes the task's logs in")
+    if _SEPARATORS.split(name, maxsplit=1)[0] == HISTORY:
+        raise UnsafeName(f"'{HISTORY}/' is the folder batchdrop keeps earlier runs in")
     return _result_name(result_prefix, name)
 
 
@@ -126,6 +145,11 @@ def _result_name(result_prefix: str, relative: str) -> str:
     if not name.startswith(result_prefix) or posixpath.normpath(name) != name or name.endswith("/" + MANIFEST_NAME):
         raise AssertionError(f"{name!r} would not stay a plain name inside {result_prefix!r}")
     return name
+
+
+def history_prefix(result_prefix: str, run: int) -> str:
+    """Where run `run` of an input is kept once a re-run replaces it: `<input's folder>/_history/<run>/`."""
+    return f"{result_prefix}{HISTORY}/{run}/"
 
 
 def staging_container(prefix: str, task: str) -> str:

@@ -296,7 +296,7 @@ def _planned_write(table: TableClient, record: InputRecord) -> tuple[_Write | No
     except ResourceNotFoundError:
         return ("create", entity, {}), None, _delta(None, record)
     stored = input_record(current)
-    if stored.state in FINAL_STATES and record.state not in FINAL_STATES:
+    if stored.state in FINAL_STATES and (record.state not in FINAL_STATES or stored.state is InputState.RERUN):
         return None, stored, {}
     condition = {"etag": current.metadata["etag"], "match_condition": MatchConditions.IfNotModified}
     return ("update", entity, {"mode": UpdateMode.REPLACE, **condition}), None, _delta(stored, record)

@@ -82,6 +82,9 @@ def input_entity(record: InputRecord) -> dict[str, Any]:
         "reason": record.reason,
         "outcome": record.outcome,
         "reactivations": record.reactivations,
+        "run": record.run,
+        "rerun_of": record.rerun_of,
+        "rerun_by": record.rerun_by,
         "updated_at": datetime.now(UTC),
     }
 
@@ -100,6 +103,9 @@ def input_record(entity: Any) -> InputRecord:
         outcome=str(entity.get("outcome", "")),
         updated_at=updated if isinstance(updated, datetime) else None,
         reactivations=int(entity.get("reactivations") or 0),
+        run=int(entity.get("run") or 1),
+        rerun_of=str(entity.get("rerun_of") or ""),
+        rerun_by=str(entity.get("rerun_by") or ""),
     )
 
 

@@ -17,6 +17,7 @@ class InputState(StrEnum):
     COLLECTED = "collected"  # manifest published
     SKIPPED = "skipped"  # no pipeline matches
     REJECTED = "rejected"  # refused, with a reason
+    RERUN = "rerun"  # replaced by a re-run: the row named in `rerun_by` carries the input now (never counted)
 
 
 class JobState(StrEnum):
@@ -56,6 +57,9 @@ class InputRecord:
     outcome: str = ""
     updated_at: datetime | None = None
     reactivations: int = 0  # times collect ran the task again after an infrastructure failure
+    run: int = 1  # 1 for the upload's own task, n + 1 for a re-run of run n
+    rerun_of: str = ""  # a re-run's row: the task id of the row it replaced
+    rerun_by: str = ""  # a replaced row (state rerun): the task id of the re-run that replaced it
 
 
 @dataclass
@@ -88,6 +92,10 @@ class FinalKey(NamedTuple):
             return cls(record.state, record.pipeline, record.outcome)
         if record.state in (InputState.SKIPPED, InputState.REJECTED):
             return cls(record.state, record.pipeline)
+        if record.state is InputState.RERUN:
+            # Not an input of its own (its re-run's row counts it): kept so that status can take the replaced
+            # task out of Batch's counts of its job.
+            return cls(record.state, record.pipeline, record.outcome)
         return None
 
 

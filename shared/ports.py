@@ -23,7 +23,9 @@ from shared.pipelines import PipelineSpec, PoolPlan, PoolSpec
 from shared.pools import PoolReport
 
 # An input in one of these states is done with: LedgerPort.save_input never moves its row out of it again.
-FINAL_STATES = frozenset({InputState.COLLECTED, InputState.SKIPPED, InputState.REJECTED})
+FINAL_STATES = frozenset({InputState.COLLECTED, InputState.SKIPPED, InputState.REJECTED, InputState.RERUN})
+# A row replaced by a re-run keeps that state and its `rerun_by` whoever writes later (a late collector, a second
+# re-run request): the first re-run to mark it wins.
 
 
 class BatchPort(Protocol):
@@ -54,6 +56,10 @@ class BatchPort(Protocol):
 
         False when Batch counts the task as succeeded and refuses (TaskSucceeded).
         """
+
+    def terminate_task(self, job_id: str, task_id: str) -> None:
+        """End an active or running task (it completes with failure code TaskEnded); a completed or missing task,
+        or a closed job, is success."""
 
     def task_counts(self, job_id: str) -> TaskCounts | None:
         """Batch's task counts for the job, None if the job is gone."""
@@ -109,8 +115,9 @@ class LedgerPort(Protocol):
     def get_input(self, task_id: str) -> InputRecord | None: ...
 
     def save_input(self, record: InputRecord) -> InputRecord:
-        """Write the row unless it is in a final state (collected, skipped, rejected) and `record` is not;
-        return the row as stored. A row never moves out of a final state, however writers interleave."""
+        """Write the row unless it is in a final state (collected, skipped, rejected, rerun) and `record` is not,
+        or it is in state rerun (which nothing overwrites); return the row as stored. A row never moves out of a
+        final state, however writers interleave."""
 
     def save_inputs(self, records: Sequence[InputRecord]) -> None:
         """save_input for many rows, in as few requests as the store allows (Table transactions of 100)."""

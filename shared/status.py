@@ -38,6 +38,13 @@ def _ledger_counts(final: Counter[FinalKey]) -> dict[str, int]:
     return counts
 
 
+def _without_replaced(counts: dict[str, int], final: Counter[FinalKey]) -> None:
+    """Take tasks that a re-run replaced out of Batch's counts: each input counts once, under its latest run."""
+    for key, n in final.items():
+        if key.state is InputState.RERUN and key.outcome in ("succeeded", "failed"):
+            counts[key.outcome] = max(0, counts[key.outcome] - n)
+
+
 def status(gw: Gateways) -> dict[str, object]:
     """The status document served by GET api/status: per pipeline, per live job, and totals."""
     ledger_counts = gw.ledger.counts()
@@ -50,6 +57,7 @@ def status(gw: Gateways) -> dict[str, object]:
         if batch_counts is not None:
             counts.update(queued=batch_counts.active, running=batch_counts.running,
                           succeeded=batch_counts.succeeded, failed=batch_counts.failed)  # fmt: skip
+            _without_replaced(counts, ledger_counts.by_job.get(job.job_id, Counter()))
         # else a closed job: Batch may have forgotten it, the ledger has not
         jobs.append({"job_id": job.job_id, "pipeline": job.pipeline, "state": job.state.value, "counts": counts})
         pipeline_counts = per_pipeline.setdefault(job.pipeline, _zero())

@@ -1,4 +1,4 @@
-"""`batchdrop`: run the local stack and use it — up, down, drop, status, results, package, demo.
+"""`batchdrop`: run the local stack and use it — up, down, drop, status, results, logs, rerun, package, demo.
 
 State lives in `.batchdrop/` at the project root: `stack.json` (process ids and identities, URLs and the
 Azurite connection string, readable by the owner only) and the servers' data and logs. Nothing here prints a
@@ -11,7 +11,8 @@ key, a connection string or a SAS token.
 | `lifecycle.py` | `up` (foreground or detached) and `down` |
 | `storage.py` | containers, the apps upload, `drop` |
 | `packages.py` | `package add` and `package list`: application packages in the emulator's store |
-| `status.py`, `results.py`, `demo.py` | those commands |
+| `status.py`, `results.py` (and `logs`), `rerun.py`, `demo.py` | those commands |
+| `tables.py` | tables that fit the terminal: names shortened in the middle (`--wide` prints them whole) |
 | `entry.py` | the argument parser and `main` (the `batchdrop` console script) |
 """
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from azure.core.exceptions import AzureError
 from azure.storage.blob import BlobServiceClient, ContainerClient
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from local import stack as local_stack
 from local.cli.errors import CliError, Interrupted
@@ -103,36 +105,48 @@ class Wait:
 def wait_for_manifests(
     running: local_stack.Stack, info: StackInfo, service: BlobServiceClient, wait: Wait, timeout: float
 ) -> bool:
-    """Poll `results` until every awaited manifest exists, printing progress; False on timeout."""
+    """Poll `results` until every awaited manifest exists, with a progress bar and a line per manifest; False on
+    timeout. The bar is drawn on a terminal only; elsewhere (a pipe, a log) the lines are the progress."""
     container = service.get_container_client(RESULTS)
     started = time.monotonic()
     next_note = started + 15
     total = len(wait.etags)
-    while True:
-        elapsed = time.monotonic() - started
-        try:
-            fresh = wait.check(container)
-        except AzureError as error:
-            print(f"  [{elapsed:4.0f}s] reading results failed ({type(error).__name__}); retrying", flush=True)
-            fresh = []
-        done = len(wait.found) - len(fresh)
-        for result in fresh:
-            done += 1
-            code = f", exit code {result.exit_code}" if result.exit_code != "-" else ""
-            print(f"  [{elapsed:4.0f}s] {done}/{total} {result.input}: {result.status}{code}", flush=True)
-        if not wait.pending:
-            return True
-        dead = first_dead(running)
-        if dead is not None:
-            raise CliError(
-                f"{dead.name} exited with code {dead.process.poll()}; its log ends with:\n{dead.log_tail(30)}"
-            )
-        if elapsed > timeout:
-            return False
-        if time.monotonic() >= next_note:
-            next_note += 15
-            print(f"  [{elapsed:4.0f}s] waiting for {', '.join(wait.pending)}{totals_note(info.host_url)}", flush=True)
-        time.sleep(1.0)
+    columns = (TextColumn("  manifests"), BarColumn(bar_width=30), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[note]}"))  # fmt: skip
+    with Progress(*columns, console=Console(soft_wrap=True), transient=True) as progress:
+        bar = progress.add_task("manifests", total=total, note="")
+
+        def say(text: str) -> None:
+            progress.console.print(text, markup=False, highlight=False, emoji=False)
+
+        while True:
+            elapsed = time.monotonic() - started
+            try:
+                fresh = wait.check(container)
+            except AzureError as error:
+                say(f"  [{elapsed:4.0f}s] reading results failed ({type(error).__name__}); retrying")
+                fresh = []
+            done = len(wait.found) - len(fresh)
+            for result in fresh:
+                done += 1
+                code = f", exit code {result.exit_code}" if result.exit_code != "-" else ""
+                say(f"  [{elapsed:4.0f}s] {done}/{total} {result.input}: {result.status}{code}")
+            progress.update(bar, completed=len(wait.found))
+            if not wait.pending:
+                return True
+            dead = first_dead(running)
+            if dead is not None:
+                raise CliError(
+                    f"{dead.name} exited with code {dead.process.poll()}; its log ends with:\n{dead.log_tail(30)}"
+                )
+            if elapsed > timeout:
+                return False
+            if time.monotonic() >= next_note:
+                next_note += 15
+                note = totals_note(info.host_url)
+                progress.update(bar, note=note.strip(" ()"))
+                say(f"  [{elapsed:4.0f}s] waiting for {', '.join(wait.pending)}{note}")
+            time.sleep(1.0)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

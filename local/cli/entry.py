@@ -11,7 +11,8 @@ from local.cli.demo import DEMO_TIMEOUT_SECONDS, cmd_demo
 from local.cli.errors import CliError
 from local.cli.lifecycle import cmd_down, cmd_up
 from local.cli.packages import cmd_package_add, cmd_package_list
-from local.cli.results import cmd_results
+from local.cli.rerun import cmd_rerun
+from local.cli.results import cmd_logs, cmd_results
 from local.cli.state import DEFAULT_PIPELINES, SAMPLES_DIR
 from local.cli.status import FUNCTION_KEY_SETTING, cmd_status
 from local.cli.storage import cmd_drop
@@ -42,7 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     drop.set_defaults(handler=cmd_drop)
 
     status = commands.add_parser("status", help="jobs, task counts, rejected inputs and poison messages")
-    status.add_argument("--watch", action="store_true", help="refresh until Ctrl-C")
+    status.add_argument("--watch", action="store_true", help="progress bars per job, refreshed until Ctrl-C")
+    status.add_argument("--until-idle", action="store_true",
+                        help="with --watch: stop when nothing is queued or running and every manifest is out")
+    status.add_argument("--json", action="store_true", help="print the status API's JSON document")
+    status.add_argument("--wide", action="store_true", help="print names whole instead of fitting the terminal")
     status.add_argument("--interval", type=float, default=2.0, metavar="SECONDS", help="refresh interval for --watch")
     status.add_argument("--url", help="a Functions host to ask instead of the local one (key from "
                         f"{FUNCTION_KEY_SETTING})")  # fmt: skip
@@ -50,7 +55,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     results = commands.add_parser("results", help="list published results (those with a _manifest.json)")
     results.add_argument("--download", metavar="DIR", help="also copy every result's files into DIR")
+    results.add_argument("--json", action="store_true", help="print the manifests as JSON")
+    results.add_argument("--wide", action="store_true", help="print names whole instead of fitting the terminal")
     results.set_defaults(handler=cmd_results)
+
+    logs = commands.add_parser("logs", help="print a result's stdout and stderr")
+    logs.add_argument("name", metavar="NAME", help="the input's name in the input container")
+    logs.add_argument("--run", type=int, metavar="N", help="an earlier run, kept under _history/ by a re-run")
+    logs.set_defaults(handler=cmd_logs)
+
+    rerun = commands.add_parser("rerun", help="run inputs again (their current version) as new tasks")
+    rerun.add_argument("names", nargs="*", metavar="NAME", help="inputs to run again")
+    rerun.add_argument("--failed", action="store_true", help="every input whose manifest says failed")
+    rerun.add_argument("--all", action="store_true", help="with --pipeline: every input the pipeline takes")
+    rerun.add_argument("--pipeline", metavar="P", help="only inputs of this pipeline (--failed), or all of it (--all)")
+    rerun.add_argument("--since", metavar="TIME", help="with --failed: failures collected since TIME (ISO, or 2h ago)")
+    rerun.add_argument("--force", action="store_true", help="also inputs queued or running: terminate that task first")
+    rerun.add_argument("--id", metavar="ID", help="the request's id (default: a new one); the same id never runs "
+                       "an input twice, so a request can be retried with it")  # fmt: skip
+    rerun.add_argument("--json", action="store_true", help="print the app's answer as JSON")
+    rerun.add_argument("--wide", action="store_true", help="print names whole instead of fitting the terminal")
+    rerun.add_argument("--url", help=f"a Functions host instead of the local one (key from {FUNCTION_KEY_SETTING})")
+    rerun.set_defaults(handler=cmd_rerun)
 
     package = commands.add_parser("package", help="application packages in the local Batch account (add, list)")
     package_commands = package.add_subparsers(dest="package_command", required=True, metavar="SUBCOMMAND")

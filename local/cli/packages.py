@@ -14,7 +14,7 @@ from pathlib import Path
 from local.batch.packages import PackageError, PackageStore
 from local.cli.errors import CliError
 from local.cli.state import StackInfo, require_stack, shown
-from local.cli.tables import table
+from local.cli.tables import table, terminal_width
 
 
 def stack_packages(info: StackInfo) -> PackageStore:
@@ -70,5 +70,6 @@ def cmd_package_list(args: argparse.Namespace) -> int:
             f"no application packages in {shown(store.root)}; add one with `batchdrop package add ID VERSION FILE.zip`"
         )
         return 0
-    print("\n".join(table(["APPLICATION", "VERSION", "DEFAULT", "FORMAT", "BYTES"], rows, numeric=[4])))
+    headers = ["APPLICATION", "VERSION", "DEFAULT", "FORMAT", "BYTES"]
+    print("\n".join(table(headers, rows, numeric=[4], width=terminal_width())))
     return 0

@@ -16,7 +16,8 @@ from azure.storage.blob import BlobServiceClient, ContainerClient
 from local.cli.errors import CliError, first_line
 from local.cli.state import require_stack
 from local.cli.storage import RESULTS, blob_service
-from local.cli.tables import table
+from local.cli.tables import table, terminal_width
+from shared.ids import HISTORY, history_prefix, result_prefix
 
 MANIFEST = "_manifest.json"
 
@@ -72,11 +73,18 @@ def read_manifest(container: ContainerClient, name: str) -> dict[str, Any] | Non
     return document if isinstance(document, dict) else None
 
 
+def is_current_manifest(blob_name: str) -> bool:
+    """A result's manifest, not one of an earlier run kept under `_history/` (no input's folder has a `_history`
+    segment: shared.ids.result_prefix escapes it)."""
+    segments = blob_name.split("/")
+    return segments[-1] == MANIFEST and HISTORY not in segments[:-1]
+
+
 def list_results(service: BlobServiceClient) -> list[Result]:
     container = service.get_container_client(RESULTS)
     found: list[Result] = []
     try:
-        names = [blob.name for blob in container.list_blobs() if blob.name.rsplit("/", 1)[-1] == MANIFEST]
+        names = [blob.name for blob in container.list_blobs() if is_current_manifest(blob.name)]
     except ResourceNotFoundError:
         return []
     for name in names:
@@ -86,7 +94,9 @@ def list_results(service: BlobServiceClient) -> list[Result]:
     return sorted(found, key=lambda result: result.input)
 
 
-def render_results(results: Sequence[Result], expected: Mapping[str, str] | None = None) -> list[str]:
+def render_results(
+    results: Sequence[Result], expected: Mapping[str, str] | None = None, width: int | None = None
+) -> list[str]:
     headers = ["INPUT", "STATUS", "EXIT", "OUTPUTS"]
     rows: list[list[object]] = []
     for result in results:
@@ -97,7 +107,7 @@ def render_results(results: Sequence[Result], expected: Mapping[str, str] | None
         rows.append(row)
     if expected is not None:
         headers.append("CHECK")
-    return table(headers, rows, numeric=(2,))
+    return table(headers, rows, numeric=(2,), width=width)
 
 
 def download_results(service: BlobServiceClient, results: Sequence[Result], target: Path) -> int:
@@ -131,13 +141,51 @@ def cmd_results(args: argparse.Namespace) -> int:
     service = blob_service(require_stack())
     try:
         results = list_results(service)
-        if not results:
+        if args.json:
+            print(json.dumps([{"manifest": result.manifest_name, **result.manifest} for result in results], indent=2))
+        elif not results:
             print("no results yet (a result exists once its _manifest.json does).")
             return 0
-        print("\n".join(render_results(results)))
+        else:
+            print("\n".join(render_results(results, width=None if args.wide else terminal_width())))
         if args.download:
             count = download_results(service, results, Path(args.download))
-            print(f"downloaded {count} files of {len(results)} results into {args.download}")
+            note = f"downloaded {count} files of {len(results)} results into {args.download}"
+            print(note, file=sys.stderr if args.json else sys.stdout)  # stdout stays JSON only
     except AzureError as error:
         raise CliError(f"reading {RESULTS} failed: {type(error).__name__}: {first_line(error)}") from None
+    return 0
+
+
+def result_logs(container: ContainerClient, name: str, run: int | None = None) -> list[tuple[str, str, str]]:
+    """(stream, blob name, text) of the result's stdout and stderr: the current run's, or run `run` from history."""
+    prefix = result_prefix(name)
+    manifest_name = (history_prefix(prefix, run) if run is not None else prefix) + MANIFEST
+    manifest = read_manifest(container, manifest_name)
+    if manifest is None:
+        which = f"run {run} of {name!r} is not in its history" if run is not None else f"no result for {name!r} yet"
+        raise CliError(f"{which} (no {manifest_name})")
+    logs: list[tuple[str, str, str]] = []
+    for stream in ("stdout", "stderr"):
+        blob = manifest.get(stream)
+        if not isinstance(blob, str):
+            logs.append((stream, "", "(the task left no log)"))
+            continue
+        try:
+            text = container.download_blob(blob).readall().decode("utf-8", errors="replace")
+        except ResourceNotFoundError:
+            text = "(listed in the manifest but missing)"
+        logs.append((stream, blob, text))
+    return logs
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    container = blob_service(require_stack()).get_container_client(RESULTS)
+    try:
+        logs = result_logs(container, args.name, args.run)
+    except AzureError as error:
+        raise CliError(f"reading {RESULTS} failed: {type(error).__name__}: {first_line(error)}") from None
+    for stream, blob, text in logs:
+        print(f"==> {stream} ({blob or 'none'}) <==")
+        print(text, end="" if text.endswith("\n") or not text else "\n")
     return 0

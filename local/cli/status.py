@@ -5,17 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
 from local.cli.errors import CliError
 from local.cli.state import require_stack
-from local.cli.tables import table
+from local.cli.tables import fit_line, shorten_middle, table, terminal_width
 
 FUNCTION_KEY_SETTING = "BATCHDROP_FUNCTION_KEY"
 COUNT_COLUMNS = ("queued", "running", "succeeded", "failed", "collected")
@@ -44,11 +45,12 @@ def fetch_status(host_url: str, timeout: float = 15.0) -> dict[str, Any]:
     return document
 
 
-def render_status(document: Mapping[str, Any], limit: int = 10) -> list[str]:
+def render_status(document: Mapping[str, Any], limit: int = 10, width: int | None = None) -> list[str]:
+    """The status document as lines; with `width`, every line fits in it (names shortened in the middle)."""
     lines: list[str] = []
     pipelines = document.get("pipelines") or []
     described = [f"{p.get('name')} (prefix {p.get('prefix', '')!r}, glob {p.get('glob', '*')!r})" for p in pipelines]
-    lines.append("pipelines: " + (", ".join(described) or "none"))
+    lines.append(fit_line("pipelines: " + (", ".join(described) or "none"), width))
     jobs = document.get("jobs") or []
     totals = document.get("totals") or {}
     rows: list[list[object]] = []
@@ -58,14 +60,17 @@ def render_status(document: Mapping[str, Any], limit: int = 10) -> list[str]:
                      *(counts.get(key, 0) for key in COUNT_COLUMNS)])  # fmt: skip
     rows.append(["TOTAL", "", "", *(totals.get(key, 0) for key in COUNT_COLUMNS)])
     numeric = range(3, 3 + len(COUNT_COLUMNS))
-    lines += table(["JOB", "PIPELINE", "STATE", *(c.upper() for c in COUNT_COLUMNS)], rows, numeric)
+    lines += table(["JOB", "PIPELINE", "STATE", *(c.upper() for c in COUNT_COLUMNS)], rows, numeric, width)
     poison = document.get("poison") or {}
     poison_text = ", ".join(f"{queue} {count}" for queue, count in poison.items()) or "0"
     lines.append(f"rejected {totals.get('rejected', 0)}, skipped {totals.get('skipped', 0)}, poison: {poison_text}")
     rejected = sorted(document.get("rejected") or [], key=lambda r: str(r.get("at", "")), reverse=True)
     if rejected:
         lines.append("rejected (newest first):")
-        lines += [f"  {r.get('input', '?')}: {r.get('reason', '')} ({r.get('at', '')})" for r in rejected[:limit]]
+        lines += [
+            fit_line(f"  {r.get('input', '?')}: {r.get('reason', '')} ({r.get('at', '')})", width)
+            for r in rejected[:limit]
+        ]
         if len(rejected) > limit:
             lines.append(f"  ... and {len(rejected) - limit} more")
     return lines
@@ -80,20 +85,69 @@ def totals_note(host_url: str) -> str:
     return " (" + ", ".join(f"{key} {totals.get(key, 0)}" for key in COUNT_COLUMNS) + ")"
 
 
+def is_idle(document: Mapping[str, Any]) -> bool:
+    """Nothing queued or running, and a manifest for every task that finished."""
+    totals = document.get("totals") or {}
+    finished = int(totals.get("succeeded", 0)) + int(totals.get("failed", 0))
+    return not totals.get("queued") and not totals.get("running") and int(totals.get("collected", 0)) >= finished
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     host_url = args.url.rstrip("/") if args.url else require_stack().host_url
-    if not args.watch:
-        print("\n".join(render_status(fetch_status(host_url))))
+    if args.watch:
+        return watch_status(host_url, args.interval, args.until_idle, None if args.wide else terminal_width())
+    if args.until_idle:
+        raise CliError("--until-idle goes with --watch")
+    document = fetch_status(host_url)
+    if args.json:
+        print(json.dumps(document, indent=2, default=str))
         return 0
-    clear = "\033[H\033[2J" if sys.stdout.isatty() else ""
-    try:
+    print("\n".join(render_status(document, width=None if args.wide else terminal_width())))
+    return 0
+
+
+def watch_status(host_url: str, interval: float, until_idle: bool, width: int | None) -> int:
+    """Progress bars per job (tasks finished of tasks) and the manifests published, refreshed every `interval` s;
+    with `until_idle`, return once nothing is queued or running and every finished task has its manifest."""
+    console = Console(width=width) if width is not None else Console()
+    name_width = max(16, min(48, (console.width or 80) // 3))
+    columns = (TextColumn("{task.description}"), BarColumn(bar_width=24), MofNCompleteColumn(),
+               TextColumn("{task.fields[detail]}"))  # fmt: skip
+    with Progress(*columns, console=console, auto_refresh=False, redirect_stdout=False) as progress:
+        manifests = progress.add_task("manifests".ljust(name_width), total=None, detail="waiting for the status API")
+        bars: dict[str, TaskID] = {}
         while True:
             try:
-                text = "\n".join(render_status(fetch_status(host_url)))
+                document = fetch_status(host_url)
             except CliError as error:
-                text = f"(status unavailable: {error})"
-            stamp = datetime.now().astimezone().strftime("%H:%M:%S")
-            print(f"{clear}{stamp}  every {args.interval:g} s, Ctrl-C to stop\n{text}\n", flush=True)
-            time.sleep(args.interval)
-    except KeyboardInterrupt:
-        return 0
+                progress.update(manifests, detail=f"status unavailable: {error}")
+                document = None
+            if document is not None:
+                _update_bars(progress, bars, manifests, document, name_width)
+                if until_idle and is_idle(document):
+                    progress.refresh()
+                    return 0
+            progress.refresh()
+            time.sleep(interval)
+
+
+def _update_bars(
+    progress: Progress, bars: dict[str, TaskID], manifests: TaskID, document: Mapping[str, Any], name_width: int
+) -> None:
+    for job in document.get("jobs") or []:
+        counts = job.get("counts") or {}
+        job_id = str(job.get("job_id", "?"))
+        done = int(counts.get("succeeded", 0)) + int(counts.get("failed", 0))
+        total = done + int(counts.get("queued", 0)) + int(counts.get("running", 0))
+        if job_id not in bars:
+            label = shorten_middle(job_id, name_width).ljust(name_width)
+            bars[job_id] = progress.add_task(label, total=total, detail="")
+        detail = (f"{counts.get('queued', 0)} queued, {counts.get('running', 0)} running, "
+                  f"{counts.get('failed', 0)} failed, {job.get('state', '?')}")  # fmt: skip
+        progress.update(bars[job_id], total=max(total, 1), completed=done, detail=detail)
+    totals = document.get("totals") or {}
+    finished = int(totals.get("succeeded", 0)) + int(totals.get("failed", 0))
+    tasks = finished + int(totals.get("queued", 0)) + int(totals.get("running", 0))
+    collected = int(totals.get("collected", 0))
+    detail = f"{collected} published, {totals.get('rejected', 0)} rejected, {totals.get('skipped', 0)} skipped"
+    progress.update(manifests, total=max(tasks, collected, 1), completed=collected, detail=detail)

@@ -103,6 +103,19 @@ def test_an_existing_task_is_success_one_by_one_and_in_bulk(subject: Subject, jo
     assert subject.task_ids(job) == {"t-1", "t-2", "t-3"}
 
 
+def test_terminating_a_task_completes_it_as_ended_and_a_repeat_is_success(subject: Subject, job: str) -> None:
+    # The job's pool has no nodes: the task stays active until terminated.
+    subject.batch.add_task(job, spec("t-1"))
+    subject.batch.terminate_task(job, "t-1")
+    result = subject.batch.get_task(job, "t-1")
+    assert result is not None and result.completed, result
+    assert result.failure is not None and result.failure.get("code") == "TaskEnded", result
+    subject.batch.terminate_task(job, "t-1")  # TaskCompleted: already the end state wanted
+    subject.batch.terminate_task(job, "no-such-task")
+    subject.complete_job(job)
+    subject.batch.terminate_task(job, "t-1")
+
+
 @pytest.mark.parametrize("bulk", [False, True], ids=["one", "bulk"])
 def test_a_completed_job_is_job_closed(subject: Subject, job: str, bulk: bool) -> None:
     subject.complete_job(job)

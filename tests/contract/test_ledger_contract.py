@@ -100,6 +100,21 @@ def test_counters_count_each_final_input_once(ledger: LedgerPort) -> None:
     assert counts.deleted_jobs == 0 and counts.deleted == Counter()
 
 
+def test_a_row_replaced_by_a_rerun_keeps_its_first_rerun_by_and_leaves_the_counts(ledger: LedgerPort) -> None:
+    ledger.claim_input(row(InputState.COLLECTED, outcome="failed"))
+    ledger.save_input(row(InputState.RERUN, outcome="failed", rerun_by="t-r-1"))
+    late = ledger.save_input(row(InputState.RERUN, outcome="failed", rerun_by="t-r-2"))  # a second re-run request
+    assert (late.state, late.rerun_by) == (InputState.RERUN, "t-r-1")
+    assert ledger.save_input(row(InputState.COLLECTED, outcome="failed")).state is InputState.RERUN  # a late collector
+    ledger.claim_input(row(InputState.CLAIMED, "t-r-1", "job-2", run=2, rerun_of="t-1"))
+    ledger.save_input(row(InputState.COLLECTED, "t-r-1", "job-2", outcome="succeeded", run=2, rerun_of="t-1"))
+    rerun = ledger.get_input("t-r-1")
+    assert rerun is not None and (rerun.run, rerun.rerun_of) == (2, "t-1")
+    counts = ledger.counts().by_job
+    assert counts["job-2"] == Counter({collected("succeeded"): 1})
+    assert +counts.get("job-1", Counter()) == Counter({FinalKey(InputState.RERUN, "report", "failed"): 1})
+
+
 def test_jobs_claim_save_and_retire(ledger: LedgerPort) -> None:
     job = JobRecord("job-1", "report", WINDOW_END, recent_task_ids=["t-1"])
     assert ledger.claim_job(job) == (job, True)

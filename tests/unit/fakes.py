@@ -231,6 +231,15 @@ class FakeBatch:
             retries=0,
         )
 
+    def terminate_task(self, job_id: str, task_id: str) -> None:
+        self._request("Task_Terminate")
+        job = self.jobs.get(job_id)
+        task = job.tasks.get(task_id) if job is not None and job.state == "active" else None
+        if task is None or task.state == "completed":
+            return  # Batch: JobNotFound, JobCompleted, TaskNotFound or TaskCompleted, all the end state wanted
+        task.state, task.exit_code, task.transition = "completed", None, self.clock()
+        task.failure = {"category": "usererror", "code": "TaskEnded", "message": "terminated (fake)", "details": {}}
+
     def task_counts(self, job_id: str) -> TaskCounts | None:
         self._request("Job_GetTaskCounts")
         job = self.jobs.get(job_id)
@@ -405,7 +414,8 @@ class FakeLedger:
 
     def _write_input(self, record: InputRecord) -> InputRecord:
         stored = self.input_rows.get(record.task_id)
-        if stored is not None and stored.state in FINAL_STATES and record.state not in FINAL_STATES:
+        keeps = stored is not None and stored.state in FINAL_STATES
+        if stored is not None and keeps and (record.state not in FINAL_STATES or stored.state is InputState.RERUN):
             return replace(stored)
         self.input_rows[record.task_id] = replace(record)
         return replace(record)
