@@ -31,7 +31,8 @@ def _browser_binaries() -> tuple[str, str]:
     driver = shutil.which("chromedriver")
     missing = [name for name, found in (("chromium", chromium), ("chromium-driver", driver)) if not found]
     if missing:
-        message = f"{' and '.join(missing)} not installed: run `make tools` as root, or apt-get install {' '.join(missing)}"
+        named = " ".join(missing)
+        message = f"{named} not installed: run `make tools` as root (apt-get install {named})"
         if os.geteuid() == 0:
             pytest.fail(message)  # CI is root: `make tools` should have installed them
         pytest.skip(message)

@@ -208,7 +208,8 @@ def test_recent_lists_each_creation_and_each_move_to_a_final_state_newest_first_
     events = first + rest
     assert [entry.key for entry in events] == sorted(entry.key for entry in events)  # newest first: inverted time
     assert sorted((e.task_id, e.state, e.outcome) for e in events) == [
-        ("t-1", "claimed", ""), ("t-1", "collected", "failed"), ("t-2", "claimed", ""), ("t-2", "collected", "succeeded"),
+        ("t-1", "claimed", ""), ("t-1", "collected", "failed"),
+        ("t-2", "claimed", ""), ("t-2", "collected", "succeeded"),
     ]  # fmt: skip
     assert all(e.name == f"{e.task_id}.txt" and e.job_id == "job-1" and e.pipeline == "report" for e in events)
     collected_first = {e.task_id: i for i, e in reversed(list(enumerate(events)))}
