@@ -1,6 +1,6 @@
 "use strict";
 // batchdrop's status page: reads api/status and api/recent and renders them with text nodes only.
-// Never innerHTML: every name, reason and log line comes from outside and is shown as text.
+// Only text nodes, never markup from strings: every name, reason and log line comes from outside.
 (function () {
   const REFRESH_MS = 2000;
   const key = new URLSearchParams(window.location.search).get("code");

@@ -390,6 +390,7 @@ class FakeLedger:
         self.job_rows: dict[str, JobRecord] = {}
         self.rejection_rows: list[dict[str, str]] = []
         self.recent_rows: list[RecentEntry] = []
+        self._recent_ms = 0
         self.retired: dict[str, Counter[FinalKey]] = {}
         self.unavailable = False
         self.transactions = 0
@@ -412,7 +413,7 @@ class FakeLedger:
         self.input_rows[record.task_id] = replace(record)
         before = (stored.job_id, FinalKey.of(stored)) if stored is not None else None
         if record.state in FINAL_STATES and before != (record.job_id, FinalKey.of(record)):
-            self.recent_rows.append(recent_entry_of(record, datetime.now(UTC)))
+            self.recent_rows.append(recent_entry_of(record, self._recent_at()))
         return replace(record)
 
     def claim_input(self, record: InputRecord) -> tuple[InputRecord, bool]:
@@ -420,8 +421,13 @@ class FakeLedger:
         if record.task_id in self.input_rows:
             return replace(self.input_rows[record.task_id]), False
         self.input_rows[record.task_id] = replace(record)
-        self.recent_rows.append(recent_entry_of(record, datetime.now(UTC)))
+        self.recent_rows.append(recent_entry_of(record, self._recent_at()))
         return replace(record), True
+
+    def _recent_at(self) -> datetime:
+        # Milliseconds that always advance (the index's resolution), so "newest first" is exact in unit tests.
+        self._recent_ms = max(self._recent_ms + 1, int(datetime.now(UTC).timestamp() * 1000))
+        return datetime.fromtimestamp(self._recent_ms / 1000, UTC)
 
     def recent(self, limit: int, after: str | None = None) -> tuple[list[RecentEntry], str | None]:
         self._check()
