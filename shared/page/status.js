@@ -2,8 +2,9 @@
 // batchdrop's status page: reads api/status and api/recent and renders them with text nodes only.
 // Only text nodes, never markup from strings: every name, reason and log line comes from outside.
 (function () {
-  const REFRESH_MS = 2000;
-  const key = new URLSearchParams(window.location.search).get("code");
+  const address = new URLSearchParams(window.location.search);
+  const REFRESH_MS = Math.max(500, Number(address.get("refresh")) || 2000);  // ?refresh=MS, 0.5 s at least
+  const key = address.get("code");
   const headers = key ? { "x-functions-key": key } : {};
   const state = { cursors: [null], prefix: "", state: "", timer: null, generation: 0 };
 

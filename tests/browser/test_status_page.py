@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,7 @@ return [...document.querySelectorAll('#recent tr.input')].map(row => ({
 
 def open_page(driver: Any, stack: PageStack) -> None:
     """Load the page once (with a function key in its address, as on Azure) and mark the document."""
-    driver.get(f"{stack.page_url}?code={KEY}")
+    driver.get(f"{stack.page_url}?code={KEY}&refresh=500")
     wait_until(lambda: int(driver.execute_script("return Number(document.body.dataset.refreshes || 0)")) >= 1,
                30, interval=0.2, what="the page's first refresh")  # fmt: skip
     # A reload would make a new document without this mark: the tests check it is still there at the end.
@@ -131,3 +133,27 @@ def test_a_screenshot_of_the_demo_data(browser: Any, page_stack: PageStack, tmp_
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if os.environ.get("BATCHDROP_UPDATE_SCREENSHOT") == "1":
         shutil.copyfile(picture, SCREENSHOT)
+
+
+STATUS_OPERATIONS = ("Job_GetTaskCounts", "Pool_Get", "Account_ListPoolNodeCounts")
+
+
+def test_one_page_view_asks_batch_per_active_job_and_pool_only(browser: Any, page_stack: PageStack) -> None:
+    """What the page's refresh asks of Batch, counted by the emulator (the host's poll timer runs meanwhile, so
+    the operations that only the status call makes are counted): the listing asks nothing."""
+    browser.get("about:blank")  # an open page refreshes on its own: this test makes the page's requests itself
+    emulator = page_stack.stack.emulator
+    base = page_stack.page_url.rsplit("/", 1)[0]
+
+    def asked() -> dict[str, int]:
+        requests = emulator.stats()["requests"]
+        assert isinstance(requests, dict)
+        return {operation: int(requests.get(operation, 0)) for operation in STATUS_OPERATIONS}
+
+    emulator.reset_stats()
+    urllib.request.urlopen(f"{base}/recent?limit=50", timeout=30).read()
+    assert sum(asked().values()) == 0
+    status = json.loads(urllib.request.urlopen(f"{base}/status", timeout=30).read())
+    active = sum(1 for job in status["jobs"] if job["state"] == "active")
+    pools = len(status["pools"])
+    assert asked() == {"Job_GetTaskCounts": active, "Pool_Get": pools, "Account_ListPoolNodeCounts": int(pools > 0)}
