@@ -95,18 +95,20 @@
       : "";
     const health = [];
     for (const [queue, count] of Object.entries(status.poison || {})) health.push([`poison messages (${queue})`, count]);
-    const dead = status.event_dead_letters;  // added by the local Event Grid work; absent on older apps
-    if (dead !== undefined && dead !== null) {
-      if (typeof dead === "object") {
-        for (const [name, value] of Object.entries(dead)) {
-          if (typeof value !== "object") health.push([`event dead letters: ${name}`, value]);
-        }
-      } else health.push(["event dead letters", dead]);
+    // Event Grid's dead letters: {blobs, capped, by_subscription} where the app reports them; absent elsewhere.
+    const dead = status.event_dead_letters;
+    if (dead && typeof dead === "object" && dead.blobs !== undefined) {
+      health.push(["event dead letters", `${dead.blobs}${dead.capped ? "+" : ""}`]);
+      for (const [subscription, n] of Object.entries(dead.by_subscription || {})) {
+        health.push([`dead letters of ${subscription || "?"}`, n]);
+      }
+    } else if (typeof dead === "number") {
+      health.push(["event dead letters", dead]);
     }
     const totals = status.totals || {};
     health.push(["rejected inputs", totals.rejected || 0], ["skipped inputs", totals.skipped || 0]);
     document.getElementById("health").replaceChildren(...health.flatMap(([term, value]) =>
-      [el("dt", {}, term), el("dd", { className: Number(value) ? "bad" : "" }, value)]));
+      [el("dt", {}, term), el("dd", { className: parseInt(value, 10) ? "bad" : "" }, value)]));
     fill("pools", (status.pools || []).map((pool) => {
       const nodes = Object.entries(pool.nodes || {}).map(([name, n]) => `${name} ${n}`).join(", ");
       const drift = (pool.drift || []).map((d) => `${d.field}: ${d.actual} → ${d.wanted} (${d.action})`).join("; ");
