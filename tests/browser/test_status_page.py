@@ -92,6 +92,12 @@ def test_hostile_names_are_shown_as_text_and_run_nothing(browser: Any, page_stac
         assert row["shown"] == name and row["visible"] == name  # as text, and visible as such
     assert browser.execute_script("return typeof window.__pwned") == "undefined", "a hostile name ran as script"
     assert browser.execute_script("return document.querySelectorAll('main img, main script').length") == 0
+    # The second line of defence: markup that did get in runs no inline handler under the page's policy.
+    browser.execute_script("document.getElementById('updated').insertAdjacentHTML('beforeend', arguments[0])",
+                           "<img src=x onerror=\"window.__pwned=3\">")  # fmt: skip
+    wait_until(lambda: browser.execute_script("return document.querySelector('#updated img').complete"), 10,
+               interval=0.1, what="the injected image to fail loading")  # fmt: skip
+    assert browser.execute_script("return typeof window.__pwned") == "undefined", "the CSP let an inline handler run"
     assert same_document(browser)
 
 
