@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,19 @@ def test_a_failed_file_shows_its_reason_and_the_end_of_its_stderr(browser: Any, 
     assert row["exit"] == "3"
     assert "starts with the line '#fail', so this task fails on purpose" in row["detail"]  # the stderr tail
     assert "_logs/stderr.txt" in row["outputs"]
+    # Its stderr link goes through the app (api/results/…), which answers with a short read-only link to the blob.
+    link = browser.execute_script("""const a = [...document.querySelectorAll('#recent tr.input')]
+        .find(r => r.dataset.name === 'broken.txt').querySelector('a.result[title$="_logs/stderr.txt"]');
+        return {href: a.getAttribute('href'), path: a.title}""")
+    assert link == {"href": "#", "path": "broken.txt/_logs/stderr.txt"}  # the URL is made at click time
+    base = page_stack.page_url.rsplit("/", 1)[0]
+    with pytest.raises(urllib.error.HTTPError) as redirect:
+        urllib.request.build_opener(NoRedirect).open(f"{base}/results/{link['path']}", timeout=30)
+    assert redirect.value.code == 302
+    target = redirect.value.headers["Location"]
+    assert "sig=" in target and target.split("?")[0].endswith("/results/broken.txt/_logs/stderr.txt")
+    assert b"fails on purpose" in urllib.request.urlopen(target, timeout=30).read()
+    assert "sig=" not in browser.page_source
     assert same_document(browser)
 
 
@@ -139,6 +153,11 @@ def test_a_screenshot_of_the_demo_data(browser: Any, page_stack: PageStack, tmp_
     assert picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if os.environ.get("BATCHDROP_UPDATE_SCREENSHOT") == "1":
         shutil.copyfile(picture, SCREENSHOT)
+
+
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
 
 
 STATUS_OPERATIONS = ("Job_GetTaskCounts", "Pool_Get", "Account_ListPoolNodeCounts")
