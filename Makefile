@@ -11,15 +11,21 @@ FILES ?=
 
 install: $(VENV)/.installed node_modules/.installed tools
 
-# shellcheck (Debian) for the deploy hooks' tests. apt-get only where it is missing and we are root (CI);
-# elsewhere say what to install, since the hook tests fail without it rather than skip.
+# Debian packages the tests need: shellcheck (the deploy hooks' tests) and chromium + chromium-driver (the status
+# page's browser tests, tests/browser). apt-get only where one is missing and we are root (CI); elsewhere say what
+# to install (the hook tests fail without shellcheck; the browser tests skip, naming what is missing).
 tools:
-	@command -v shellcheck >/dev/null 2>&1 || { \
+	@missing=""; \
+	command -v shellcheck >/dev/null 2>&1 || missing="$$missing shellcheck"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null 2>&1 || missing="$$missing chromium-driver"; \
+	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck >/dev/null; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	  else \
-	    echo "shellcheck is missing: install it (apt-get install shellcheck / brew install shellcheck)" >&2; \
-	  fi; }
+	    echo "missing Debian packages:$$missing (apt-get install$$missing)" >&2; \
+	  fi; \
+	fi
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)

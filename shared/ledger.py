@@ -6,6 +6,7 @@ The layout (partitions, row keys, entities) is in shared/ledger_rows.py.
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 import time
 from collections import Counter, defaultdict
@@ -42,6 +43,9 @@ from shared.ledger_rows import (
 )
 from shared.models import FinalKey, InputRecord, InputState, JobRecord, JobState, LedgerCounts
 from shared.ports import FINAL_STATES
+from shared.recent import RECENT, RecentEntry, recent_entity, recent_entry
+
+logger = logging.getLogger(__name__)
 
 TRANSACTION_SIZE = 100  # Table storage's limit per entity group transaction
 # Input rows per transaction in a bulk save: each may bring its job's counter row along, and 50 + 50 <= 100.
@@ -97,6 +101,7 @@ class TableLedger:
         for attempt in range(SAVE_ATTEMPTS):
             try:
                 _submit(table, partition, [("create", input_entity(record), {})], _delta(None, record))
+                _note_recent(table, [record])
                 return replace(record), True
             except _Conflict:
                 existing = _read_input(table, record.task_id)
@@ -128,6 +133,8 @@ class TableLedger:
                 return stored
             try:
                 _submit(table, input_partition(record.task_id), [write], deltas)
+                if _became_final(record, deltas):
+                    _note_recent(table, [record])
                 return replace(record)
             except _Conflict:
                 _backoff(attempt)
@@ -151,16 +158,20 @@ class TableLedger:
         for attempt in range(SAVE_ATTEMPTS):
             writes: list[_Write] = []
             deltas: _Deltas = defaultdict(Counter)
+            finished: list[InputRecord] = []
             for record in chunk:
                 write, _, delta = _planned_write(table, record)
                 if write is not None:
                     writes.append(write)
                     for job_id, change in delta.items():
                         deltas[job_id].update(change)
+                    if _became_final(record, delta):
+                        finished.append(record)
             if not writes:
                 return
             try:
                 _submit(table, partition, writes, deltas)
+                _note_recent(table, finished)
                 return
             except _Conflict:
                 _backoff(attempt)  # nothing of the transaction was written; one of its rows changed after we read it
@@ -224,6 +235,23 @@ class TableLedger:
         # A deleted job's row is moved out of this partition; the filter also hides rows of the older layout.
         query += f" and state eq '{JobState.ACTIVE.value}'" if active_only else f" and state ne '{JobState.DELETED}'"
         return self._guarded("list jobs", lambda table: [job_record(e) for e in table.query_entities(query)])
+
+    # the recent-inputs index (shared/recent.py)
+    def recent(self, limit: int, after: str | None = None) -> tuple[list[RecentEntry], str | None]:
+        """Up to `limit` index rows, newest first, older than the cursor `after`; one range read."""
+
+        def read(table: TableClient) -> tuple[list[RecentEntry], str | None]:
+            query = f"PartitionKey eq '{RECENT}'"
+            if after:
+                query += f" and RowKey gt '{quote(after)}'"
+            found: list[RecentEntry] = []
+            for entity in table.query_entities(query, results_per_page=limit):
+                found.append(recent_entry(entity))
+                if len(found) >= limit:
+                    break
+            return found, (found[-1].key if len(found) >= limit else None)
+
+        return self._guarded("list recent inputs", read)
 
     # rejections
     def record_rejection(self, subject: str, reason: str) -> None:
@@ -300,6 +328,30 @@ def _planned_write(table: TableClient, record: InputRecord) -> tuple[_Write | No
         return None, stored, {}
     condition = {"etag": current.metadata["etag"], "match_condition": MatchConditions.IfNotModified}
     return ("update", entity, {"mode": UpdateMode.REPLACE, **condition}), None, _delta(stored, record)
+
+
+def _became_final(record: InputRecord, deltas: _Deltas) -> bool:
+    """Whether a write of `record` with these counter changes moved it into (or between) final states."""
+    return record.state in FINAL_STATES and any(any(change.values()) for change in deltas.values())
+
+
+def _note_recent(table: TableClient, records: Sequence[InputRecord]) -> None:
+    """Add the records' events to the recent-inputs index: one request per 100 records.
+
+    The index is a view for the status page, written after the input's own transaction: if this write fails
+    the input is still recorded (and counted) correctly, so the failure is logged, not raised into a retry.
+    """
+    now = datetime.now(UTC)
+    entities = [recent_entity(record, now) for record in records]
+    try:
+        for start in range(0, len(entities), TRANSACTION_SIZE):
+            chunk = entities[start : start + TRANSACTION_SIZE]
+            if len(chunk) == 1:
+                table.upsert_entity(chunk[0])
+            else:
+                table.submit_transaction([("upsert", entity) for entity in chunk])
+    except AzureError as error:
+        logger.warning("recent-inputs index: %d event(s) not written: %s", len(entities), type(error).__name__)
 
 
 def _counter_writes(table: TableClient, partition: str, deltas: _Deltas) -> list[_Write]:

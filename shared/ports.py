@@ -21,6 +21,7 @@ from shared.models import (
 )
 from shared.pipelines import PipelineSpec, PoolPlan, PoolSpec
 from shared.pools import PoolReport
+from shared.recent import RecentEntry
 
 # An input in one of these states is done with: LedgerPort.save_input never moves its row out of it again.
 FINAL_STATES = frozenset({InputState.COLLECTED, InputState.SKIPPED, InputState.REJECTED, InputState.RERUN})
@@ -143,6 +144,11 @@ class LedgerPort(Protocol):
 
     def jobs(self, active_only: bool = True) -> list[JobRecord]:
         """Active jobs; with active_only=False, terminated ones too. Never deleted ones (see retire_job)."""
+
+    def recent(self, limit: int, after: str | None = None) -> tuple[list[RecentEntry], str | None]:
+        """The recent-inputs index, newest first: up to `limit` events older than the cursor `after`, and the
+        cursor of the next page (None at the end). An input has an event when its row is created and when it
+        becomes final; one read whatever the inputs ever processed."""
 
     def record_rejection(self, subject: str, reason: str) -> None:
         """Record something batchdrop refused (a blob, an event, a message) for the status API."""

@@ -8,9 +8,10 @@ jobs of the past. Deleted jobs are not listed one by one; their counts are summe
 from __future__ import annotations
 
 from collections import Counter
+from datetime import datetime
 
 from shared.gateways import Gateways
-from shared.models import FinalKey, InputState, JobState
+from shared.models import FinalKey, InputState, JobRecord, JobState
 from shared.pipelines import PoolPlan
 
 COUNT_KEYS = ("queued", "running", "succeeded", "failed", "collected", "rejected", "skipped")
@@ -48,6 +49,7 @@ def _without_replaced(counts: dict[str, int], final: Counter[FinalKey]) -> None:
 def status(gw: Gateways) -> dict[str, object]:
     """The status document served by GET api/status: per pipeline, per live job, and totals."""
     ledger_counts = gw.ledger.counts()
+    now = gw.clock()
     per_pipeline = {p.name: _zero() for p in gw.pipelines.pipelines}
     totals = _zero()
     jobs: list[dict[str, object]] = []
@@ -59,7 +61,10 @@ def status(gw: Gateways) -> dict[str, object]:
                           succeeded=batch_counts.succeeded, failed=batch_counts.failed)  # fmt: skip
             _without_replaced(counts, ledger_counts.by_job.get(job.job_id, Counter()))
         # else a closed job: Batch may have forgotten it, the ledger has not
-        jobs.append({"job_id": job.job_id, "pipeline": job.pipeline, "state": job.state.value, "counts": counts})
+        jobs.append({
+            "job_id": job.job_id, "pipeline": job.pipeline, "state": job.state.value, "counts": counts,
+            "window_end": job.window_end.isoformat(), "window": _window(job, now),
+        })  # fmt: skip
         pipeline_counts = per_pipeline.setdefault(job.pipeline, _zero())
         for name in (*BATCH_KEYS, "collected"):
             pipeline_counts[name] += counts[name]
@@ -97,6 +102,14 @@ def status(gw: Gateways) -> dict[str, object]:
         "rejected": gw.ledger.rejections(),
         "poison": {f"{gw.settings.completions_queue}-poison": gw.queue.poison_count()},
     }
+
+
+def _window(job: JobRecord, now: datetime) -> str:
+    """The job's window as the status page shows it: open (takes new inputs), closing (its window has passed and
+    its last tasks finish), terminated."""
+    if job.state is not JobState.ACTIVE:
+        return job.state.value
+    return "open" if now < job.window_end else "closing"
 
 
 def _pools(gw: Gateways, pipelines: set[str]) -> list[dict[str, object]]:

@@ -11,6 +11,7 @@ from local.cli.demo import DEMO_TIMEOUT_SECONDS, cmd_demo
 from local.cli.errors import CliError
 from local.cli.lifecycle import cmd_down, cmd_up
 from local.cli.packages import cmd_package_add, cmd_package_list
+from local.cli.page import cmd_open
 from local.cli.rerun import cmd_rerun
 from local.cli.results import cmd_logs, cmd_results
 from local.cli.state import DEFAULT_PIPELINES, SAMPLES_DIR
@@ -52,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--url", help="a Functions host to ask instead of the local one (key from "
                         f"{FUNCTION_KEY_SETTING})")  # fmt: skip
     status.set_defaults(handler=cmd_status)
+
+    page = commands.add_parser("open", help="open the status page in a browser (prints its URL when there is none)")
+    page.add_argument("--url", help=f"a Functions host instead of the local one (key from {FUNCTION_KEY_SETTING})")
+    page.add_argument("--print", dest="print_only", action="store_true", help="only print the URL")
+    page.set_defaults(handler=cmd_open)
 
     results = commands.add_parser("results", help="list published results (those with a _manifest.json)")
     results.add_argument("--download", metavar="DIR", help="also copy every result's files into DIR")

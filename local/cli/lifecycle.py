@@ -117,6 +117,7 @@ def describe_stack(info: StackInfo) -> list[str]:
         f"  storage (Azurite)  {info.blob_url}  (pid {pid.get('azurite', '?')})",
         f"  Batch emulator     {info.emulator_url}  (pid {pid.get('batch-emulator', '?')})",
         f"  dev host           {info.host_url}  (pid {pid.get('dev-host', '?')}); status at {info.host_url}/api/status",
+        f"  status page        {info.host_url}/api/page  (`batchdrop open`)",
         f"  data and logs      {shown(Path(info.workdir))}/ (logs/*.log)",
     ]
 

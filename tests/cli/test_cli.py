@@ -214,3 +214,28 @@ def test_the_project_apps_include_the_demo_application() -> None:
 
     for pipeline in pipelines["pipelines"]:
         assert set(pipeline["app_files"]) <= set(names)
+
+
+def test_open_prints_the_page_url_when_there_is_no_browser(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    opened: list[str] = []
+    monkeypatch.setattr("webbrowser.open", lambda url: opened.append(url) or False)  # a machine with no browser
+    monkeypatch.setenv("BATCHDROP_FUNCTION_KEY", "secret-key")
+    assert cli.main(["open", "--url", "https://fn.example/"]) == 0
+    assert opened == ["https://fn.example/api/page?code=secret-key"]  # the browser gets the key in its address
+    out = capsys.readouterr().out
+    assert out == "status page: https://fn.example/api/page?code=$BATCHDROP_FUNCTION_KEY\n"  # the terminal does not
+    assert cli.main(["open", "--url", "https://fn.example", "--print"]) == 0
+    assert opened == ["https://fn.example/api/page?code=secret-key"]  # --print opens nothing
+    assert cli.main(["open"]) == 1
+    assert "batchdrop up" in capsys.readouterr().err  # no local stack: says how to start one
+
+
+def test_up_describes_the_status_page_url() -> None:
+    from local.cli.lifecycle import describe_stack
+    from local.cli.state import StackInfo
+
+    info = StackInfo(workdir="/tmp/x", storage_connection_string="", host_url="http://127.0.0.1:7071",
+                     emulator_url="", blob_url="", processes={}, started_at="")  # fmt: skip
+    assert any("http://127.0.0.1:7071/api/page" in line for line in describe_stack(info))

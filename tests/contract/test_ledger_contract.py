@@ -206,3 +206,26 @@ CALLS: dict[str, Callable[[LedgerPort], object]] = {
 def test_every_call_to_an_unreachable_ledger_raises_transient_error(make: Callable[[], LedgerPort], call: str) -> None:
     with pytest.raises(TransientError):
         CALLS[call](make())
+
+
+def test_recent_lists_each_creation_and_each_move_to_a_final_state_newest_first_in_pages(ledger: LedgerPort) -> None:
+    ledger.claim_input(row(InputState.CLAIMED, "t-1"))
+    ledger.claim_input(row(InputState.CLAIMED, "t-2"))
+    ledger.save_input(row(InputState.SUBMITTED, "t-1"))  # not final: no event
+    ledger.save_input(row(InputState.COLLECTED, "t-1", outcome="failed"))
+    ledger.save_input(row(InputState.COLLECTED, "t-1", outcome="failed"))  # no change: no second event
+    ledger.save_inputs([row(InputState.COLLECTED, "t-2", outcome="succeeded")])
+    ledger.claim_input(row(InputState.CLAIMED, "t-1"))  # exists: no event
+    first, cursor = ledger.recent(3)
+    assert cursor == first[-1].key
+    rest, end = ledger.recent(3, cursor)
+    assert end is None
+    events = first + rest
+    assert [entry.key for entry in events] == sorted(entry.key for entry in events)  # newest first: inverted time
+    assert sorted((e.task_id, e.state, e.outcome) for e in events) == [
+        ("t-1", "claimed", ""), ("t-1", "collected", "failed"),
+        ("t-2", "claimed", ""), ("t-2", "collected", "succeeded"),
+    ]  # fmt: skip
+    assert all(e.name == f"{e.task_id}.txt" and e.job_id == "job-1" and e.pipeline == "report" for e in events)
+    collected_first = {e.task_id: i for i, e in reversed(list(enumerate(events)))}
+    assert all(events[collected_first[t]].state == "collected" for t in ("t-1", "t-2"))  # a row's newest event leads

@@ -136,14 +136,39 @@ def test_every_http_route_requires_a_function_key() -> None:
             for binding in function.get_bindings():
                 if binding.type == "httpTrigger":
                     routes[function.get_function_name()] = binding.auth_level
-    assert routes == {"status": func.AuthLevel.FUNCTION, "rerun": func.AuthLevel.FUNCTION}
+    page = ("status_page", "recent_inputs", "result_link")  # the status page
+    assert routes == dict.fromkeys(("status", "rerun", *page), func.AuthLevel.FUNCTION)
 
 
 def test_function_app_registers_every_function() -> None:
     import function_app
 
     functions = {f.get_function_name(): f for f in function_app.app.get_functions()}
-    assert set(functions) == {"ingest", "ingest_event", "sweep", "poll", "collect", "status", "rerun"}
+    assert set(functions) == {
+        "ingest", "ingest_event", "sweep", "poll", "collect", "status", "rerun",
+        "status_page", "recent_inputs", "result_link",
+    }  # fmt: skip
     blob_binding = functions["ingest"].get_bindings()[0]
     assert blob_binding.path == "input/{name}" and blob_binding.source == "EventGrid"
     assert functions["collect"].get_bindings()[0].queue_name == "completions"
+
+
+def test_the_status_page_routes(world: World) -> None:
+    page = user_function(api.bp, "status_page")(func.HttpRequest("GET", "http://127.0.0.1/api/page", body=b""))
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    assert "script-src 'nonce-" in page.headers["Content-Security-Policy"]
+    recent = user_function(api.bp, "recent_inputs")
+    bad = recent(func.HttpRequest("GET", "http://127.0.0.1/api/recent", body=b"", params={"state": "lost"}))
+    assert bad.status_code == 400 and "state must be one of" in json.loads(bad.get_body())["error"]
+    world.blobs.put("input", "a.txt")
+    user_function(timers.bp, "sweep")(TimerRequest(past_due=False))
+    listing = json.loads(recent(func.HttpRequest("GET", "http://127.0.0.1/api/recent", body=b"")).get_body())
+    assert [(entry["name"], entry["state"]) for entry in listing["inputs"]] == [("a.txt", "queued")]
+    link = user_function(api.bp, "result_link")
+    world.blobs.put("results", "a.txt/report.json")
+    found = link(func.HttpRequest("GET", "http://127.0.0.1/api/results/a.txt/report.json", body=b"",
+                                  route_params={"path": "a.txt/report.json"}))  # fmt: skip
+    assert found.status_code == 302 and "a.txt/report.json" in found.headers["Location"]
+    missing = link(func.HttpRequest("GET", "http://127.0.0.1/api/results/a.txt/x", body=b"",
+                                    route_params={"path": "a.txt/x"}))  # fmt: skip
+    assert missing.status_code == 404

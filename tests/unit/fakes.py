@@ -30,6 +30,7 @@ from shared.models import (
 from shared.pipelines import PipelineSet, PipelineSpec, PoolPlan, PoolSpec
 from shared.pools import PoolDrift, PoolReport
 from shared.ports import FINAL_STATES
+from shared.recent import RecentEntry, recent_entry_of
 from shared.settings import Settings, load_settings
 
 START = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
@@ -397,6 +398,8 @@ class FakeLedger:
         self.input_rows: dict[str, InputRecord] = {}
         self.job_rows: dict[str, JobRecord] = {}
         self.rejection_rows: list[dict[str, str]] = []
+        self.recent_rows: list[RecentEntry] = []
+        self._recent_ms = 0
         self.retired: dict[str, Counter[FinalKey]] = {}
         self.unavailable = False
         self.transactions = 0
@@ -418,6 +421,9 @@ class FakeLedger:
         if stored is not None and keeps and (record.state not in FINAL_STATES or stored.state is InputState.RERUN):
             return replace(stored)
         self.input_rows[record.task_id] = replace(record)
+        before = (stored.job_id, FinalKey.of(stored)) if stored is not None else None
+        if record.state in FINAL_STATES and before != (record.job_id, FinalKey.of(record)):
+            self.recent_rows.append(recent_entry_of(record, self._recent_at()))
         return replace(record)
 
     def claim_input(self, record: InputRecord) -> tuple[InputRecord, bool]:
@@ -425,7 +431,19 @@ class FakeLedger:
         if record.task_id in self.input_rows:
             return replace(self.input_rows[record.task_id]), False
         self.input_rows[record.task_id] = replace(record)
+        self.recent_rows.append(recent_entry_of(record, self._recent_at()))
         return replace(record), True
+
+    def _recent_at(self) -> datetime:
+        # Milliseconds that always advance (the index's resolution), so "newest first" is exact in unit tests.
+        self._recent_ms = max(self._recent_ms + 1, int(datetime.now(UTC).timestamp() * 1000))
+        return datetime.fromtimestamp(self._recent_ms / 1000, UTC)
+
+    def recent(self, limit: int, after: str | None = None) -> tuple[list[RecentEntry], str | None]:
+        self._check()
+        rows = sorted((row for row in self.recent_rows if after is None or row.key > after), key=lambda r: r.key)
+        page = rows[:limit]
+        return page, (page[-1].key if len(page) >= limit else None)
 
     def get_input(self, task_id: str) -> InputRecord | None:
         self._check()
