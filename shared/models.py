@@ -56,6 +56,7 @@ class InputRecord:
     outcome: str = ""
     updated_at: datetime | None = None
     reactivations: int = 0  # times collect ran the task again after an infrastructure failure
+    staging: str = ""  # the task's staging container (its completion events name it); "" when it has none
 
 
 @dataclass
@@ -208,3 +209,15 @@ class CompletionEvent:
     job_id: str
     task_id: str
     task: TaskResult | None = None
+
+
+@dataclass(frozen=True)
+class CompletionCheck:
+    """Look again whether Batch calls a task completed: what task_finished puts, delayed, on the checks queue.
+
+    `attempt` counts the re-checks, this one included (the first is 1).
+    """
+
+    task_id: str
+    staging: str
+    attempt: int

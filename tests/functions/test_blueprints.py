@@ -143,7 +143,11 @@ def test_function_app_registers_every_function() -> None:
     import function_app
 
     functions = {f.get_function_name(): f for f in function_app.app.get_functions()}
-    assert set(functions) == {"ingest", "ingest_event", "sweep", "poll", "collect", "status"}
+    assert set(functions) == {
+        "ingest", "ingest_event", "sweep", "poll", "collect", "task_finished", "recheck_task", "status"
+    }  # fmt: skip
     blob_binding = functions["ingest"].get_bindings()[0]
     assert blob_binding.path == "input/{name}" and blob_binding.source == "EventGrid"
     assert functions["collect"].get_bindings()[0].queue_name == "completions"
+    assert functions["recheck_task"].get_bindings()[0].queue_name == "completion-checks"
+    assert functions["task_finished"].get_bindings()[0].type == "eventGridTrigger"

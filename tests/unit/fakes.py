@@ -15,6 +15,7 @@ from shared.gateways import Gateways
 from shared.models import (
     BlobRef,
     CompletedTask,
+    CompletionCheck,
     CompletionEvent,
     FinalKey,
     InputRecord,
@@ -365,9 +366,13 @@ class FakeQueue:
     def __init__(self) -> None:
         self.messages: list[CompletionEvent] = []
         self.poison: list[str] = []
+        self.checks: list[tuple[CompletionCheck, int]] = []  # (check, delay in seconds), in the order sent
 
     def send(self, events: Iterable[CompletionEvent]) -> None:
         self.messages.extend(events)
+
+    def schedule_check(self, check: CompletionCheck, delay_seconds: int) -> None:
+        self.checks.append((check, delay_seconds))
 
     def poison_count(self) -> int:
         return len(self.poison)
@@ -387,6 +392,7 @@ class FakeLedger:
     def __init__(self) -> None:
         self.input_rows: dict[str, InputRecord] = {}
         self.job_rows: dict[str, JobRecord] = {}
+        self.staging_index: dict[str, str] = {}  # staging container -> task id, written with the input's row
         self.rejection_rows: list[dict[str, str]] = []
         self.retired: dict[str, Counter[FinalKey]] = {}
         self.unavailable = False
@@ -415,7 +421,14 @@ class FakeLedger:
         if record.task_id in self.input_rows:
             return replace(self.input_rows[record.task_id]), False
         self.input_rows[record.task_id] = replace(record)
+        if record.staging:
+            self.staging_index[record.staging] = record.task_id
         return replace(record), True
+
+    def input_for_staging(self, staging: str) -> InputRecord | None:
+        self._check()
+        task_id = self.staging_index.get(staging)
+        return self.get_input(task_id) if task_id is not None else None
 
     def get_input(self, task_id: str) -> InputRecord | None:
         self._check()
