@@ -75,8 +75,8 @@ def task_finished(gw: Gateways, created: BlobCreated) -> FinishedOutcome:
 
 def recheck(gw: Gateways, check: CompletionCheck) -> FinishedOutcome:
     """A delayed re-check from the completion-checks queue: look at the task again."""
-    record = gw.ledger.get_input(check.task_id)
-    if record is None or record.staging != check.staging:
+    record = gw.ledger.input_for_staging(check.staging)
+    if record is None or record.task_id != check.task_id:
         raise RejectedInput(
             f"completion check names task {check.task_id} with staging container {check.staging!r}, "
             "which the ledger does not know"
