@@ -103,7 +103,7 @@ class TableLedger:
             if index["PartitionKey"] == partition:  # always, for a container named by shared/ids.py
                 writes.append(("upsert", index, {}))
             else:  # a staging name of another shape: its index row first, in a request of its own
-                self._ready().upsert_entity(index)
+                table.upsert_entity(index)
         for attempt in range(SAVE_ATTEMPTS):
             try:
                 _submit(table, partition, writes, _delta(None, record))
