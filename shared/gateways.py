@@ -60,7 +60,7 @@ def build_gateways(settings: Settings) -> Gateways:
         pipelines=pipelines,
         batch=batch,
         blobs=blobs,
-        queue=AzureQueue.from_service(queues, settings.completions_queue),
+        queue=AzureQueue.from_service(queues, settings.completions_queue, settings.completion_checks_queue),
         ledger=TableLedger(table),
     )
 

@@ -40,6 +40,9 @@ from shared.ledger_rows import (
     job_entity,
     job_record,
     quote,
+    staging_index_entity,
+    staging_index_key,
+    staging_index_partition,
 )
 from shared.models import FinalKey, InputRecord, InputState, JobRecord, JobState, LedgerCounts
 from shared.ports import FINAL_STATES
@@ -98,9 +101,16 @@ class TableLedger:
 
     def _claim(self, table: TableClient, record: InputRecord) -> tuple[InputRecord, bool]:
         partition = input_partition(record.task_id)
+        writes: list[_Write] = [("create", input_entity(record), {})]
+        if record.staging:
+            index = staging_index_entity(record)
+            if index["PartitionKey"] == partition:  # always, for a container named by shared/ids.py
+                writes.append(("upsert", index, {}))
+            else:  # a staging name of another shape: its index row first, in a request of its own
+                table.upsert_entity(index)
         for attempt in range(SAVE_ATTEMPTS):
             try:
-                _submit(table, partition, [("create", input_entity(record), {})], _delta(None, record))
+                _submit(table, partition, writes, _delta(None, record))
                 _note_recent(table, [record])
                 return replace(record), True
             except _Conflict:
@@ -112,6 +122,10 @@ class TableLedger:
 
     def get_input(self, task_id: str) -> InputRecord | None:
         return self._guarded(f"read {task_id}", lambda table: _read_input(table, task_id))
+
+    def input_for_staging(self, staging: str) -> InputRecord | None:
+        """The input whose task writes into `staging`: two point reads in one partition, None if unknown."""
+        return self._guarded(f"read staging index {staging}", lambda table: _read_staging(table, staging))
 
     def save_input(self, record: InputRecord) -> InputRecord:
         """Write the row, except that a row in a final state keeps it; returns the row as stored.
@@ -294,6 +308,18 @@ def _read_input(table: TableClient, task_id: str) -> InputRecord | None:
         return None
 
 
+def _read_staging(table: TableClient, staging: str) -> InputRecord | None:
+    partition = staging_index_partition(staging)
+    if partition is None:
+        return None
+    try:
+        index = table.get_entity(partition, staging_index_key(staging))
+    except ResourceNotFoundError:
+        return None
+    task_id = str(index.get("task_id") or "")
+    return _read_input(table, task_id) if task_id else None
+
+
 def _read_job(table: TableClient, job_id: str) -> JobRecord | None:
     for partition in (JOBS, DELETED_JOBS):
         try:
@@ -400,7 +426,8 @@ def _parallel(read: Callable[[str], _T], keys: list[str]) -> list[_T]:
 
 def _read_counts(table: TableClient) -> LedgerCounts:
     def partition_counters(partition: str) -> list[tuple[str, Counter[FinalKey]]]:
-        query = f"PartitionKey eq '{partition}' and RowKey ge '{COUNTER_PREFIX}'"
+        # Bounded above: other "~" rows (the staging index) are not counters; job ids have no "~" to sort past it.
+        query = f"PartitionKey eq '{partition}' and RowKey ge '{COUNTER_PREFIX}' and RowKey lt '{COUNTER_PREFIX}~'"
         return [(str(e.get("job_id", "")), decode_counts(e.get("counts"))) for e in table.query_entities(query)]
 
     counts = LedgerCounts()

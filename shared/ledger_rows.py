@@ -7,6 +7,10 @@ Partitions (docs/internals.md, "Ledger layout", says why):
 - `job`: one row per live (active or terminated) job; `job-deleted`: deleted jobs, and `~total`, the sum of
   their counts.
 - `rejected`: what was refused and why, newest first.
+- In the input partitions, beside each submitted input's row, an index row `~by-staging~<staging container>`
+  naming its task id, created in the same transaction as the input's row: a completion event names only the
+  staging container, a hash of the task id that cannot be inverted. The container's digest starts with the same
+  hex digit as the partition's, so the container name alone finds the index row's partition.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ REJECTIONS = "rejected"
 INPUT_PARTITIONS = 16
 # Task ids and job ids are [A-Za-z0-9_-]: a row key starting with "~" is never theirs, and sorts after them all.
 COUNTER_PREFIX = "~count~"
+# Sorts before COUNTER_PREFIX (and after every task id): the counter rows' range read does not see index rows.
+STAGING_INDEX_PREFIX = "~by-staging~"
 DELETED_TOTAL = "~total"
 MAX_RECENT_IDS = 400  # keeps the job row under Table storage's 64 KiB property limit
 
@@ -44,6 +50,28 @@ def input_partition(task_id: str) -> str:
 
 def input_partitions() -> list[str]:
     return [f"{INPUTS}-{digit:x}" for digit in range(INPUT_PARTITIONS)]
+
+
+def staging_index_key(staging: str) -> str:
+    return STAGING_INDEX_PREFIX + staging
+
+
+def staging_index_partition(staging: str) -> str | None:
+    """The partition of a staging container's index row (its input's partition), None if the name has no digest.
+
+    A staging container is `<prefix>-<sha256(task id) in hex>` (shared/ids.py): the digest's first digit is the
+    one input_partition takes from the same hash.
+    """
+    _, _, digest = staging.rpartition("-")
+    digit = digest[:1]
+    if not digit or digit not in "0123456789abcdef":
+        return None
+    return f"{INPUTS}-{digit}"
+
+
+def staging_index_entity(record: InputRecord) -> dict[str, Any]:
+    partition = staging_index_partition(record.staging) or input_partition(record.task_id)
+    return {"PartitionKey": partition, "RowKey": staging_index_key(record.staging), "task_id": record.task_id}
 
 
 def counter_key(job_id: str) -> str:
@@ -85,6 +113,7 @@ def input_entity(record: InputRecord) -> dict[str, Any]:
         "run": record.run,
         "rerun_of": record.rerun_of,
         "rerun_by": record.rerun_by,
+        "staging": record.staging,
         "updated_at": datetime.now(UTC),
     }
 
@@ -106,6 +135,7 @@ def input_record(entity: Any) -> InputRecord:
         run=int(entity.get("run") or 1),
         rerun_of=str(entity.get("rerun_of") or ""),
         rerun_by=str(entity.get("rerun_by") or ""),
+        staging=str(entity.get("staging") or ""),
     )
 
 

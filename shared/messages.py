@@ -1,4 +1,4 @@
-"""The completions-queue message: one JSON object per finished task."""
+"""The queue messages: one JSON object per finished task (completions), per delayed re-check (completion checks)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from shared.errors import RejectedInput
-from shared.models import CompletionEvent, TaskResult
+from shared.models import CompletionCheck, CompletionEvent, TaskResult
 
 
 def encode_completion(event: CompletionEvent) -> str:
@@ -63,3 +63,23 @@ def _task(task_id: str, task: object) -> TaskResult:
 
 def _moment(value: object) -> datetime | None:
     return datetime.fromisoformat(value) if isinstance(value, str) and value else None
+
+
+def encode_check(check: CompletionCheck) -> str:
+    return json.dumps({"task_id": check.task_id, "staging": check.staging, "attempt": check.attempt})
+
+
+def decode_check(body: str) -> CompletionCheck:
+    """A completion-checks message body, or RejectedInput naming what is wrong with it."""
+    try:
+        document = json.loads(body)
+    except json.JSONDecodeError as error:
+        raise RejectedInput(f"completion check message is not JSON: {error}") from None
+    if not isinstance(document, dict):
+        raise RejectedInput("completion check message must be a JSON object with task_id, staging and attempt")
+    task_id, staging, attempt = document.get("task_id"), document.get("staging"), document.get("attempt")
+    if not isinstance(task_id, str) or not task_id or not isinstance(staging, str) or not staging:
+        raise RejectedInput("completion check message needs string fields task_id and staging")
+    if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 1:
+        raise RejectedInput("completion check message needs an integer attempt of at least 1")
+    return CompletionCheck(task_id, staging, attempt)

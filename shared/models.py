@@ -60,6 +60,7 @@ class InputRecord:
     run: int = 1  # 1 for the upload's own task, n + 1 for a re-run of run n
     rerun_of: str = ""  # a re-run's row: the task id of the row it replaced
     rerun_by: str = ""  # a replaced row (state rerun): the task id of the re-run that replaced it
+    staging: str = ""  # the task's staging container (its completion events name it); "" when it has none
 
 
 @dataclass
@@ -216,3 +217,15 @@ class CompletionEvent:
     job_id: str
     task_id: str
     task: TaskResult | None = None
+
+
+@dataclass(frozen=True)
+class CompletionCheck:
+    """Look again whether Batch calls a task completed: what task_finished puts, delayed, on the checks queue.
+
+    `attempt` counts the re-checks, this one included (the first is 1).
+    """
+
+    task_id: str
+    staging: str
+    attempt: int

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 
 from shared import ids
 from shared.gateways import Gateways
-from shared.models import CompletionEvent, InputState, JobRecord, JobState
+from shared.models import CompletionEvent, InputState, JobRecord, JobState, TaskResult
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +25,11 @@ class PollReport:
     terminated: list[str]
     deleted: list[str]
     staging_deleted: int = 0
+
+
+def completion_event(job_id: str, task_id: str, result: TaskResult | None) -> CompletionEvent:
+    """The completions-queue message for a task Batch reports completed: the poll's, and task_finished's."""
+    return CompletionEvent(job_id, task_id, result)
 
 
 def poll(gw: Gateways) -> PollReport:
@@ -64,7 +69,7 @@ def _poll_job(gw: Gateways, job: JobRecord, overlap: timedelta) -> int:
         if task.task_id not in already or (job.watermark is not None and task.completed_at > job.watermark)
     ]
     # Enqueue before moving the watermark: a crash in between re-emits, never loses.
-    gw.queue.send(CompletionEvent(job.job_id, task.task_id, task.result) for task in fresh)
+    gw.queue.send(completion_event(job.job_id, task.task_id, task.result) for task in fresh)
     if completed:
         watermark = max(task.completed_at for task in completed)
         if job.watermark is None or watermark > job.watermark:

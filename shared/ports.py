@@ -9,6 +9,7 @@ from typing import Protocol
 from shared.models import (
     BlobRef,
     CompletedTask,
+    CompletionCheck,
     CompletionEvent,
     InputRecord,
     InputState,
@@ -106,6 +107,9 @@ class BlobPort(Protocol):
 class QueuePort(Protocol):
     def send(self, events: Iterable[CompletionEvent]) -> None: ...
 
+    def schedule_check(self, check: CompletionCheck, delay_seconds: int) -> None:
+        """Put `check` on the completion-checks queue, invisible for `delay_seconds`."""
+
     def poison_count(self) -> int: ...
 
 
@@ -114,6 +118,10 @@ class LedgerPort(Protocol):
         """Create the input's row if absent; return the stored row and whether this call created it."""
 
     def get_input(self, task_id: str) -> InputRecord | None: ...
+
+    def input_for_staging(self, staging: str) -> InputRecord | None:
+        """The input whose task writes into the staging container `staging` (recorded when its row was claimed),
+        None if no input claimed with that container is known."""
 
     def save_input(self, record: InputRecord) -> InputRecord:
         """Write the row unless it is in a final state (collected, skipped, rejected, rerun) and `record` is not,

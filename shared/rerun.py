@@ -239,6 +239,7 @@ def _prepare(gw: Gateways, request: RerunRequest, name: str) -> tuple[InputRecor
     claim = InputRecord(
         task_id, container, name, ids.normalise_etag(blob.etag), pipeline.name, job_id, InputState.CLAIMED,
         run=run, rerun_of=mine.rerun_of if mine is not None else current.task_id,
+        staging=ids.staging_container(gw.settings.staging_prefix, task_id),  # its completion events name it
     )  # fmt: skip
     record, created = gw.ledger.claim_input(claim)
     if not created and record.state is not InputState.CLAIMED:

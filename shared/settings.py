@@ -50,6 +50,15 @@ class Settings(BaseSettings):
     results_container: str = Field("results", alias="BATCHDROP_RESULTS_CONTAINER")
     completions_queue: str = Field("completions", alias="BATCHDROP_COMPLETIONS_QUEUE")
     ledger_table: str = Field("ledger", alias="BATCHDROP_LEDGER_TABLE")
+    # Completion events (task_finished): a task Batch does not yet call completed is checked again after
+    # delay, 2 x delay, 4 x delay… (capped), this many times, then left to the poll.
+    completion_checks_queue: str = Field("completion-checks", alias="BATCHDROP_COMPLETION_CHECKS_QUEUE")
+    completion_rechecks: int = Field(6, alias="BATCHDROP_COMPLETION_RECHECKS", ge=0, le=50)
+    completion_recheck_seconds: int = Field(2, alias="BATCHDROP_COMPLETION_RECHECK_SECONDS", ge=0, le=3600)
+    # A queue message can be hidden for at most 7 days.
+    completion_recheck_max_seconds: int = Field(
+        60, alias="BATCHDROP_COMPLETION_RECHECK_MAX_SECONDS", ge=0, le=7 * 24 * 3600
+    )
 
     @model_validator(mode="after")
     def _storage_is_reachable(self) -> Settings:

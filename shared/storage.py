@@ -29,9 +29,9 @@ from azure.storage.blob import (
 )
 from azure.storage.queue import QueueClient, QueueServiceClient
 
-from shared.errors import PermanentError, TransientError
-from shared.messages import encode_completion
-from shared.models import BlobRef, CompletionEvent
+from shared.errors import ConfigError, PermanentError, TransientError
+from shared.messages import encode_check, encode_completion
+from shared.models import BlobRef, CompletionCheck, CompletionEvent
 
 logger = logging.getLogger(__name__)
 COPY_WAIT_SECONDS = 300.0
@@ -252,21 +252,24 @@ def _json_body(document: dict[str, object]) -> bytes:
 
 
 class AzureQueue:
-    """QueuePort over azure-storage-queue: the completions queue and its poison twin."""
+    """QueuePort over azure-storage-queue: the completions queue and its poison twin, and the completion checks."""
 
-    def __init__(self, queue: QueueClient, poison: QueueClient) -> None:
+    def __init__(self, queue: QueueClient, poison: QueueClient, checks: QueueClient | None = None) -> None:
         self._queue = queue
         self._poison = poison
+        self._checks = checks
         self._ensured = False
 
     @classmethod
-    def from_service(cls, service: QueueServiceClient, name: str) -> AzureQueue:
-        return cls(service.get_queue_client(name), service.get_queue_client(f"{name}-poison"))
+    def from_service(cls, service: QueueServiceClient, name: str, checks: str = "completion-checks") -> AzureQueue:
+        return cls(
+            service.get_queue_client(name), service.get_queue_client(f"{name}-poison"), service.get_queue_client(checks)
+        )
 
     def ensure(self) -> None:
         if self._ensured:
             return
-        for client in (self._queue, self._poison):
+        for client in (self._queue, self._poison, *([self._checks] if self._checks is not None else [])):
             try:
                 client.create_queue()
             except ResourceExistsError:
@@ -292,6 +295,15 @@ class AzureQueue:
         with ThreadPoolExecutor(SEND_THREADS) as pool:
             for _ in pool.map(put, pending):
                 pass
+
+    def schedule_check(self, check: CompletionCheck, delay_seconds: int) -> None:
+        if self._checks is None:
+            raise ConfigError("this queue gateway has no completion-checks queue")
+        self.ensure()
+        try:
+            self._checks.send_message(encode_check(check), visibility_timeout=delay_seconds)
+        except AzureError as error:
+            raise TransientError(f"enqueue completion check of {check.task_id}: {type(error).__name__}") from None
 
     def poison_count(self) -> int:
         try:

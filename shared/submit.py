@@ -173,7 +173,9 @@ def _claim(gw: Gateways, blob: BlobRef, take_over: bool = False) -> tuple[InputR
         return SubmitOutcome(blob.name, SubmitAction.SKIPPED, task_id, reason=why)
     window = gw.settings.job_window_minutes
     job_id = ids.job_id(pipeline.name, blob.created_on, window)
-    stored, created = gw.ledger.claim_input(replace(base, pipeline=pipeline.name, job_id=job_id))
+    # The staging container goes on the row (and the ledger's index of them): completion events name only it.
+    staging = ids.staging_container(gw.settings.staging_prefix, task_id)
+    stored, created = gw.ledger.claim_input(replace(base, pipeline=pipeline.name, job_id=job_id, staging=staging))
     if not created and stored.state is not InputState.CLAIMED:
         return SubmitOutcome(blob.name, SubmitAction.DUPLICATE, stored.task_id, stored.job_id)
     if not created and not take_over and _claim_is_fresh(gw, stored):

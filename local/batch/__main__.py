@@ -64,6 +64,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="time each task attempt spends preparing before its files download (a slower node agent)",
     )
     parser.add_argument(
+        "--completion-lag-seconds",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="keep a task `running` S seconds after its process exited and its output files uploaded, before it "
+        "turns `completed` (Batch's state can lag behind the node)",
+    )
+    parser.add_argument(
         "--autoscale-interval-seconds",
         type=float,
         default=None,
@@ -99,6 +107,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("the emulator binds loopback only (--host 127.0.0.1)")
     if not 0.0 <= args.fault_rate <= 1.0 or not 0.0 <= args.fault_after_rate <= 1.0:
         parser.error("--fault-rate and --fault-after-rate must be between 0 and 1")
+    if args.completion_lag_seconds < 0:
+        parser.error("--completion-lag-seconds must not be negative")
     if args.autoscale_interval_seconds is not None and args.autoscale_interval_seconds <= 0:
         parser.error("--autoscale-interval-seconds must be positive")
     return args
@@ -120,6 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         job_quota=args.job_quota,
         task_start_delay_ms=args.task_start_delay_ms,
         autoscale_interval_seconds=args.autoscale_interval_seconds,
+        completion_lag_seconds=args.completion_lag_seconds,
     )
     service.pools.preempt_spot_after = args.preempt_spot_after
     containers.RUNTIME.configure(args.container_runtime)

@@ -42,6 +42,7 @@ class BatchService:
         task_start_delay_ms: float = 0.0,
         remove_tree: RemoveTree = remove_tree,
         autoscale_interval_seconds: float | None = None,
+        completion_lag_seconds: float = 0.0,
     ) -> None:
         self.state = State(
             state_dir,
@@ -52,6 +53,7 @@ class BatchService:
             persist=persist,
             task_start_delay_ms=task_start_delay_ms,
             remover=remove_tree,
+            completion_lag_seconds=completion_lag_seconds,
         )
         self.pools = Pools(self.state, autoscale_interval_seconds)
         self.jobs = Jobs(self.state, self.pools)

@@ -229,3 +229,29 @@ def test_recent_lists_each_creation_and_each_move_to_a_final_state_newest_first_
     assert all(e.name == f"{e.task_id}.txt" and e.job_id == "job-1" and e.pipeline == "report" for e in events)
     collected_first = {e.task_id: i for i, e in reversed(list(enumerate(events)))}
     assert all(events[collected_first[t]].state == "collected" for t in ("t-1", "t-2"))  # a row's newest event leads
+
+
+def test_a_claimed_inputs_staging_container_finds_its_row(ledger: LedgerPort) -> None:
+    from shared import ids
+
+    staging = ids.staging_container("st", "t-1")
+    ledger.claim_input(row(InputState.CLAIMED, staging=staging))
+    ledger.save_input(row(InputState.SUBMITTED, job_id="job-2", staging=staging))  # moved to another job
+    found = ledger.input_for_staging(staging)
+    assert found is not None and (found.task_id, found.job_id, found.staging) == ("t-1", "job-2", staging)
+    # A second claim of the same input keeps the first row (and its index).
+    ledger.claim_input(row(InputState.CLAIMED, job_id="job-3", staging=staging))
+    assert ledger.input_for_staging(staging) == ledger.get_input("t-1")
+    assert ledger.input_for_staging(ids.staging_container("st", "t-unknown")) is None
+    assert ledger.input_for_staging("st-not-a-digest") is None
+    assert ledger.input_for_staging("") is None
+
+
+def test_staging_index_rows_are_neither_inputs_nor_counters(ledger: LedgerPort) -> None:
+    from shared import ids
+
+    ledger.claim_input(row(InputState.CLAIMED, staging=ids.staging_container("st", "t-1")))
+    ledger.save_input(row(InputState.COLLECTED, outcome="succeeded", staging=ids.staging_container("st", "t-1")))
+    assert [record.task_id for record in ledger.inputs()] == ["t-1"]
+    assert ledger.known_task_ids() == {"t-1"}
+    assert ledger.counts().by_job == {"job-1": Counter({collected(): 1})}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -13,7 +13,8 @@ from azure.storage.queue import QueueClient, QueueServiceClient
 
 from local.stack import Azurite
 from shared.errors import PermanentError
-from shared.models import CompletionEvent
+from shared.messages import decode_check
+from shared.models import CompletionCheck, CompletionEvent
 from shared.ports import BlobPort, QueuePort
 from shared.storage import AzureBlobs, AzureQueue
 from tests.unit.fakes import Clock, FakeBlobs, FakeQueue
@@ -123,3 +124,33 @@ def test_a_queue_that_was_never_created_has_no_poison_and_takes_messages(queue: 
     queue.port.send([])
     queue.port.send(CompletionEvent("job", f"task-{n}") for n in range(3))
     assert queue.count() == 3
+
+
+@dataclass
+class Checks:
+    port: QueuePort
+    due_now: Callable[[], list[CompletionCheck]]  # the checks a receiver would get now (their delay is over)
+
+
+@pytest.fixture(params=["fake", "azure"])
+def checks(request: pytest.FixtureRequest) -> Iterator[Checks]:
+    if request.param == "fake":
+        fake = FakeQueue()
+        yield Checks(fake, lambda: [check for check, delay in fake.checks if delay == 0])
+        return
+    azurite: Azurite = request.getfixturevalue("azurite")
+    name = f"checks-{uuid.uuid4().hex[:10]}"
+    service = QueueServiceClient.from_connection_string(azurite.connection_string)
+    client = QueueClient.from_connection_string(azurite.connection_string, name)
+
+    def due_now() -> list[CompletionCheck]:
+        return [decode_check(message.content) for message in client.peek_messages(max_messages=32)]
+
+    yield Checks(AzureQueue.from_service(service, f"completions-{name}", name), due_now)
+    client.delete_queue()
+
+
+def test_a_scheduled_check_comes_back_intact_once_its_delay_is_over(checks: Checks) -> None:
+    checks.port.schedule_check(CompletionCheck("task-1", "staging-0abc", 1), 0)
+    checks.port.schedule_check(CompletionCheck("task-2", "staging-1abc", 3), 3600)  # hidden for an hour
+    assert checks.due_now() == [CompletionCheck("task-1", "staging-0abc", 1)]

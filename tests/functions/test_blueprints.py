@@ -146,11 +146,13 @@ def test_function_app_registers_every_function() -> None:
     functions = {f.get_function_name(): f for f in function_app.app.get_functions()}
     assert set(functions) == {
         "ingest", "ingest_event", "sweep", "poll", "collect", "status", "rerun",
-        "status_page", "recent_inputs", "result_link",
+        "status_page", "recent_inputs", "result_link", "task_finished", "recheck_task",
     }  # fmt: skip
     blob_binding = functions["ingest"].get_bindings()[0]
     assert blob_binding.path == "input/{name}" and blob_binding.source == "EventGrid"
     assert functions["collect"].get_bindings()[0].queue_name == "completions"
+    assert functions["recheck_task"].get_bindings()[0].queue_name == "completion-checks"
+    assert functions["task_finished"].get_bindings()[0].type == "eventGridTrigger"
 
 
 def test_the_status_page_routes(world: World) -> None:

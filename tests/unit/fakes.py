@@ -15,6 +15,7 @@ from shared.gateways import Gateways
 from shared.models import (
     BlobRef,
     CompletedTask,
+    CompletionCheck,
     CompletionEvent,
     FinalKey,
     InputRecord,
@@ -375,9 +376,13 @@ class FakeQueue:
     def __init__(self) -> None:
         self.messages: list[CompletionEvent] = []
         self.poison: list[str] = []
+        self.checks: list[tuple[CompletionCheck, int]] = []  # (check, delay in seconds), in the order sent
 
     def send(self, events: Iterable[CompletionEvent]) -> None:
         self.messages.extend(events)
+
+    def schedule_check(self, check: CompletionCheck, delay_seconds: int) -> None:
+        self.checks.append((check, delay_seconds))
 
     def poison_count(self) -> int:
         return len(self.poison)
@@ -397,6 +402,7 @@ class FakeLedger:
     def __init__(self) -> None:
         self.input_rows: dict[str, InputRecord] = {}
         self.job_rows: dict[str, JobRecord] = {}
+        self.staging_index: dict[str, str] = {}  # staging container -> task id, written with the input's row
         self.rejection_rows: list[dict[str, str]] = []
         self.recent_rows: list[RecentEntry] = []
         self._recent_ms = 0
@@ -431,6 +437,8 @@ class FakeLedger:
         if record.task_id in self.input_rows:
             return replace(self.input_rows[record.task_id]), False
         self.input_rows[record.task_id] = replace(record)
+        if record.staging:
+            self.staging_index[record.staging] = record.task_id
         self.recent_rows.append(recent_entry_of(record, self._recent_at()))
         return replace(record), True
 
@@ -444,6 +452,11 @@ class FakeLedger:
         rows = sorted((row for row in self.recent_rows if after is None or row.key > after), key=lambda r: r.key)
         page = rows[:limit]
         return page, (page[-1].key if len(page) >= limit else None)
+
+    def input_for_staging(self, staging: str) -> InputRecord | None:
+        self._check()
+        task_id = self.staging_index.get(staging)
+        return self.get_input(task_id) if task_id is not None else None
 
     def get_input(self, task_id: str) -> InputRecord | None:
         self._check()

@@ -153,3 +153,14 @@ def test_window_setting_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BATCHDROP_JOB_WINDOW_MINUTES", "0")
     with pytest.raises(ConfigError, match="BATCHDROP_JOB_WINDOW_MINUTES"):
         load_settings()
+
+
+def test_a_staging_container_names_the_ledger_partition_of_its_input() -> None:
+    """The staging index row shares its input's partition (one transaction) only because both take the first
+    hex digit of the same hash: this pins that coupling between shared/ids.py and shared/ledger_rows.py."""
+    from shared.ledger_rows import input_partition, staging_index_partition
+
+    for number in range(200):
+        task = f"input-{number:04d}-{'x' * (number % 7)}"
+        for prefix in ("staging", "st1234abcd", "a-b-c"):
+            assert staging_index_partition(ids.staging_container(prefix, task)) == input_partition(task)

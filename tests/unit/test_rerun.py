@@ -184,3 +184,17 @@ def test_a_stale_completion_of_a_replaced_task_publishes_nothing(world: World) -
     assert world.blobs.read_json("results", "a.txt/" + MANIFEST) is None
     row = world.ledger.get_input(outcome.task_id)
     assert row is not None and row.state is InputState.RERUN and row.rerun_by == forced.task_id
+
+
+def test_a_reruns_completion_event_finds_its_row_and_publishes_it(world: World) -> None:
+    from shared.events import BlobCreated
+    from shared.finished import FinishedAction, task_finished
+
+    failed_input(world)
+    [outcome] = rerun(world.gw, RerunRequest("req-ev", names=("a.txt",))).outcomes
+    staging = ids.staging_container("staging", outcome.task_id)
+    run_task(world, outcome.job_id, outcome.task_id, 0, b"2")
+    event = BlobCreated("evt-1", staging, "logs/stderr.txt", frozenset({"devstoreaccount1"}))
+    assert task_finished(world.gw, event).action is FinishedAction.ENQUEUED  # not refused as an unknown container
+    assert [collect(world.gw, message).action for message in world.queue.drain()] == [CollectAction.PUBLISHED]
+    assert (manifest(world, "a.txt")["status"], manifest(world, "a.txt")["run"]) == ("succeeded", 2)

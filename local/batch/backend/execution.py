@@ -251,6 +251,10 @@ class Execution:
             else:
                 failure.details.setdefault("FileUploadError", upload_failure.details.get("Message", ""))
         with state.lock:
+            if state.completion_lag > 0:
+                # The process has exited and its files are uploaded, yet the task stays `running` a while, as
+                # Batch's state can lag behind the node (--completion-lag-seconds); a stopping emulator cuts it.
+                state.wakeup.wait_for(lambda: state.stopping, timeout=state.completion_lag)
             self._finish(
                 job_key, task_key, attempt_number, exit_code, failure, launched=True, upload_failed=upload_failed
             )

@@ -68,6 +68,7 @@ class State:
         persist: bool,
         task_start_delay_ms: float,
         remover: RemoveTree = remove_tree,
+        completion_lag_seconds: float = 0.0,
     ) -> None:
         self.state_dir = state_dir
         self.account_name = account_name
@@ -76,6 +77,9 @@ class State:
         self.auto_storage = auto_storage_connection_string
         self.job_quota = job_quota
         self.task_start_delay = task_start_delay_ms / 1000.0
+        # Batch can report a task `completed` well after its process exited and its files uploaded: the emulator
+        # keeps a finished task `running` this long (tests of batchdrop's completion re-checks).
+        self.completion_lag = completion_lag_seconds
         self.lock = threading.RLock()
         self.wakeup = threading.Condition(self.lock)
         self.journal = Journal(state_dir / "state.jsonl" if persist else None)

@@ -1,0 +1,47 @@
+"""Completion events: a staging container's stderr log created (Event Grid), and the delayed re-checks."""
+
+from __future__ import annotations
+
+import logging
+
+import azure.functions as func
+
+from shared.errors import RejectedInput
+from shared.events import parse_blob_created
+from shared.finished import recheck, task_finished
+from shared.messages import decode_check
+from shared.settings import STORAGE_CONNECTION
+from shared.triggers.boundary import reject, run
+from shared.triggers.ingest import BLOB_CREATED
+
+bp = func.Blueprint()
+logger = logging.getLogger("batchdrop.finished")
+
+
+@bp.function_name("task_finished")
+@bp.event_grid_trigger(arg_name="event")
+def task_finished_event(event: func.EventGridEvent) -> None:
+    """BlobCreated for `<staging prefix>-…/logs/stderr.txt`: the task's completion message, or a delayed re-check.
+    Other event types are ignored; events for another account or an unknown container are refused and recorded."""
+    if event.event_type != BLOB_CREATED:
+        logger.info("ignored Event Grid event %s of type %s", event.id, event.event_type)
+        return
+    subject = f"event {event.id}"
+    try:
+        created = parse_blob_created(event.id, event.get_json(), event.subject, event.topic)
+    except RejectedInput as rejection:
+        reject(subject, rejection)
+        return
+    run(subject, lambda gw: task_finished(gw, created))
+
+
+@bp.function_name("recheck_task")
+@bp.queue_trigger(arg_name="message", queue_name="completion-checks", connection=STORAGE_CONNECTION)
+def recheck_task(message: func.QueueMessage) -> None:
+    body = message.get_body().decode("utf-8", errors="replace")
+    try:
+        check = decode_check(body)
+    except RejectedInput as rejection:
+        reject(f"completion-checks message {message.id}", rejection)
+        return
+    run(f"completion check {check.attempt} of {check.task_id}", lambda gw: recheck(gw, check))
