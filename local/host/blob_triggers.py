@@ -1,4 +1,9 @@
-"""Blob triggers: container scans and Event Grid pushes dispatch via receipts; a queue runs the functions."""
+"""Blob triggers: container scans (ordinary blob triggers) and Event Grid pushes (source=EventGrid) dispatch via
+receipts; a queue runs the functions.
+
+A blob trigger with source=EventGrid is never scanned, as on Azure: its blobs arrive only as Event Grid pushes to
+`/runtime/webhooks/blobs` (locally from the local Event Grid, local/eventgrid).
+"""
 
 from __future__ import annotations
 
@@ -79,11 +84,12 @@ class BlobTriggers:
                 self.receipts[connection] = Receipts(accounts.get(connection), host_id,
                                                      options.message_encoding)
         self.listeners: list[QueueListener] = []
-        self._scans = dict.fromkeys(self.functions, 0)
+        self.scanned = {name: spec for name, spec in self.functions.items() if not _trigger(spec).event_grid}
+        self._scans = dict.fromkeys(self.scanned, 0)
         self._scans_lock = threading.Lock()
 
     def scans(self) -> dict[str, int]:
-        """Completed container scans per function (full name). A scan counts once every blob it listed has
+        """Completed container scans per scanned function (full name; source=EventGrid ones are not scanned). A scan counts once every blob it listed has
         been dispatched (its message queued) or left for the next scan after a storage error; a count two
         higher than one read earlier means a whole scan ran after that read."""
         with self._scans_lock:
@@ -96,7 +102,7 @@ class BlobTriggers:
                 self.options, self._handler(receipts), self.stopping, describe=_describe)
             listener.start()
             self.listeners.append(listener)
-        for spec in self.functions.values():
+        for spec in self.scanned.values():
             threading.Thread(target=self._scan_forever, args=(spec,), name=f"scan:{spec.name}",
                              daemon=True).start()
 
