@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,7 +33,7 @@ class GridConfig:
     state_dir: Path
     host: str = "127.0.0.1"
     port: int = 0
-    policy: Policy = Policy()
+    policy: Policy = field(default_factory=Policy)
 
 
 class LocalEventGrid:

@@ -16,8 +16,8 @@
 
 `endpoint` is a path relative to the function app's base URL. `{SETTING}` placeholders in the subject filters
 and the endpoint are resolved from the app's settings (BATCHDROP_INPUT_CONTAINER and BATCHDROP_STAGING_PREFIX
-have batchdrop's defaults when unset). Event Grid's own limits apply: 1–5000 events per batch, 1–1024 KB,
-1–30 delivery attempts, 1–1440 minutes of time to live.
+have batchdrop's defaults when unset). Event Grid's own limits apply: 1-5000 events per batch, 1-1024 KB,
+1-30 delivery attempts, 1-1440 minutes of time to live.
 """
 
 from __future__ import annotations

@@ -89,9 +89,10 @@ class BlobTriggers:
         self._scans_lock = threading.Lock()
 
     def scans(self) -> dict[str, int]:
-        """Completed container scans per scanned function (full name; source=EventGrid ones are not scanned). A scan counts once every blob it listed has
-        been dispatched (its message queued) or left for the next scan after a storage error; a count two
-        higher than one read earlier means a whole scan ran after that read."""
+        """Completed container scans per scanned function (full name; source=EventGrid ones are never scanned).
+        A scan counts once every blob it listed has been dispatched (its message queued) or left for the next
+        scan after a storage error; a count two higher than one read earlier means a whole scan ran after that
+        read."""
         with self._scans_lock:
             return dict(self._scans)
 

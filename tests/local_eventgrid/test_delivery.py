@@ -72,12 +72,16 @@ def test_ready_events_go_out_in_batches_of_at_most_max_events_and_a_single_one_a
 
     # One more file, with nothing else coming: it goes out at once, alone (a batch waiting to fill never would).
     container.upload_blob("alone.txt", b"x")
-    last = wait_until(lambda: len(receiver.notifications("/bulk")) == len(sizes) + 1 and receiver.notifications("/bulk")[-1],
-                      20, what="the single file's delivery")
+    last = wait_until(
+        lambda: len(receiver.notifications("/bulk")) == len(sizes) + 1 and receiver.notifications("/bulk")[-1],
+        20, what="the single file's delivery",
+    )
     assert [e["subject"].rsplit("/", 1)[1] for e in last.events] == ["alone.txt"]
 
 
-def test_a_failing_endpoint_gets_the_same_event_again_until_it_accepts(start_grid: StartGrid, receiver: Receiver) -> None:
+def test_a_failing_endpoint_gets_the_same_event_again_until_it_accepts(
+    start_grid: StartGrid, receiver: Receiver
+) -> None:
     name = f"ev-{uuid.uuid4().hex[:8]}"
     receiver.fail["/flaky"] = 2
     grid = start_grid([subscription("flaky", "/flaky", subject_begins_with=_in(name))])

@@ -22,7 +22,8 @@ TOPIC = ("/subscriptions/00000000-0000-0000-0000-000000000000/resourceGroups/bat
 
 def test_a_put_blob_becomes_exactly_the_event_azure_storage_sends(start_grid: StartGrid, receiver: Receiver) -> None:
     name = f"ev-{uuid.uuid4().hex[:8]}"
-    grid = start_grid([subscription("all-of-it", "/hook", subject_begins_with=f"/blobServices/default/containers/{name}/")])
+    begins = f"/blobServices/default/containers/{name}/"
+    grid = start_grid([subscription("all-of-it", "/hook", subject_begins_with=begins)])
     container = container_through(grid, name)
     blob = "dir/a b.txt"
     container.upload_blob(blob, b"hello events", content_settings=ContentSettings(content_type="text/plain"))
@@ -54,7 +55,8 @@ def test_a_put_blob_becomes_exactly_the_event_azure_storage_sends(start_grid: St
 
 def test_a_block_list_upload_raises_one_put_block_list_event(start_grid: StartGrid, receiver: Receiver) -> None:
     name = f"ev-{uuid.uuid4().hex[:8]}"
-    grid = start_grid([subscription("blocks", "/hook", subject_begins_with=f"/blobServices/default/containers/{name}/")])
+    begins = f"/blobServices/default/containers/{name}/"
+    grid = start_grid([subscription("blocks", "/hook", subject_begins_with=begins)])
     service = BlobServiceClient.from_connection_string(grid.connection_string, max_single_put_size=4096,
                                                        max_block_size=4096)
     container = service.create_container(name)
