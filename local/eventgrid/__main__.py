@@ -59,6 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _arguments(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # The storage SDK logs every request's headers at INFO; the proxy's own reads are not news.
+    logging.getLogger("azure").setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.ERROR)
     try:
         subscriptions = load_subscriptions(args.subscriptions, placeholder_settings(os.environ))
     except SubscriptionError as error:

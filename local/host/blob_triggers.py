@@ -122,6 +122,21 @@ class BlobTriggers:
         version = BlobVersion(container, blob_name, quoted_etag(etag))
         return self.receipts[trigger.connection].dispatch(spec.full_name, version)
 
+    def push_all(self, spec: FunctionSpec, blobs: list[tuple[str, str]]) -> list[AzureError | None]:
+        """An Event Grid delivery's blobs (container, name) pushed in parallel, as a scan dispatches: a batch of 100
+        events is dispatched in about the time of a few, well within Event Grid's 30 s. The storage error of
+        each blob that could not be dispatched, else None."""
+
+        def push(blob: tuple[str, str]) -> AzureError | None:
+            try:
+                self.push(spec, *blob)
+            except AzureError as error:
+                return error
+            return None
+
+        return [outcome if isinstance(outcome, AzureError) else None
+                for outcome in _in_parallel(push, blobs, DISPATCH_THREADS)]
+
     def _scan_forever(self, spec: FunctionSpec) -> None:
         trigger = _trigger(spec)
         receipts = self.receipts[trigger.connection]

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from azure.core.exceptions import AzureError
 
 from local.host.bindings import FunctionSpec, read_functions
 from local.host.invocation import Invoker
@@ -38,9 +39,9 @@ class Pushed:
     def __init__(self) -> None:
         self.blobs: list[tuple[str, str, str]] = []
 
-    def __call__(self, spec: FunctionSpec, container: str, name: str) -> bool:
-        self.blobs.append((spec.name, container, name))
-        return True
+    def __call__(self, spec: FunctionSpec, blobs: list[tuple[str, str]]) -> list[AzureError | None]:
+        self.blobs.extend((spec.name, container, name) for container, name in blobs)
+        return [None] * len(blobs)
 
 
 @pytest.fixture
