@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import sys
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -48,6 +49,14 @@ class ProxyServer(ThreadingHTTPServer):
         self.properties = properties
         self.admin = admin
         self.upstream = _Upstream()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away mid-answer (a killed dev host or task) is one line, not a traceback."""
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError):
+            logger.info("Client %s went away: %s", client_address, error)
+            return
+        logger.exception("Proxying a request from %s failed", client_address)
 
     @property
     def url(self) -> str:
