@@ -37,7 +37,7 @@ def test_the_stack_file_declares_input_and_task_finished_with_the_app_settings_n
 @pytest.mark.parametrize(
     ("entry", "message"),
     [
-        ({"name": "a-b", "endpoint": "/x", "max_events_per_batch": 0}, "max_events_per_batch must be an integer from 1"),
+        ({"name": "a-b", "endpoint": "/x", "max_events_per_batch": 0}, "max_events_per_batch must be an integer"),
         ({"name": "a-b", "endpoint": "/x", "max_delivery_attempts": 31}, "max_delivery_attempts must be an integer"),
         ({"name": "a-b", "endpoint": "/x", "event_ttl_minutes": "60"}, "event_ttl_minutes must be an integer"),
         ({"name": "a-b", "endpoint": "http://elsewhere/x"}, "endpoint must be a path of the function app"),
