@@ -92,3 +92,19 @@ def test_subject_filters_and_event_types_choose_the_subscriptions(start_grid: St
     assert receiver.events("/deletes") == []
     names = {s["name"]: s for s in grid.subscriptions()["subscriptions"]}  # type: ignore[attr-defined]
     assert names["csv-in-wanted"]["delivered"] == 1 and names["deletes-only"]["delivered"] == 0
+
+
+def test_a_copy_that_completes_at_once_raises_a_copy_blob_event(start_grid: StartGrid, receiver: Receiver) -> None:
+    name = f"ev-{uuid.uuid4().hex[:8]}"
+    begins = f"/blobServices/default/containers/{name}/blobs/copies/"
+    grid = start_grid([subscription("copies", "/hook", subject_begins_with=begins)])
+    container = container_through(grid, name)
+    source = container.upload_blob("original.txt", b"copy me", content_settings=ContentSettings(content_type="a/b"))
+    target = container.get_blob_client("copies/one.txt")
+    target.start_copy_from_url(source.url)
+
+    [event] = wait_until(lambda: receiver.events("/hook"), 20, what="the CopyBlob event")
+    assert event["subject"] == f"/blobServices/default/containers/{name}/blobs/copies/one.txt"
+    assert (event["data"]["api"], event["data"]["contentLength"], event["data"]["contentType"]) == (
+        "CopyBlob", 7, "a/b")
+    assert event["data"]["eTag"] == target.get_blob_properties().etag
