@@ -158,16 +158,48 @@ class Emulator(Service):
 
 
 @dataclass
+class EventGrid(Service):
+    """The local Event Grid (local/eventgrid): `url` is its proxy in front of Azurite's blob service."""
+
+    azurite: Azurite | None = None
+    app_url: str = ""
+    subscriptions_file: Path | None = None
+
+    @property
+    def blob_endpoint(self) -> str:
+        return f"{self.url}/{AZURITE_ACCOUNT}"
+
+    @property
+    def connection_string(self) -> str:
+        """Azurite's connection string with the blob endpoint through the proxy (writes raise events)."""
+        assert self.azurite is not None
+        return (
+            f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+            f"BlobEndpoint={self.blob_endpoint};QueueEndpoint={self.azurite.queue_endpoint};"
+            f"TableEndpoint={self.azurite.table_endpoint};"
+        )
+
+    def subscriptions(self) -> dict[str, object]:
+        """Each subscription's state (provisioningState, pending, delivered, dead_lettered, batch sizes)."""
+        with urllib.request.urlopen(f"{self.url}/_eventgrid/subscriptions", timeout=10) as response:  # noqa: S310
+            document: dict[str, object] = json.load(response)
+            return document
+
+
+@dataclass
 class Stack:
-    """Azurite + emulator (+ dev host): what `batchdrop up` and the e2e tests run."""
+    """Azurite + emulator (+ local Event Grid + dev host): what `batchdrop up` and the e2e tests run."""
 
     azurite: Azurite
     emulator: Emulator
     host: Service | None = None
     extra: list[Service] = field(default_factory=list)
+    eventgrid: EventGrid | None = None
 
     def services(self) -> list[Service]:
         found: list[Service] = [self.azurite, self.emulator]
+        if self.eventgrid is not None:
+            found.append(self.eventgrid)
         if self.host is not None:
             found.append(self.host)
         return found + self.extra
@@ -427,10 +459,13 @@ def start_emulator(
     )  # fmt: skip
 
 
-def app_settings(azurite: Azurite, emulator: Emulator, overrides: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The app settings that point batchdrop at the local stack."""
+def app_settings(azurite: Azurite, emulator: Emulator, overrides: Mapping[str, str] | None = None,
+                 eventgrid: EventGrid | None = None) -> dict[str, str]:
+    """The app settings that point batchdrop at the local stack; with `eventgrid`, the app's blob writes (and the
+    SAS URLs it hands to Batch tasks) go through its proxy, so they raise events. The host's own storage
+    (AzureWebJobsStorage: receipts, timers) stays direct."""
     settings = {
-        "BatchdropStorage": azurite.connection_string,
+        "BatchdropStorage": eventgrid.connection_string if eventgrid is not None else azurite.connection_string,
         "AzureWebJobsStorage": azurite.connection_string,
         "BATCHDROP_BATCH_URL": emulator.url,
         "BATCHDROP_BATCH_ACCOUNT_NAME": emulator.account_name,
@@ -457,3 +492,41 @@ def start_host(
         "--state-dir", str(workdir / "host"), *extra_args,
     ]  # fmt: skip
     return start_server("dev-host", argv, workdir / "logs" / "host.log", {**os.environ, **env}, ready_timeout)
+
+
+SUBSCRIPTIONS_SETTING = "BATCHDROP_EVENTGRID_SUBSCRIPTIONS"
+DEFAULT_SUBSCRIPTIONS = PROJECT_ROOT / "local" / "eventgrid" / "subscriptions.json"
+
+
+def subscriptions_file() -> Path:
+    """BATCHDROP_EVENTGRID_SUBSCRIPTIONS if set, else local/eventgrid/subscriptions.json."""
+    configured = os.environ.get(SUBSCRIPTIONS_SETTING)
+    return Path(configured).resolve() if configured else DEFAULT_SUBSCRIPTIONS
+
+
+def start_eventgrid(
+    workdir: Path,
+    azurite: Azurite,
+    app_url: str,
+    subscriptions: Path | None = None,
+    settings: Mapping[str, str] | None = None,
+    extra_args: Sequence[str] = (),
+    port: int = 0,
+    ready_timeout: float = READY_TIMEOUT_SECONDS,
+) -> EventGrid:
+    """The local Event Grid: a proxy in front of Azurite's blob service (its URL is the stack's blob endpoint) that
+    delivers BlobCreated events to the subscriptions file's endpoints under `app_url` (the dev host's URL, known
+    before the host starts: pick its port first). `settings` resolve the file's placeholders. Journal under
+    workdir/eventgrid."""
+    chosen = subscriptions or subscriptions_file()
+    argv = [
+        sys.executable, "-m", "local.eventgrid", "--azurite-blob-url", azurite.url, "--app-url", app_url,
+        "--subscriptions", str(chosen), "--state-dir", str(workdir / "eventgrid"), "--port", str(port),
+        *extra_args,
+    ]  # fmt: skip
+    env = {**os.environ, **(settings or {})}
+    server = start_server("eventgrid", argv, workdir / "logs" / "eventgrid.log", env, ready_timeout)
+    return EventGrid(
+        name=server.name, process=server.process, url=server.url, log_path=server.log_path,
+        azurite=azurite, app_url=app_url, subscriptions_file=chosen,
+    )  # fmt: skip

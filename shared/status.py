@@ -9,11 +9,16 @@ from __future__ import annotations
 
 from collections import Counter
 from datetime import datetime
+from itertools import islice
 
 from shared.gateways import Gateways
 from shared.models import FinalKey, InputState, JobRecord, JobState
 from shared.pipelines import PoolPlan
 
+# Where Event Grid dead-letters the events it could not deliver (the subscriptions' deadLetterDestination).
+EVENT_DEAD_LETTER_CONTAINER = "eventgrid-deadletter"
+# Status lists at most this many dead-letter blobs: one listing page, whatever piles up there.
+EVENT_DEAD_LETTER_CAP = 100
 COUNT_KEYS = ("queued", "running", "succeeded", "failed", "collected", "rejected", "skipped")
 BATCH_KEYS = ("queued", "running", "succeeded", "failed")
 REFUSED = {InputState.REJECTED: "rejected", InputState.SKIPPED: "skipped"}
@@ -101,6 +106,23 @@ def status(gw: Gateways) -> dict[str, object]:
         "deleted_jobs": {"count": ledger_counts.deleted_jobs, "counts": deleted},
         "rejected": gw.ledger.rejections(),
         "poison": {f"{gw.settings.completions_queue}-poison": gw.queue.poison_count()},
+        "event_dead_letters": _event_dead_letters(gw),
+    }
+
+
+def _event_dead_letters(gw: Gateways) -> dict[str, object]:
+    """Event Grid's dead-letter blobs (each holds one or more undelivered events), per subscription; at most
+    EVENT_DEAD_LETTER_CAP are listed, `capped` says there are more. Blob names are
+    `<TOPIC>/<SUBSCRIPTION>/<yyyy>/<m>/<d>/<h>/<guid>.json`."""
+    listed = list(islice(gw.blobs.list_blobs(EVENT_DEAD_LETTER_CONTAINER), EVENT_DEAD_LETTER_CAP + 1))
+    shown = listed[:EVENT_DEAD_LETTER_CAP]
+    per_subscription = Counter(blob.name.split("/")[1] if blob.name.count("/") >= 1 else "" for blob in shown)
+    return {
+        "container": EVENT_DEAD_LETTER_CONTAINER,
+        "blobs": len(shown),
+        "capped": len(listed) > EVENT_DEAD_LETTER_CAP,
+        "by_subscription": dict(sorted(per_subscription.items())),
+        "newest": [blob.name for blob in sorted(shown, key=lambda blob: blob.created_on, reverse=True)[:5]],
     }
 
 

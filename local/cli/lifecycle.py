@@ -57,7 +57,9 @@ def _port_free(port: int) -> bool:
 
 
 def start_local_stack(workdir: Path, pipelines: Path, preferred_ports: bool) -> tuple[local_stack.Stack, StackInfo]:
-    """Azurite, the emulator and the dev host, with containers created and apps/ uploaded before the host starts."""
+    """Azurite, the emulator, the local Event Grid and the dev host, with containers created and apps/ uploaded
+    before the host starts; the subscriptions file is BATCHDROP_EVENTGRID_SUBSCRIPTIONS, else
+    local/eventgrid/subscriptions.json."""
     if not pipelines.is_file():
         raise CliError(f"pipelines file {pipelines} does not exist")
     workdir.mkdir(parents=True, exist_ok=True)
@@ -79,11 +81,16 @@ def start_local_stack(workdir: Path, pipelines: Path, preferred_ports: bool) -> 
         azurite = start(lambda: local_stack.start_azurite(workdir, azurite_ports))
         packages_dir = workdir / "packages"
         emulator = start(lambda: local_stack.start_emulator(workdir, ["--packages-dir", str(packages_dir)]))
-        settings = local_stack.app_settings(azurite, emulator, {"BATCHDROP_PIPELINES_FILE": str(pipelines)})
+        overrides = {"BATCHDROP_PIPELINES_FILE": str(pipelines)}
+        # The local Event Grid delivers to the dev host, so the host's port is chosen before either starts.
+        host_port = (PREFERRED_HOST_PORT if preferred_ports and _port_free(PREFERRED_HOST_PORT)
+                     else local_stack.free_port())
+        eventgrid = start(lambda: local_stack.start_eventgrid(
+            workdir, azurite, f"http://127.0.0.1:{host_port}", settings=overrides))
+        settings = local_stack.app_settings(azurite, emulator, overrides, eventgrid)
         prepare_storage(azurite.connection_string)
-        host_port = PREFERRED_HOST_PORT if preferred_ports and _port_free(PREFERRED_HOST_PORT) else 0
         host = start(lambda: local_stack.start_host(workdir, HOST_APP, settings, port=host_port))
-        running = local_stack.Stack(azurite=azurite, emulator=emulator, host=host)
+        running = local_stack.Stack(azurite=azurite, emulator=emulator, host=host, eventgrid=eventgrid)
         processes = {
             service.name: ProcessInfo(service.pid, service.url, str(service.log_path), identify(service.pid))
             for service in running.services()
@@ -94,10 +101,11 @@ def start_local_stack(workdir: Path, pipelines: Path, preferred_ports: bool) -> 
         raise
     info = StackInfo(
         workdir=str(workdir),
-        storage_connection_string=azurite.connection_string,
+        # Clients write through the local Event Grid's proxy, so that their uploads raise events.
+        storage_connection_string=eventgrid.connection_string,
         host_url=host.url.rstrip("/"),
         emulator_url=emulator.url.rstrip("/"),
-        blob_url=azurite.blob_endpoint,
+        blob_url=eventgrid.blob_endpoint,
         processes=processes,
         started_at=datetime.now(UTC).isoformat(timespec="seconds"),
         packages_dir=str(packages_dir),
@@ -116,6 +124,8 @@ def describe_stack(info: StackInfo) -> list[str]:
     return [
         f"  storage (Azurite)  {info.blob_url}  (pid {pid.get('azurite', '?')})",
         f"  Batch emulator     {info.emulator_url}  (pid {pid.get('batch-emulator', '?')})",
+        f"  local Event Grid   proxy to Azurite at {info.blob_url}  (pid {pid.get('eventgrid', '?')}); "
+        f"subscriptions from {shown(local_stack.subscriptions_file())}",
         f"  dev host           {info.host_url}  (pid {pid.get('dev-host', '?')}); status at {info.host_url}/api/status",
         f"  status page        {info.host_url}/api/page  (`batchdrop open`)",
         f"  data and logs      {shown(Path(info.workdir))}/ (logs/*.log)",
@@ -133,7 +143,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     with interruptible():
         running: local_stack.Stack | None = None
         try:
-            print("starting Azurite, the Batch emulator and the dev host ...", flush=True)
+            print("starting Azurite, the Batch emulator, the local Event Grid and the dev host ...", flush=True)
             running, info = start_local_stack(
                 state_dir() / "stack", Path(args.pipelines).resolve(), preferred_ports=not args.random_ports
             )
@@ -159,7 +169,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             if running is not None:
                 stop_stack(running)
                 _forget_stack(os.getpid())
-                print("stopped Azurite, the Batch emulator and the dev host.", flush=True)
+                print("stopped Azurite, the Batch emulator, the local Event Grid and the dev host.", flush=True)
 
 
 def refuse_if_running() -> None:
@@ -265,7 +275,7 @@ def stop_recorded(info: StackInfo) -> tuple[bool, list[str]]:
         if info.still_ours(SUPERVISOR):
             local_stack.stop_pid(supervisor, timeout=1)
     # Dependants first: the host needs storage and Batch until it stops.
-    for name in ("dev-host", "batch-emulator", "azurite"):
+    for name in ("dev-host", "eventgrid", "batch-emulator", "azurite"):
         pid = live.get(name)
         if pid is None or not info.still_ours(name):
             continue

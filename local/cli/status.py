@@ -45,6 +45,42 @@ def fetch_status(host_url: str, timeout: float = 15.0) -> dict[str, Any]:
     return document
 
 
+def fetch_subscriptions(eventgrid_url: str, timeout: float = 5.0) -> list[dict[str, Any]] | None:
+    """The local Event Grid's subscriptions and their state; None when it does not answer."""
+    try:
+        with urllib.request.urlopen(f"{eventgrid_url}/_eventgrid/subscriptions", timeout=timeout) as response:  # noqa: S310
+            document = json.load(response)
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    entries = document.get("subscriptions") if isinstance(document, dict) else None
+    return [entry for entry in entries if isinstance(entry, dict)] if isinstance(entries, list) else None
+
+
+def render_events(document: Mapping[str, Any], subscriptions: list[dict[str, Any]] | None) -> list[str]:
+    """Event Grid's dead letters (from the status API) and, locally, each subscription's state."""
+    lines: list[str] = []
+    dead = document.get("event_dead_letters") or {}
+    count = f"{dead.get('blobs', 0)}{'+' if dead.get('capped') else ''}"
+    per = ", ".join(f"{name} {n}" for name, n in (dead.get("by_subscription") or {}).items())
+    lines.append(
+        f"event dead letters: {count} blob(s)"
+        + (f" ({per})" if per else "")
+        + f" in container {dead.get('container', 'eventgrid-deadletter')}"
+    )
+    for name in dead.get("newest") or []:
+        lines.append(f"  {name}")
+    for entry in subscriptions or []:
+        state = entry.get("provisioningState", "?")
+        line = (
+            f"event subscription {entry.get('name')}: {state}, {entry.get('pending', 0)} pending, "
+            f"{entry.get('delivered', 0)} delivered, {entry.get('dead_lettered', 0)} dead-lettered"
+        )
+        if state != "Succeeded":
+            line += f" ({entry.get('reason', '')})"
+        lines.append(line)
+    return lines
+
+
 def render_status(document: Mapping[str, Any], limit: int = 10, width: int | None = None) -> list[str]:
     """The status document as lines; with `width`, every line fits in it (names shortened in the middle)."""
     lines: list[str] = []
@@ -93,7 +129,14 @@ def is_idle(document: Mapping[str, Any]) -> bool:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    host_url = args.url.rstrip("/") if args.url else require_stack().host_url
+    eventgrid_url: str | None = None
+    if args.url:
+        host_url = args.url.rstrip("/")
+    else:
+        info = require_stack()
+        host_url = info.host_url
+        eventgrid = info.processes.get("eventgrid")
+        eventgrid_url = eventgrid.url.rstrip("/") if eventgrid is not None else None
     if args.watch:
         return watch_status(host_url, args.interval, args.until_idle, None if args.wide else terminal_width())
     if args.until_idle:
@@ -102,7 +145,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(document, indent=2, default=str))
         return 0
-    print("\n".join(render_status(document, width=None if args.wide else terminal_width())))
+    subscriptions = fetch_subscriptions(eventgrid_url) if eventgrid_url else None
+    lines = [
+        *render_status(document, width=None if args.wide else terminal_width()),
+        *render_events(document, subscriptions),
+    ]
+    print("\n".join(lines))
     return 0
 
 

@@ -14,8 +14,8 @@ What it does, and where it differs from the Functions host:
   host.json is read from the app module's directory (else the current one).
 - Connections: setting `<connection>` holds a connection string, or `<connection>__blobServiceUri`
   and `__queueServiceUri` name the services (DefaultAzureCredential).
-- Blob triggers: the container is listed every --blob-scan-seconds (also with source=EventGrid,
-  which on Azure is push-only). A new blob version gets a receipt
+- Blob triggers: the container is listed every --blob-scan-seconds, except with source=EventGrid,
+  which is push-only as on Azure (the local Event Grid, local/eventgrid, pushes). A new blob version gets a receipt
   `azure-webjobs-hosts/blobreceipts/<hostId>/Host.Functions.<name>/<"etag">/<container>/<blob>` and
   a message on `azure-webjobs-blobtrigger-<hostId>`; that queue runs the function (5 tries, then
   `webjobs-blobtrigger-poison`), all in the trigger's own storage account. The host id is the

@@ -94,7 +94,7 @@ class DevHost:
         self.queue_listeners = [self._queue_listener(spec) for spec in having(QueueTrigger)]
         self.timers = Timers(having(TimerTrigger), self.invoker, config.state_dir, self.stopping)
         self.router = Router(having(HttpTrigger), options.route_prefix)
-        self.webhooks = Webhooks(self.functions, self.invoker, self.blob_triggers.push, config.webhook_key)
+        self.webhooks = Webhooks(self.functions, self.invoker, self.blob_triggers.push_all, config.webhook_key)
         self._server: HostServer | None = None
         self._stopped = threading.Event()
 

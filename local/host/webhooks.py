@@ -92,7 +92,8 @@ def to_event_grid_event(event: dict[str, Any], index: int = 0) -> EventGridEvent
     )
 
 
-BlobPush = Callable[[FunctionSpec, str, str], bool]
+# The blobs (container, name) of one delivery, pushed together; each one's storage error, else None.
+BlobPush = Callable[[FunctionSpec, list[tuple[str, str]]], list[AzureError | None]]
 
 
 class Webhooks:
@@ -163,6 +164,7 @@ class Webhooks:
         return WebResponse(202)
 
     def _push_blobs(self, spec: FunctionSpec, events: list[dict[str, Any]]) -> WebResponse:
+        blobs: list[tuple[str, str]] = []
         for index, event in enumerate(events):
             if event.get("eventType", event.get("type")) != "Microsoft.Storage.BlobCreated":
                 continue
@@ -170,11 +172,13 @@ class Webhooks:
             if not subject:
                 raise BadEvents(f"event {index}: subject {event.get('subject')!r} is not "
                                 "/blobServices/default/containers/<container>/blobs/<name>")
-            try:
-                self.blob_push(spec, subject.group(1), subject.group(2))
-            except AzureError as error:
-                logger.warning("%s: could not dispatch %s: %s", spec.name, event.get("subject"), error)
-                return error_response(500, f"storage error while dispatching event {index}")
+            blobs.append((subject.group(1), subject.group(2)))
+        failed = [(blob, error) for blob, error in zip(blobs, self.blob_push(spec, blobs), strict=True) if error]
+        for (container, name), error in failed:
+            logger.warning("%s: could not dispatch %s/%s: %s", spec.name, container, name, error)
+        if failed:
+            # Event Grid delivers the whole batch again; the blobs already dispatched have their receipts.
+            return error_response(500, f"storage error while dispatching {len(failed)} of {len(blobs)} blob(s)")
         return WebResponse(202)
 
 

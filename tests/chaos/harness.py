@@ -34,10 +34,13 @@ from local.stack import (
     PROJECT_ROOT,
     Azurite,
     Emulator,
+    EventGrid,
     Service,
     app_settings,
+    free_port,
     start_azurite,
     start_emulator,
+    start_eventgrid,
     start_host,
 )
 from shared import ids
@@ -120,7 +123,9 @@ def in_parallel(work: Callable[[T], object], items: Iterable[T], workers: int = 
 
 @dataclass
 class ChaosStack:
-    """The local stack of one scenario, in its own work directory."""
+    """The local stack of one scenario, in its own work directory: Azurite, the emulator, the local Event Grid
+    (the stack's default subscriptions; every blob client, the app's and the test's, writes through its proxy)
+    and the dev host, which the Event Grid reaches on a port chosen once and kept across host restarts."""
 
     workdir: Path
     pipelines: list[dict[str, Any]]
@@ -130,6 +135,8 @@ class ChaosStack:
     azurite: Azurite | None = None
     emulator: Emulator | None = None
     host: Service | None = None
+    eventgrid: EventGrid | None = None
+    host_port: int = 0
     settings: dict[str, str] = field(default_factory=dict)
     host_starts: int = 0
     _host_log_offset: int = 0
@@ -138,6 +145,8 @@ class ChaosStack:
     def start(self) -> ChaosStack:
         self.azurite = start_azurite(self.workdir)
         self.emulator = start_emulator(self.workdir, self.emulator_args)
+        self.host_port = free_port()
+        self.eventgrid = start_eventgrid(self.workdir, self.azurite, f"http://127.0.0.1:{self.host_port}")
         service = self.blob_service()
         for container in (INPUT, APPS, RESULTS):
             service.create_container(container)
@@ -150,7 +159,7 @@ class ChaosStack:
             "BATCHDROP_POLL_SCHEDULE": "*/1 * * * * *",
             "BATCHDROP_POLL_OVERLAP_SECONDS": "10",
             **self.setting_overrides,
-        })  # fmt: skip
+        }, self.eventgrid)  # fmt: skip
         self.start_host()
         return self
 
@@ -159,7 +168,8 @@ class ChaosStack:
         log = self.workdir / "logs" / "host.log"
         self._host_log_offset = log.stat().st_size if log.exists() else 0
         self.host = start_host(
-            self.workdir, "function_app:app", self.settings, ["--blob-scan-seconds", str(self.blob_scan_seconds)]
+            self.workdir, "function_app:app", self.settings, ["--blob-scan-seconds", str(self.blob_scan_seconds)],
+            port=self.host_port,
         )
         self.host_starts += 1
         return self.host
@@ -189,14 +199,15 @@ class ChaosStack:
         self.azurite = start_azurite(self.workdir, ports=ports)
 
     def stop(self) -> None:
-        for service in (self.host, self.emulator, self.azurite):
+        for service in (self.host, self.eventgrid, self.emulator, self.azurite):
             if service is not None:
                 service.stop()
 
     # clients
     def blob_service(self) -> BlobServiceClient:
-        assert self.azurite is not None
-        return BlobServiceClient.from_connection_string(self.azurite.connection_string)
+        """Through the local Event Grid's proxy: uploads raise BlobCreated events, as on Azure."""
+        assert self.eventgrid is not None
+        return BlobServiceClient.from_connection_string(self.eventgrid.connection_string)
 
     def batch_client(self) -> BatchClient:
         assert self.emulator is not None

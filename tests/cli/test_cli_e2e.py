@@ -130,9 +130,10 @@ def test_a_second_up_is_refused_while_one_runs(running_stack: Path) -> None:
 def test_down_stops_every_process(state: Path) -> None:
     started = batchdrop(state, "up", "--detach", "--random-ports", timeout=200)
     assert started.returncode == 0, started.stderr
-    # "(pid N" appears once for the background process and once per server.
+    # "(pid N" appears once for the background process and once per server (Azurite, the emulator, the local
+    # Event Grid, the dev host).
     pids = [int(part.split()[0].rstrip(");")) for part in started.stdout.split("(pid ")[1:]]
-    assert len(pids) == 4
+    assert len(pids) == 5
 
     assert batchdrop(state, "down").returncode == 0
 

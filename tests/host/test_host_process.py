@@ -242,7 +242,7 @@ def test_restart_does_not_redispatch_a_blob_with_a_receipt(start_sample: StartSa
 
 
 def test_event_grid_pushes_reach_blob_and_event_grid_functions(start_sample: StartSample) -> None:
-    # Scans effectively off: only the pushes can trigger the blob function.
+    # The pushed function is never scanned; scans of the ordinary one are effectively off too.
     host = start_sample(["--blob-scan-seconds", "3600", "--webhook-key", "k3y"])
     host.blobs.create_container(host.container_name)
     host.container.upload_blob("pushed.txt", b"pushed")
@@ -255,11 +255,11 @@ def test_event_grid_pushes_reach_blob_and_event_grid_functions(start_sample: Sta
         "dataVersion": "",
         "data": {"url": "ignored"},
     }
-    blobs_url = f"{host.url}/runtime/webhooks/blobs?functionName=Host.Functions.on_blob"
+    blobs_url = f"{host.url}/runtime/webhooks/blobs?functionName=Host.Functions.on_pushed_blob"
     headers = {"aeg-event-type": "Notification", "Content-Type": "application/json"}
     assert request(blobs_url, "POST", [event], headers)[0] == 401
     assert request(f"{blobs_url}&code=k3y", "POST", [event], headers)[0] == 202
-    [record] = wait_until(lambda: host.records("on_blob"), what="the pushed blob")
+    [record] = wait_until(lambda: host.records("on_pushed_blob"), what="the pushed blob")
     assert record["name"] == f"{host.container_name}/pushed.txt"
     # The same event again (Event Grid delivers at least once): the receipt stops a second run.
     assert request(f"{blobs_url}&code=k3y", "POST", [event], headers)[0] == 202
@@ -285,7 +285,7 @@ def test_event_grid_pushes_reach_blob_and_event_grid_functions(start_sample: Sta
     assert [r["id"] for r in wait_until(lambda: host.records("on_event"))] == ["e1"]
     # Had the second push been dispatched, its message would have been polled and its invocation finished.
     wait_for_host_passes(host.url, "queue_polls", DISPATCH_QUEUE, since=pushed_again)
-    assert len(host.records("on_blob")) == 1
+    assert len(host.records("on_pushed_blob")) == 1
 
 
 def test_sigterm_releases_a_message_whose_function_is_still_running(start_sample: StartSample) -> None:

@@ -86,7 +86,9 @@ def test_host_json_options() -> None:
 
 def test_sample_app_bindings_are_read_with_settings_resolved() -> None:
     functions = {spec.name: spec for spec in read_functions(sample_app.build_app(), AppSettings(SAMPLE_SETTINGS))}
-    assert functions["on_blob"].trigger == BlobTrigger("blob", "drop", "{name}", "SampleStorage", event_grid=True)
+    assert functions["on_blob"].trigger == BlobTrigger("blob", "drop", "{name}", "SampleStorage", event_grid=False)
+    assert functions["on_pushed_blob"].trigger == BlobTrigger("blob", "drop", "{name}", "SampleStorage",
+                                                             event_grid=True)
     assert functions["on_blob"].full_name == "Host.Functions.on_blob"
     assert functions["on_message"].trigger == QueueTrigger("message", "work", "SampleStorage")
     assert [output.queue_name for output in functions["on_message"].queue_outputs] == ["work-out"]

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from azure.core.exceptions import AzureError
 
 from local.host.bindings import FunctionSpec, read_functions
 from local.host.invocation import Invoker
@@ -38,9 +39,9 @@ class Pushed:
     def __init__(self) -> None:
         self.blobs: list[tuple[str, str, str]] = []
 
-    def __call__(self, spec: FunctionSpec, container: str, name: str) -> bool:
-        self.blobs.append((spec.name, container, name))
-        return True
+    def __call__(self, spec: FunctionSpec, blobs: list[tuple[str, str]]) -> list[AzureError | None]:
+        self.blobs.extend((spec.name, container, name) for container, name in blobs)
+        return [None] * len(blobs)
 
 
 @pytest.fixture
@@ -86,7 +87,7 @@ def test_subscription_validation_returns_the_code(record_dir: Path) -> None:
     assert response.status == 200
     assert json.loads(response.body) == {"validationResponse": "512d38b6-c7b8-40c8-89fe-f46f9e9622b6"}
     blob_response = post(
-        webhooks(), BLOBS, validation, "SubscriptionValidation", {"functionName": "Host.Functions.on_blob"}
+        webhooks(), BLOBS, validation, "SubscriptionValidation", {"functionName": "Host.Functions.on_pushed_blob"}
     )
     assert json.loads(blob_response.body) == {"validationResponse": "512d38b6-c7b8-40c8-89fe-f46f9e9622b6"}
     assert read_records(record_dir, "on_event") == []
@@ -169,7 +170,7 @@ def test_unknown_functions_are_a_404(record_dir: Path) -> None:
     assert post(hooks, EVENT_GRID, [blob_created("a")], query={}).status == 400
     # The blob webhook serves blob triggers only; the Event Grid one, Event Grid triggers only.
     assert post(hooks, BLOBS, [blob_created("a")], query={"functionName": "Host.Functions.on_event"}).status == 404
-    assert post(hooks, EVENT_GRID, [blob_created("a")], query={"functionName": "on_blob"}).status == 404
+    assert post(hooks, EVENT_GRID, [blob_created("a")], query={"functionName": "on_pushed_blob"}).status == 404
 
 
 def test_blob_webhook_dispatches_created_blobs_only(record_dir: Path) -> None:
@@ -177,11 +178,11 @@ def test_blob_webhook_dispatches_created_blobs_only(record_dir: Path) -> None:
     hooks = webhooks(pushed=pushed)
     deleted = {**blob_created("gone.txt"), "eventType": "Microsoft.Storage.BlobDeleted"}
     response = post(
-        hooks, BLOBS, [blob_created("dir/a b.txt"), deleted], query={"functionName": "Host.Functions.on_blob"}
+        hooks, BLOBS, [blob_created("dir/a b.txt"), deleted], query={"functionName": "Host.Functions.on_pushed_blob"}
     )
     assert response.status == 202
-    assert pushed.blobs == [("on_blob", "drop", "dir/a b.txt")]
+    assert pushed.blobs == [("on_pushed_blob", "drop", "dir/a b.txt")]
     bad_subject = {**blob_created("x"), "subject": "/containers/drop/x"}
-    response = post(hooks, BLOBS, [bad_subject], query={"functionName": "Host.Functions.on_blob"})
+    response = post(hooks, BLOBS, [bad_subject], query={"functionName": "Host.Functions.on_pushed_blob"})
     assert response.status == 400
     assert "is not /blobServices/default/containers" in json.loads(response.body)["error"]
