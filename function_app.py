@@ -2,8 +2,8 @@
 
 import azure.functions as func
 
-from shared.triggers import api, collector, ingest, timers
+from shared.triggers import api, bulk, collector, ingest, timers
 
 app = func.FunctionApp()
-for blueprint in (ingest.bp, timers.bp, collector.bp, api.bp):
+for blueprint in (ingest.bp, bulk.bp, timers.bp, collector.bp, api.bp):
     app.register_functions(blueprint)
