@@ -11,7 +11,7 @@ from azure.functions.timer import TimerRequest
 from azure.storage.blob import BlobClient
 
 from shared import ids
-from shared.triggers import api, boundary, collector, ingest, timers
+from shared.triggers import api, boundary, bulk, collector, ingest, timers
 from tests.unit.fakes import World, make_world
 
 
@@ -130,20 +130,20 @@ def test_status_route_returns_counts_as_json(world: World) -> None:
 def test_every_http_route_requires_a_function_key() -> None:
     """On Azure the Functions host enforces the key; anonymous routes would publish the ledger's input names."""
     routes = {}
-    for blueprint in (api.bp, collector.bp, ingest.bp, timers.bp):
+    for blueprint in (api.bp, bulk.bp, collector.bp, ingest.bp, timers.bp):
         for builder in blueprint._function_builders:
             function = builder.build()
             for binding in function.get_bindings():
                 if binding.type == "httpTrigger":
                     routes[function.get_function_name()] = binding.auth_level
-    assert routes == {"status": func.AuthLevel.FUNCTION}
+    assert routes == {"status": func.AuthLevel.FUNCTION, "ingest_events": func.AuthLevel.FUNCTION}
 
 
 def test_function_app_registers_every_function() -> None:
     import function_app
 
     functions = {f.get_function_name(): f for f in function_app.app.get_functions()}
-    assert set(functions) == {"ingest", "ingest_event", "sweep", "poll", "collect", "status"}
+    assert set(functions) == {"ingest", "ingest_event", "ingest_events", "sweep", "poll", "collect", "status"}
     blob_binding = functions["ingest"].get_bindings()[0]
     assert blob_binding.path == "input/{name}" and blob_binding.source == "EventGrid"
     assert functions["collect"].get_bindings()[0].queue_name == "completions"
