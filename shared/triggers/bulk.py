@@ -45,4 +45,6 @@ def ingest_events(req: func.HttpRequest) -> func.HttpResponse:
         report = run(DELIVERY, lambda gw: ingest_delivery(gw, events))
     except TransientError as error:
         return _json(503, {"error": f"try again: {error}"})
-    return _json(200, report.as_dict() if report is not None else {"rejected": len(events)})
+    if report is None:  # a permanent failure (Batch refused tasks by name): recorded, and retrying cannot help
+        return _json(200, {"error": "refused; the reason is recorded (GET /api/status, rejected)"})
+    return _json(200, report.as_dict())
