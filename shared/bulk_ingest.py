@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,7 @@ from typing import Any
 from shared.errors import RejectedInput, TransientError
 from shared.events import BlobCreated, check_account, parse_blob_created, storage_account
 from shared.gateways import Gateways
-from shared.models import BlobRef, InputRecord
+from shared.models import BlobRef, InputRecord, InputState
 from shared.pipelines import PipelineSpec
 from shared.redact import redact
 from shared.submit import SubmitAction, SubmitOutcome, claim, find_input, submit_claimed
@@ -30,6 +31,9 @@ BLOB_CREATED = "Microsoft.Storage.BlobCreated"
 SUBSCRIPTION_VALIDATION = "Microsoft.EventGrid.SubscriptionValidationEvent"
 # Storage round trips per input (blob properties, ledger claim) overlap this many at a time.
 CLAIM_THREADS = 8
+# Pauses (s) before each re-read of rows another submitter holds, before asking Event Grid to deliver again.
+CONFIRM_WAITS = (0.2, 0.4, 0.8, 1.6)
+_pause = time.sleep
 
 
 class BadDelivery(RejectedInput):
@@ -138,15 +142,21 @@ def ingest_delivery(gw: Gateways, events: Sequence[ParsedEvent | RejectedInput])
         seen.add((blob.container, blob.name))
         created.append(blob)
     claimed: list[tuple[InputRecord, PipelineSpec]] = []
+    held: list[str] = []  # task ids another submitter has freshly claimed
     with ThreadPoolExecutor(CLAIM_THREADS) as pool:
         for outcome in pool.map(lambda blob: _claim_event(gw, blob), created):
             if isinstance(outcome, RejectedInput):
                 counts["rejected"] += 1
+            elif isinstance(outcome, SubmitOutcome) and outcome.action is SubmitAction.IN_PROGRESS:
+                held.append(outcome.task_id)
             elif isinstance(outcome, SubmitOutcome):
                 counts[_COUNTED[outcome.action]] += 1
             else:
                 claimed.append(outcome)
     counts["submitted"] = submit_claimed(gw, claimed)
+    still_held = _await_submitters(gw, held)
+    counts["duplicate"] += len(held) - len(still_held)
+    counts["in_progress"] = len(still_held)
     report = BulkReport(**counts)
     logger.info("Event Grid delivery: %s", report.as_dict())
     if report.in_progress:
@@ -157,6 +167,24 @@ def ingest_delivery(gw: Gateways, events: Sequence[ParsedEvent | RejectedInput])
             f"confirm them (this delivery: {report.submitted} submitted, {report.duplicate} already submitted)"
         )
     return report
+
+
+def _await_submitters(gw: Gateways, task_ids: list[str]) -> list[str]:
+    """Of inputs another submitter holds, those it has not submitted after CONFIRM_WAITS: a live one usually
+    finishes within a second (a concurrent delivery of the same events), and one read each is cheaper than a
+    redelivery of the whole batch."""
+    pending = list(task_ids)
+    for pause in CONFIRM_WAITS:
+        if not pending:
+            break
+        _pause(pause)
+        pending = [task_id for task_id in pending if _still_claimed(gw, task_id)]
+    return pending
+
+
+def _still_claimed(gw: Gateways, task_id: str) -> bool:
+    record = gw.ledger.get_input(task_id)
+    return record is not None and record.state is InputState.CLAIMED
 
 
 _COUNTED = {

@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import pytest
 
-from shared import ids
+from shared import bulk_ingest, ids
 from shared.bulk_ingest import BadDelivery, ParsedEvent, ingest_delivery, parse_delivery, validation_code
 from shared.errors import RejectedInput, TransientError
 from shared.models import InputRecord, InputState
@@ -179,7 +179,10 @@ def test_a_batch_outage_raises_and_the_redelivery_submits_everything(world: Worl
     assert len(world.batch.all_tasks()) == 30
 
 
-def test_a_claim_held_by_a_live_submitter_is_confirmed_by_the_next_delivery(world: World) -> None:
+def test_a_claim_held_by_a_live_submitter_is_confirmed_by_the_next_delivery(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bulk_ingest, "CONFIRM_WAITS", (0.0, 0.0))
     blob = world.blobs.put("input", "a.txt")
     world.blobs.put("input", "b.txt")
     task_id = ids.task_id("input", "a.txt", blob.etag)
@@ -212,3 +215,18 @@ def test_inputs_no_pipeline_takes_are_skipped(tmp_path: Path) -> None:
 
 def test_rejected_input_is_a_permanent_error() -> None:
     assert issubclass(BadDelivery, RejectedInput)
+
+
+def test_a_claim_its_holder_submits_meanwhile_is_confirmed_without_a_redelivery(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A concurrent delivery of the same event holds the claim for a moment: one re-read confirms it."""
+    blob = world.blobs.put("input", "a.txt")
+    task_id = ids.task_id("input", "a.txt", blob.etag)
+    job_id = ids.job_id("report", blob.created_on, world.gw.settings.job_window_minutes)
+    world.ledger.claim_input(InputRecord(task_id, "input", "a.txt", ids.normalise_etag(blob.etag), "report",
+                                         job_id, InputState.CLAIMED, updated_at=world.clock()))  # fmt: skip
+    monkeypatch.setattr(bulk_ingest, "_pause", lambda _: sweep(world.gw))  # the holder finishes meanwhile
+    report = deliver(world, [event("a.txt")])
+    assert (report["duplicate"], report["in_progress"], report["submitted"]) == (1, 0, 0)
+    assert len(world.batch.all_tasks()) == 1
