@@ -6,6 +6,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 FILES ?=
+BURST_FILES ?=
 
 .PHONY: install tools run test lint typecheck unit bench chaos clean
 
@@ -49,8 +50,10 @@ test: install lint
 run: install
 	$(BIN)/batchdrop demo
 
+# BURST_FILES: uploads of the burst scenario (Event Grid batches into the bulk endpoint's use case), default 1,000.
 bench: install
 	$(BIN)/python -m bench $(if $(FILES),--files $(FILES),)
+	$(BIN)/python -m bench --only burst --files $(or $(BURST_FILES),1000) --out bench/results/burst.json
 
 chaos: install
 	$(BIN)/python -m pytest -m chaos tests/chaos

@@ -56,10 +56,18 @@ def run_scenario(name: str, config: ScenarioConfig) -> dict[str, float]:
     raise RuntimeError(f"scenario {name} ran past {config.timeout_seconds} s")
 
 
+def burst_table(figures: dict[str, float]) -> str:
+    """The burst scenario's figures, one a line (its rows differ from the side-by-side table's)."""
+    lines = ["burst (Event Grid batches of 100, every event twice, shuffled)"]
+    for row, value in figures.items():
+        lines.append(f"  {row:44}{value:>14.3f}" if isinstance(value, float) else f"  {row:44}{value!s:>14}")
+    return "\n".join(lines)
+
+
 def table(report: dict[str, dict[str, float]]) -> str:
     systems = [name for name in ("batchdrop", "batchdrop_sweep", "baseline") if name in report]
-    lines = [f"{'metric':34}" + "".join(f"{name:>18}" for name in systems)]
-    for row in ROWS:
+    lines = [f"{'metric':34}" + "".join(f"{name:>18}" for name in systems)] if systems else []
+    for row in ROWS if systems else []:
         cells = []
         for name in systems:
             value = report[name].get(row)
@@ -67,6 +75,8 @@ def table(report: dict[str, dict[str, float]]) -> str:
         lines.append(f"{row:34}" + "".join(cells))
     for ratio, value in report.get("ratios", {}).items():
         lines.append(f"ratio {ratio:28}{value:>18.1f}")
+    if "burst" in report:
+        lines.append(burst_table(report["burst"]))
     return "\n".join(lines)
 
 
@@ -105,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop-after", type=float, metavar="SECONDS",
                         help="stop waiting for manifests this long after the first submission; report the figures "
                         "so far (seconds_to_all_manifests null, manifests_when_stopped)")  # fmt: skip
-    parser.add_argument("--only", choices=sorted(SCENARIOS), action="append")
+    parser.add_argument("--only", choices=sorted(SCENARIOS), action="append",
+                        help="run these scenarios only (default: batchdrop, batchdrop_sweep, baseline; the burst "
+                        "scenario runs with --only burst, as `make bench` does)")  # fmt: skip
     parser.add_argument("--combine", type=Path, nargs="+", metavar="REPORT",
                         help="merge reports of scenarios run separately (--only) into --out; runs nothing")  # fmt: skip
     args = parser.parse_args(argv)

@@ -124,7 +124,8 @@ def _upload(config: ScenarioConfig, container: str, count: int) -> list[str]:
     return names
 
 
-def _gateways(config: ScenarioConfig, names: dict[str, str], workdir: Path) -> Gateways:
+def pipelines_settings(config: ScenarioConfig, names: dict[str, str], workdir: Path) -> dict[str, object]:
+    """The app settings of a bench run: its own containers, queue, table and pool, one trivial pipeline."""
     pipelines = {
         "pipelines": [
             {
@@ -139,7 +140,7 @@ def _gateways(config: ScenarioConfig, names: dict[str, str], workdir: Path) -> G
     }
     pipelines_file = workdir / f"pipelines-{names['pool']}.json"
     pipelines_file.write_text(json.dumps(pipelines))
-    settings = load_settings(**{
+    return {
         "BatchdropStorage": config.connection_string,
         "BATCHDROP_BATCH_URL": config.batch_url,
         "BATCHDROP_BATCH_ACCOUNT_NAME": config.batch_account,
@@ -156,8 +157,11 @@ def _gateways(config: ScenarioConfig, names: dict[str, str], workdir: Path) -> G
         # job holding all its tasks, whenever the run starts. Job end is tested in tests/integration/test_faults.py.
         "BATCHDROP_JOB_WINDOW_MINUTES": 1440,
         "BATCHDROP_JOB_CLOSE_GRACE_MINUTES": 7 * 24 * 60,
-    })  # fmt: skip
-    gw = build_gateways(settings)
+    }
+
+
+def _gateways(config: ScenarioConfig, names: dict[str, str], workdir: Path) -> Gateways:
+    gw = build_gateways(load_settings(**pipelines_settings(config, names, workdir)))
     gw.blobs = CountingBlobs(gw.blobs)  # type: ignore[arg-type]
     return gw
 
@@ -384,6 +388,15 @@ SCENARIOS: dict[str, Callable[[ScenarioConfig], dict[str, float]]] = {
     "batchdrop_sweep": batchdrop_sweep,
     "baseline": baseline,
 }
+
+
+def _burst(config: ScenarioConfig) -> dict[str, float]:
+    from bench.burst import burst  # it imports this module
+
+    return burst(config)
+
+
+SCENARIOS["burst"] = _burst
 
 
 def run_in_child(name: str, config: ScenarioConfig, results: Any) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -63,17 +64,22 @@ class SweepReport:
 
 def submit_blob(gw: Gateways, container: str, name: str) -> SubmitOutcome:
     """Submit the blob `container/name` as it is now in storage (the event paths call this)."""
+    return submit(gw, find_input(gw, container, name))
+
+
+def find_input(gw: Gateways, container: str, name: str) -> BlobRef:
+    """The blob an event names, as it is now in storage; refused if it is not in the input container or absent."""
     if container != gw.settings.input_container:
         raise RejectedInput(f"{container}/{name}: not in the input container {gw.settings.input_container!r}")
     blob = gw.blobs.get_blob(container, name)
     if blob is None:
         raise RejectedInput(f"{container}/{name}: no such blob (deleted, or the event is forged)")
-    return submit(gw, blob)
+    return blob
 
 
 def submit(gw: Gateways, blob: BlobRef) -> SubmitOutcome:
     """Submit one input: at most one Batch request when the job already exists."""
-    prepared = _claim(gw, blob)
+    prepared = claim(gw, blob)
     if isinstance(prepared, SubmitOutcome):
         return prepared
     record, pipeline = prepared
@@ -106,7 +112,7 @@ def sweep(gw: Gateways) -> SweepReport:
         if ids.task_id(container, blob.name, blob.etag) in known:
             continue
         try:
-            prepared = _claim(gw, blob, take_over=True)
+            prepared = claim(gw, blob, take_over=True)
         except RejectedInput as rejection:
             gw.ledger.record_rejection(f"{container}/{blob.name}", str(rejection))
             rejected += 1
@@ -128,6 +134,25 @@ def sweep(gw: Gateways) -> SweepReport:
     return SweepReport(listed, submitted, skipped, rejected)
 
 
+def submit_claimed(gw: Gateways, claimed: Sequence[tuple[InputRecord, PipelineSpec]]) -> int:
+    """Submit inputs already claimed: each job made sure of once, then one add-collection per SWEEP_CHUNK of a job.
+
+    The bulk event path's submission; returns how many inputs were submitted.
+    """
+    by_job: dict[str, list[tuple[InputRecord, PipelineSpec]]] = defaultdict(list)
+    open_jobs: set[str] = set()
+    for record, pipeline in claimed:
+        if record.job_id not in open_jobs:  # one ledger read per job, not one per input
+            record = _ensure_job(gw, record, pipeline)
+            open_jobs.add(record.job_id)
+        by_job[record.job_id].append((record, pipeline))
+    submitted = 0
+    for job_id, entries in by_job.items():
+        for start in range(0, len(entries), SWEEP_CHUNK):
+            submitted += _submit_chunk(gw, job_id, entries[start : start + SWEEP_CHUNK])
+    return submitted
+
+
 def _submit_chunk(gw: Gateways, job_id: str, entries: list[tuple[InputRecord, PipelineSpec]]) -> int:
     """One Batch request for up to SWEEP_CHUNK claimed inputs of one job, then their rows marked submitted."""
     with ThreadPoolExecutor(SPEC_THREADS) as pool:  # each spec creates a staging container: storage round trips
@@ -147,7 +172,7 @@ def _submit_chunk(gw: Gateways, job_id: str, entries: list[tuple[InputRecord, Pi
     return len(records)
 
 
-def _claim(gw: Gateways, blob: BlobRef, take_over: bool = False) -> tuple[InputRecord, PipelineSpec] | SubmitOutcome:
+def claim(gw: Gateways, blob: BlobRef, take_over: bool = False) -> tuple[InputRecord, PipelineSpec] | SubmitOutcome:
     """Validate, route and claim the input's ledger row; an outcome when there is nothing to submit.
 
     `take_over` (the sweep) also finishes inputs that another submitter claimed but has not confirmed.

@@ -11,7 +11,7 @@ from azure.functions.timer import TimerRequest
 from azure.storage.blob import BlobClient
 
 from shared import ids
-from shared.triggers import api, boundary, collector, ingest, rerun, timers
+from shared.triggers import api, boundary, bulk, collector, ingest, rerun, timers
 from tests.unit.fakes import World, make_world
 
 
@@ -130,14 +130,14 @@ def test_status_route_returns_counts_as_json(world: World) -> None:
 def test_every_http_route_requires_a_function_key() -> None:
     """On Azure the Functions host enforces the key; anonymous routes would publish the ledger's input names."""
     routes = {}
-    for blueprint in (api.bp, collector.bp, ingest.bp, timers.bp, rerun.bp):
+    for blueprint in (api.bp, bulk.bp, collector.bp, ingest.bp, timers.bp, rerun.bp):
         for builder in blueprint._function_builders:
             function = builder.build()
             for binding in function.get_bindings():
                 if binding.type == "httpTrigger":
                     routes[function.get_function_name()] = binding.auth_level
     page = ("status_page", "recent_inputs", "result_link")  # the status page
-    assert routes == dict.fromkeys(("status", "rerun", *page), func.AuthLevel.FUNCTION)
+    assert routes == dict.fromkeys(("status", "rerun", "ingest_events", *page), func.AuthLevel.FUNCTION)
 
 
 def test_function_app_registers_every_function() -> None:
@@ -145,7 +145,7 @@ def test_function_app_registers_every_function() -> None:
 
     functions = {f.get_function_name(): f for f in function_app.app.get_functions()}
     assert set(functions) == {
-        "ingest", "ingest_event", "sweep", "poll", "collect", "status", "rerun",
+        "ingest", "ingest_event", "ingest_events", "sweep", "poll", "collect", "status", "rerun",
         "status_page", "recent_inputs", "result_link", "task_finished", "recheck_task",
     }  # fmt: skip
     blob_binding = functions["ingest"].get_bindings()[0]
