@@ -68,6 +68,10 @@ var tags = {
 var inputContainer = 'input'
 var appsContainer = 'apps'
 var resultsContainer = 'results'
+// Where Event Grid dead-letters (shared/status.py EVENT_DEAD_LETTER_CONTAINER reads it; the local Event Grid uses it).
+var deadLetterContainer = 'eventgrid-deadletter'
+// The prefix of the tasks' staging containers (BATCHDROP_STAGING_PREFIX): the task-finished subscription filters on it.
+var stagingPrefix = 'staging'
 var functionAppName = 'func-${resourceToken}'
 // Flex Consumption pulls the app package from this container (container names: 3-63 lowercase, digits, '-').
 var deploymentContainer = 'app-package-${resourceToken}'
@@ -141,7 +145,7 @@ module storage 'app/storage.bicep' = {
     create: empty(existingStorageAccountId)
     location: location
     tags: tags
-    containers: [inputContainer, appsContainer, resultsContainer, deploymentContainer]
+    containers: [inputContainer, appsContainer, resultsContainer, deadLetterContainer, deploymentContainer]
   }
 }
 
@@ -204,6 +208,7 @@ module functionApp 'app/function.bicep' = {
     inputContainer: inputContainer
     appsContainer: appsContainer
     resultsContainer: resultsContainer
+    stagingPrefix: stagingPrefix
     poolVmSize: poolVmSize
     poolMaxNodes: poolMaxNodes
     poolUseSpot: poolUseSpot
@@ -227,6 +232,8 @@ module storageRoles 'app/roles.bicep' = {
     deployerPrincipalType: principalType
     batchAccountPrincipalId: batchIdentity.outputs.principalId
     nodesPrincipalId: nodeIdentity.outputs.principalId
+    eventGridPrincipalId: eventGrid.outputs.principalId
+    deadLetterContainerName: deadLetterContainer
   }
 }
 
@@ -264,6 +271,8 @@ output AZURE_EVENTGRID_SYSTEM_TOPIC_NAME string = eventGrid.outputs.name
 output BATCHDROP_INPUT_CONTAINER string = inputContainer
 output BATCHDROP_APPS_CONTAINER string = appsContainer
 output BATCHDROP_RESULTS_CONTAINER string = resultsContainer
+output BATCHDROP_STAGING_PREFIX string = stagingPrefix
+output BATCHDROP_EVENT_DEADLETTER_CONTAINER string = deadLetterContainer
 output AZURE_BATCH_ACCOUNT_NAME string = batch.outputs.name
 output AZURE_BATCH_ACCOUNT_ENDPOINT string = batch.outputs.endpoint
 output BATCHDROP_POOL_VM_SIZE string = poolVmSize

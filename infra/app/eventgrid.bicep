@@ -1,5 +1,6 @@
-// The Event Grid system topic of the storage account. Its BlobCreated subscription to the app's blob-trigger
-// webhook needs the deployed function's key, so the postdeploy hook creates it (infra/hooks/).
+// The Event Grid system topic of the storage account. Its subscriptions (local/eventgrid/subscriptions.json) need
+// the deployed functions' keys, so the postdeploy hook creates them (infra/hooks/). The topic's own identity
+// dead-letters what it cannot deliver into the dead-letter container (its only role, on that container).
 @description('Name of the system topic.')
 param name string
 
@@ -18,6 +19,9 @@ resource topic 'Microsoft.EventGrid/systemTopics@2022-06-15' = {
   // A storage account's system topic lives in the account's region.
   location: account.location
   tags: tags
+  identity: {
+    type: 'SystemAssigned'
+  }
   properties: {
     source: account.id
     topicType: 'Microsoft.Storage.StorageAccounts'
@@ -25,3 +29,4 @@ resource topic 'Microsoft.EventGrid/systemTopics@2022-06-15' = {
 }
 
 output name string = topic.name
+output principalId string = topic.identity.principalId

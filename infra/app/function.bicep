@@ -50,6 +50,9 @@ param appsContainer string
 @description('Container of the published results.')
 param resultsContainer string
 
+@description('Prefix of the tasks\' staging containers (the task-finished event subscription filters on it).')
+param stagingPrefix string
+
 @description('VM size of the pools the pipelines file leaves vm_size out of.')
 param poolVmSize string
 
@@ -152,6 +155,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     BATCHDROP_INPUT_CONTAINER: inputContainer
     BATCHDROP_APPS_CONTAINER: appsContainer
     BATCHDROP_RESULTS_CONTAINER: resultsContainer
+    BATCHDROP_STAGING_PREFIX: stagingPrefix
     // What the pipelines file's pools leave out (shared/pools.py PoolDefaults): main.bicep's pool parameters.
     BATCHDROP_POOL_VM_SIZE: poolVmSize
     BATCHDROP_POOL_MAX_NODES: string(poolMaxNodes)

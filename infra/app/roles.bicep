@@ -20,6 +20,12 @@ param batchAccountPrincipalId string = ''
 @description('Principal (object) id of the pool nodes\' identity: Storage Blob Data Reader on the storage account (they download application packages); empty grants nothing.')
 param nodesPrincipalId string = ''
 
+@description('Principal (object) id of the Event Grid system topic\'s identity: Storage Blob Data Contributor on the dead-letter container only; empty grants nothing.')
+param eventGridPrincipalId string = ''
+
+@description('Blob container of the storage account that Event Grid dead-letters into.')
+param deadLetterContainerName string = 'eventgrid-deadletter'
+
 @description('Storage account in this resource group to grant the storage roles on; empty for none.')
 param storageAccountName string = ''
 
@@ -42,6 +48,16 @@ var roles = {
 
 resource storageAccount 'Microsoft.Storage/storageAccounts@2023-05-01' existing = if (!empty(storageAccountName)) {
   name: storageAccountName
+}
+
+resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' existing = if (!empty(storageAccountName)) {
+  name: 'default'
+  parent: storageAccount
+}
+
+resource deadLetterContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' existing = if (!empty(storageAccountName)) {
+  name: deadLetterContainerName
+  parent: blobService
 }
 
 resource batchAccount 'Microsoft.Batch/batchAccounts@2024-07-01' existing = if (!empty(batchAccountName)) {
@@ -126,6 +142,17 @@ resource nodesBlobDataReader 'Microsoft.Authorization/roleAssignments@2022-04-01
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataReader)
     principalId: nodesPrincipalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// Event Grid writes the events it could not deliver as blobs into the dead-letter container, and nowhere else.
+resource eventGridDeadLetterWriter 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(storageAccountName) && !empty(eventGridPrincipalId)) {
+  name: guid(deadLetterContainer.id, eventGridPrincipalId, roles.storageBlobDataContributor)
+  scope: deadLetterContainer
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataContributor)
+    principalId: eventGridPrincipalId
     principalType: 'ServicePrincipal'
   }
 }

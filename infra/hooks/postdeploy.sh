@@ -1,21 +1,21 @@
 #!/bin/sh
 # azd postdeploy hook (posix): what needs the deployed app, in this order.
-#   1. the blob extension's system key of the function app (never printed)
-#   2. the Event Grid subscription input -> ingest's blob-trigger webhook (created once, updated after)
-#   3. apps/ into the apps container, and each application package onto the Batch account
-#   4. where to drop files and where to watch
+#   1. every Event Grid subscription that local/eventgrid/subscriptions.json declares (the same file the local
+#      Event Grid delivers from), on the storage account's system topic, each to its endpoint on the deployed app
+#      with the key that endpoint takes (never printed), dead letters into the dead-letter container
+#   2. apps/ into the apps container, and each application package onto the Batch account
+#   3. where to drop files and where to watch
 # It reads azd's environment (main.bicep's outputs); infra/hooks/postdeploy.ps1 is its twin: keep the two
 # calling the same `az` commands in the same order (tests/infra/test_hooks.py checks it).
 # No value from the environment or from a file name reaches eval or an unquoted expansion.
 set -eu
 
-SUBSCRIPTION_NAME=batchdrop-input
-# The blob trigger with source EventGrid in shared/triggers/ingest.py is registered as "ingest".
-FUNCTION_NAME=ingest
+SUBSCRIPTIONS=local/eventgrid/subscriptions.json
 REQUIRED="AZURE_SUBSCRIPTION_ID AZURE_RESOURCE_GROUP AZURE_FUNCTION_APP_NAME AZURE_FUNCTION_APP_URL
-AZURE_STORAGE_ACCOUNT_NAME AZURE_STORAGE_BLOB_ENDPOINT AZURE_EVENTGRID_SYSTEM_TOPIC_NAME
-BATCHDROP_INPUT_CONTAINER BATCHDROP_APPS_CONTAINER AZURE_BATCH_ACCOUNT_NAME"
-# The host creates the blobs_extension key when it first loads the blob trigger, which can lag the deploy.
+AZURE_STORAGE_ACCOUNT_NAME AZURE_STORAGE_ACCOUNT_ID AZURE_STORAGE_BLOB_ENDPOINT AZURE_EVENTGRID_SYSTEM_TOPIC_NAME
+BATCHDROP_INPUT_CONTAINER BATCHDROP_APPS_CONTAINER BATCHDROP_STAGING_PREFIX BATCHDROP_EVENT_DEADLETTER_CONTAINER
+AZURE_BATCH_ACCOUNT_NAME"
+# The host creates its keys when it first loads the functions, which can lag the deploy.
 KEY_ATTEMPTS=${BATCHDROP_HOOK_KEY_ATTEMPTS:-12}
 KEY_DELAY=${BATCHDROP_HOOK_KEY_DELAY_SECONDS:-10}
 
@@ -57,41 +57,89 @@ app_url=${AZURE_FUNCTION_APP_URL%/}
 app_host=${app_url#https://}
 app_host=${app_host%%/*}
 blob_endpoint=${AZURE_STORAGE_BLOB_ENDPOINT%/}
-subject_prefix="/blobServices/default/containers/$BATCHDROP_INPUT_CONTAINER/blobs/"
 root=$(cd "$(dirname "$0")/../.." && pwd)
 apps_dir="$root/apps"
+deadletter="${AZURE_STORAGE_ACCOUNT_ID%/}/blobServices/default/containers/$BATCHDROP_EVENT_DEADLETTER_CONTAINER"
+# Fields are split on the unit separator (a tab is IFS white space: an empty field would vanish).
+separator_char=$(printf '\037')
 workdir=$(mktemp -d)
 trap 'rm -rf "$workdir"' EXIT INT TERM
 
-# 1. The key goes from az's stdout into a variable and then into one argument; never echoed.
-echo "postdeploy: reading the blob extension key of $AZURE_FUNCTION_APP_NAME"
-key=""
-attempt=1
-while :; do
-  key=$(az functionapp keys list --subscription "$AZURE_SUBSCRIPTION_ID" --resource-group "$AZURE_RESOURCE_GROUP" --name "$AZURE_FUNCTION_APP_NAME" --query systemKeys.blobs_extension --output tsv)
-  if [ -n "$key" ] || [ "$attempt" -ge "$KEY_ATTEMPTS" ]; then
-    break
+# The key an endpoint takes ($query: the host's default function key for an HTTP function (/api/...), the Event
+# Grid or blob extension's system key for their webhooks). It goes from az's stdout into a variable, never echoed.
+read_key() {
+  attempt=1
+  while :; do
+    found=$(az functionapp keys list --subscription "$AZURE_SUBSCRIPTION_ID" --resource-group "$AZURE_RESOURCE_GROUP" --name "$AZURE_FUNCTION_APP_NAME" --query "$query" --output tsv)
+    if [ -n "$found" ] || [ "$attempt" -ge "$KEY_ATTEMPTS" ]; then
+      break
+    fi
+    echo "postdeploy: no $query yet (the host has not loaded its functions); retrying in ${KEY_DELAY}s" >&2
+    attempt=$((attempt + 1))
+    sleep "$KEY_DELAY"
+  done
+  [ -n "$found" ] || fail "$AZURE_FUNCTION_APP_NAME has no $query after $KEY_ATTEMPTS attempts: check that the deploy succeeded and the app started, then run 'azd hooks run postdeploy'"
+  printf '%s' "$found"
+}
+
+# 1. One line per subscription: name, endpoint path, event types (space-separated), subject begins
+# and ends with, max events per batch, preferred batch KB, max delivery attempts, time to live in minutes; the
+# file's {BATCHDROP_INPUT_CONTAINER} and {BATCHDROP_STAGING_PREFIX} filled from the environment. Missing numbers
+# take Event Grid's defaults, as local/eventgrid/subscriptions.py does.
+plan=$(PYTHONDONTWRITEBYTECODE=1 python3 - "$root/$SUBSCRIPTIONS" "$BATCHDROP_INPUT_CONTAINER" "$BATCHDROP_STAGING_PREFIX" <<'PY'
+import json, sys
+path, input_container, staging_prefix = sys.argv[1:4]
+values = {"{BATCHDROP_INPUT_CONTAINER}": input_container, "{BATCHDROP_STAGING_PREFIX}": staging_prefix}
+with open(path, encoding="utf-8") as file:
+    entries = json.load(file)["subscriptions"]
+for entry in entries:
+    fields = [
+        entry["name"], entry["endpoint"], " ".join(entry.get("included_event_types", ["Microsoft.Storage.BlobCreated"])),
+        entry.get("subject_begins_with", ""), entry.get("subject_ends_with", ""), entry.get("max_events_per_batch", 1),
+        entry.get("preferred_batch_size_kb", 64), entry.get("max_delivery_attempts", 30),
+        entry.get("event_ttl_minutes", 1440),
+    ]
+    line = "\x1f".join(str(field) for field in fields)
+    for placeholder, value in values.items():
+        line = line.replace(placeholder, value)
+    if "{" in line or "\n" in line or line.count("\x1f") != 8:
+        sys.exit(f"postdeploy: {path}: {entry.get('name')!r} has an unknown placeholder or a control character")
+    print(line)
+PY
+) || fail "could not read $SUBSCRIPTIONS"
+
+# `create` is a PUT: run again, each subscription is replaced by the same settings (and a rotated key), so the
+# result is the same. Event Grid validates each endpoint with its handshake before it accepts the subscription.
+while IFS="$separator_char" read -r name path types begins ends batch kilobytes attempts ttl; do
+  case "$path" in
+    /api/*) query=functionKeys.default ;;
+    /runtime/webhooks/EventGrid\?*) query=systemKeys.eventgrid_extension ;;
+    /runtime/webhooks/blobs\?*) query=systemKeys.blobs_extension ;;
+    *) fail "$SUBSCRIPTIONS: $name: endpoint $path is none of /api/..., /runtime/webhooks/EventGrid?..., /runtime/webhooks/blobs?..." ;;
+  esac
+  case "$path" in
+    *\?*) separator='&' ;;
+    *) separator='?' ;;
+  esac
+  echo "postdeploy: Event Grid subscription $name: $types, subject '$begins'...'$ends' -> $path"
+  key=$(read_key)
+  # An empty ends-with filter is left out (pwsh drops an empty argument, so the twin does the same).
+  if [ -n "$ends" ]; then
+    set -- --subject-ends-with "$ends"
+  else
+    set --
   fi
-  echo "postdeploy: no blobs_extension key yet (the host has not loaded the blob trigger); retrying in ${KEY_DELAY}s"
-  attempt=$((attempt + 1))
-  sleep "$KEY_DELAY"
-done
-[ -n "$key" ] || fail "$AZURE_FUNCTION_APP_NAME has no blobs_extension system key after $KEY_ATTEMPTS attempts: check that the deploy succeeded and the app started, then run 'azd hooks run postdeploy'"
-endpoint="https://$app_host/runtime/webhooks/blobs?functionName=Host.Functions.$FUNCTION_NAME&code=$key"
+  endpoint="https://$app_host$path${separator}code=$key"
+  # $types is a space-separated list of event type names from our own file: split on purpose.
+  # shellcheck disable=SC2086
+  az eventgrid system-topic event-subscription create --subscription "$AZURE_SUBSCRIPTION_ID" --resource-group "$AZURE_RESOURCE_GROUP" --system-topic-name "$AZURE_EVENTGRID_SYSTEM_TOPIC_NAME" --name "$name" --endpoint-type webhook --endpoint "$endpoint" --included-event-types $types --subject-begins-with "$begins" "$@" --max-events-per-batch "$batch" --preferred-batch-size-in-kilobytes "$kilobytes" --max-delivery-attempts "$attempts" --event-ttl "$ttl" --deadletter-identity systemassigned --deadletter-identity-endpoint "$deadletter" --output none
+  key=""
+  endpoint=""
+done <<EOF
+$plan
+EOF
 
-# 2. show, then create or update: a second run leaves one subscription with the same settings, and
-# update refreshes the key should it have been rotated.
-if az eventgrid system-topic event-subscription show --subscription "$AZURE_SUBSCRIPTION_ID" --resource-group "$AZURE_RESOURCE_GROUP" --system-topic-name "$AZURE_EVENTGRID_SYSTEM_TOPIC_NAME" --name "$SUBSCRIPTION_NAME" --output none >/dev/null 2>&1; then
-  verb=update
-else
-  verb=create
-fi
-echo "postdeploy: $verb Event Grid subscription $SUBSCRIPTION_NAME (BlobCreated under $subject_prefix -> $FUNCTION_NAME)"
-az eventgrid system-topic event-subscription "$verb" --subscription "$AZURE_SUBSCRIPTION_ID" --resource-group "$AZURE_RESOURCE_GROUP" --system-topic-name "$AZURE_EVENTGRID_SYSTEM_TOPIC_NAME" --name "$SUBSCRIPTION_NAME" --endpoint-type webhook --endpoint "$endpoint" --included-event-types Microsoft.Storage.BlobCreated --subject-begins-with "$subject_prefix" --output none
-key=""
-endpoint=""
-
-# 3. Application files, then application packages (each apps/<name>/build.py builds one).
+# 2. Application files, then application packages (each apps/<name>/build.py builds one).
 echo "postdeploy: uploading apps/ to $AZURE_STORAGE_ACCOUNT_NAME/$BATCHDROP_APPS_CONTAINER"
 az storage blob upload-batch --subscription "$AZURE_SUBSCRIPTION_ID" --auth-mode login --account-name "$AZURE_STORAGE_ACCOUNT_NAME" --destination "$BATCHDROP_APPS_CONTAINER" --source "$apps_dir" --overwrite --output none
 
@@ -123,7 +171,7 @@ else
   done
 fi
 
-# 4. Where to go next; no key, no SAS.
+# 3. Where to go next; no key, no SAS.
 echo "postdeploy: done"
 echo "  drop files into:  $blob_endpoint/$BATCHDROP_INPUT_CONTAINER/  (az storage blob upload --auth-mode login --account-name $AZURE_STORAGE_ACCOUNT_NAME -c $BATCHDROP_INPUT_CONTAINER -f FILE)"
 echo "  status:           $app_url/api/status  (needs a function key: BATCHDROP_FUNCTION_KEY=<key> batchdrop status --url $app_url)"

@@ -48,11 +48,13 @@ def az(argv: list[str], config: dict[str, object], state: dict[str, dict[str, ob
     words, options = parse(argv)
     command = " ".join(words)
     if command == "functionapp keys list":
-        if (one(options, "--query"), one(options, "--output")) != ("systemKeys.blobs_extension", "tsv"):
-            sys.exit("stub az: the hook must ask for systemKeys.blobs_extension as tsv")
+        keys: dict[str, str] = config["keys"]  # type: ignore[assignment]
+        query = one(options, "--query")
+        if query not in keys or one(options, "--output") != "tsv":
+            sys.exit(f"stub az: the hook asked for {query!r}; it may ask for one of {sorted(keys)} as tsv")
         empty = int(state["counters"].get("empty_keys", config.get("empty_keys", 0)))  # type: ignore[call-overload]
         state["counters"]["empty_keys"] = max(empty - 1, 0)
-        print("" if empty > 0 else config["key"])
+        print("" if empty > 0 else keys[query])
         return 0
     if command.startswith("eventgrid system-topic event-subscription "):
         verb = words[-1]
@@ -71,10 +73,7 @@ def az(argv: list[str], config: dict[str, object], state: dict[str, dict[str, ob
             print(f"(ResourceNotFound) event subscription {name} not found", file=sys.stderr)
             return NOT_FOUND
         record = dict(existing or {}) if verb == "update" else {}
-        for option in ("--resource-group", "--system-topic-name", "--endpoint-type", "--endpoint",
-                       "--subject-begins-with", "--subject-ends-with", "--included-event-types"):
-            if option in options:
-                record[option] = options[option]
+        record.update({option: values for option, values in options.items() if option not in ("--name", "--output")})
         state["subscriptions"][name] = record
         return 0
     if command == "storage blob upload-batch":

@@ -81,12 +81,15 @@ ROLE_SCOPE_TYPES = {
     "Monitoring Metrics Publisher": "Microsoft.Insights/components",
     "Storage Blob Data Reader": "Microsoft.Storage/storageAccounts",
 }
-# The Batch account's identity manages its auto-storage (application packages); the nodes' identity reads them.
-# Each gets one role on the storage account, from roles.bicep's param of that name, which main.bicep feeds from
-# the identity module's principalId output.
+# The Batch account's identity manages its auto-storage (application packages); the nodes' identity reads them;
+# the Event Grid system topic's identity writes dead letters into their container only. Each gets one role, from
+# roles.bicep's param of that name, which main.bicep feeds from the module's principalId output.
 BATCH_IDENTITY_ROLES = {
-    "batchAccountPrincipalId": ("Storage Blob Data Contributor", "batchIdentity"),
-    "nodesPrincipalId": ("Storage Blob Data Reader", "nodeIdentity"),
+    "batchAccountPrincipalId": ("Storage Blob Data Contributor", "batchIdentity", "Microsoft.Storage/storageAccounts"),
+    "nodesPrincipalId": ("Storage Blob Data Reader", "nodeIdentity", "Microsoft.Storage/storageAccounts"),
+    "eventGridPrincipalId": (
+        "Storage Blob Data Contributor", "eventGrid", "Microsoft.Storage/storageAccounts/blobServices/containers"
+    ),
 }
 
 # The deploying principal (whoever runs azd) gets this one role on the storage account, from roles.bicep's
@@ -172,7 +175,7 @@ def check_app_settings(t: Template) -> None:
     # A computed setting (an Expr) gets a placeholder of the type the app parses it as.
     annotations = {field.alias: field.annotation for field in Settings.model_fields.values()}
     typed: dict[object, str] = {int: "1", bool: "true"}
-    examples = {"BATCHDROP_POOL_VM_SIZE": "standard_d2s_v3"}  # computed strings that are no URL
+    examples = {"BATCHDROP_POOL_VM_SIZE": "standard_d2s_v3", "BATCHDROP_STAGING_PREFIX": "staging"}  # no URLs
     placeholders = {
         name: (
             setting
@@ -295,7 +298,7 @@ def check_roles(t: Template) -> None:
         )
         if principal.text in BATCH_IDENTITY_ROLES:
             assert role_name == BATCH_IDENTITY_ROLES[principal.text][0], f"{assignment.name}: {role_name}"
-            assert scopes[scope.text] == "Microsoft.Storage/storageAccounts", f"{assignment.name}: scope"
+            assert scopes[scope.text] == BATCH_IDENTITY_ROLES[principal.text][2], f"{assignment.name}: scope"
             assert f"!empty({principal.text})" in (assignment.condition or ""), (
                 f"{assignment.name}: conditional on {principal.text} being given"
             )
@@ -323,7 +326,7 @@ def check_roles(t: Template) -> None:
         assert body["properties"]["principalType"] == "ServicePrincipal", f"{assignment.name}: principalType"
         assigned[role_name] = assigned.get(role_name, 0) + 1
     assert assigned == dict.fromkeys(APP_ROLES, 1), f"each of the app's roles assigned once: {assigned}"
-    assert batch_identities == {name: role for name, (role, _) in BATCH_IDENTITY_ROLES.items()}, (
+    assert batch_identities == {name: role for name, (role, _, _) in BATCH_IDENTITY_ROLES.items()}, (
         f"the Batch account's and nodes' roles: {batch_identities}"
     )
     assert len(deployer) == 1, f"exactly one assignment to the deploying principal: {deployer}"
@@ -332,7 +335,7 @@ def check_roles(t: Template) -> None:
     # main.bicep deploys roles.bicep for each of the three resources; the storage one also names the deployer.
     main = t.bicep[MAIN]
     role_modules = [m for m in main.of("module") if m.type_text == "app/roles.bicep"]
-    deployer_params = {DEPLOYER_PRINCIPAL, "deployerPrincipalType", *BATCH_IDENTITY_ROLES}
+    deployer_params = {DEPLOYER_PRINCIPAL, "deployerPrincipalType", "deadLetterContainerName", *BATCH_IDENTITY_ROLES}
     given = {name for m in role_modules for name in m.value["params"] if name not in {"principalId", *deployer_params}}
     assert given == {"storageAccountName", "batchAccountName", "appInsightsName"}, f"roles granted on {given}"
     with_deployer = [m for m in role_modules if deployer_params & set(m.value["params"])]
@@ -340,7 +343,7 @@ def check_roles(t: Template) -> None:
         "the deployer's role is granted by the storage roles module only"
     )
     module_params = with_deployer[0].value["params"]
-    for name, (_, identity_module) in BATCH_IDENTITY_ROLES.items():
+    for name, (_, identity_module, _) in BATCH_IDENTITY_ROLES.items():
         assert module_params.get(name) == Expr(f"{identity_module}.outputs.principalId", main.root), (
             f"{name} must be {identity_module}.outputs.principalId"
         )
@@ -623,8 +626,8 @@ MUTATIONS: list[tuple[str, str, str, str, str]] = [
     (
         "bad container name",
         FUNCTION,
-        "BATCHDROP_INPUT_CONTAINER: inputContainer",
-        "BATCHDROP_STAGING_PREFIX: 'Bad_Prefix'\n    BATCHDROP_INPUT_CONTAINER: inputContainer",
+        "BATCHDROP_STAGING_PREFIX: stagingPrefix",
+        "BATCHDROP_STAGING_PREFIX: 'Bad_Prefix'",
         "app_settings",
     ),
     ("plan Y1", FUNCTION, "name: 'FC1'", "name: 'Y1'", "flex"),

@@ -1,9 +1,11 @@
 """The azd postdeploy hooks (infra/hooks/postdeploy.sh and its pwsh twin) against stub `az`/`azd` executables.
 
 The stubs (tests/infra/stub_cli.py) record every call and keep the little state the hook reads back, so these
-tests check what the hook would do on Azure: the exact event subscription, the uploads, idempotence on a second
-run, that the webhook key never reaches the hook's output, and that a missing azd output fails by name. Each
-check is also run on broken copies of the script (the mutation tests at the end) to show that it can fail.
+tests check what the hook would do on Azure: the exact event subscriptions, which must be those of
+local/eventgrid/subscriptions.json (the file the local Event Grid delivers from) as its own loader reads it, the
+uploads, idempotence on a second run, that no key reaches the hook's output, and that a missing azd output fails
+by name. Each check is also run on broken copies of the script (the mutation tests at the end) to show that it
+can fail.
 """
 
 from __future__ import annotations
@@ -21,13 +23,21 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from local.eventgrid.subscriptions import load_subscriptions
+
 PROJECT = Path(__file__).resolve().parents[2]
 HOOKS = PROJECT / "infra" / "hooks"
 SH_HOOK = HOOKS / "postdeploy.sh"
 PS_HOOK = HOOKS / "postdeploy.ps1"
 STUB = Path(__file__).resolve().parent / "stub_cli.py"
 
-KEY = "k3y-BLOBS-extension-0123456789abcdef=="
+# What the stub's `az functionapp keys list --query Q` answers, per query.
+KEYS = {
+    "functionKeys.default": "k3y-FUNCTION-default-0123456789abcdef==",
+    "systemKeys.eventgrid_extension": "k3y-EVENTGRID-extension-0123456789ab==",
+    "systemKeys.blobs_extension": "k3y-BLOBS-extension-0123456789abcdef==",
+}
+SUBSCRIPTIONS_FILE = PROJECT / "local" / "eventgrid" / "subscriptions.json"
 APP_HOST = "func-batchdrop-abc123.azurewebsites.net"
 ENV = {
     "AZURE_ENV_NAME": "dev",
@@ -45,16 +55,24 @@ ENV = {
     "BATCHDROP_INPUT_CONTAINER": "input",
     "BATCHDROP_APPS_CONTAINER": "apps",
     "BATCHDROP_RESULTS_CONTAINER": "results",
+    "BATCHDROP_STAGING_PREFIX": "stg",
+    "BATCHDROP_EVENT_DEADLETTER_CONTAINER": "eventgrid-deadletter",
     "AZURE_BATCH_ACCOUNT_NAME": "batchdropabc123",
     "AZURE_BATCH_ACCOUNT_ENDPOINT": "https://batchdropabc123.westeurope.batch.azure.com",
 }
 REQUIRED = [
     "AZURE_SUBSCRIPTION_ID", "AZURE_RESOURCE_GROUP", "AZURE_FUNCTION_APP_NAME", "AZURE_FUNCTION_APP_URL",
-    "AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_BLOB_ENDPOINT", "AZURE_EVENTGRID_SYSTEM_TOPIC_NAME",
-    "BATCHDROP_INPUT_CONTAINER", "BATCHDROP_APPS_CONTAINER", "AZURE_BATCH_ACCOUNT_NAME",
+    "AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT_ID", "AZURE_STORAGE_BLOB_ENDPOINT",
+    "AZURE_EVENTGRID_SYSTEM_TOPIC_NAME", "BATCHDROP_INPUT_CONTAINER", "BATCHDROP_APPS_CONTAINER",
+    "BATCHDROP_STAGING_PREFIX", "BATCHDROP_EVENT_DEADLETTER_CONTAINER", "AZURE_BATCH_ACCOUNT_NAME",
 ]
 AUTO_STORAGE = ENV["AZURE_STORAGE_ACCOUNT_ID"]
-EVENT_SUBSCRIPTION = "batchdrop-input"
+# The key each kind of endpoint takes: the host's function key for an HTTP function, the extension's system key.
+KEY_OF_PATH = {
+    "/api/": "functionKeys.default",
+    "/runtime/webhooks/EventGrid": "systemKeys.eventgrid_extension",
+    "/runtime/webhooks/blobs": "systemKeys.blobs_extension",
+}
 SUBSCRIPTION_VERB = ["eventgrid", "system-topic", "event-subscription"]
 
 
@@ -81,7 +99,7 @@ class World:
         self.configure()
 
     def configure(self, **config: object) -> None:
-        (self.stubs / "config.json").write_text(json.dumps({"key": KEY, "auto_storage": AUTO_STORAGE, **config}))
+        (self.stubs / "config.json").write_text(json.dumps({"keys": KEYS, "auto_storage": AUTO_STORAGE, **config}))
 
     def run(self, env: dict[str, str] | None = None, timeout: float = 60) -> Run:
         log = self.stubs / "calls.jsonl"
@@ -146,33 +164,55 @@ def check_succeeded(run: Run) -> None:
     assert run.returncode == 0, f"hook failed ({run.returncode}):\n{run.stdout}\n{run.stderr}"
 
 
+def expected_subscriptions(subscriptions_file: Path = SUBSCRIPTIONS_FILE) -> dict[str, dict[str, list[str]]]:
+    """What each subscription of the local Event Grid's file must become on Azure: its options as az is given them."""
+    settings = {name: ENV[name] for name in ("BATCHDROP_INPUT_CONTAINER", "BATCHDROP_STAGING_PREFIX")}
+    deadletter = f"{ENV['AZURE_STORAGE_ACCOUNT_ID']}/blobServices/default/containers/eventgrid-deadletter"
+    expected = {}
+    for subscription in load_subscriptions(subscriptions_file, settings):
+        [query] = [query for prefix, query in KEY_OF_PATH.items() if subscription.endpoint.startswith(prefix)]
+        separator = "&" if "?" in subscription.endpoint else "?"
+        expected[subscription.name] = {
+            "--subscription": [ENV["AZURE_SUBSCRIPTION_ID"]],
+            "--resource-group": [ENV["AZURE_RESOURCE_GROUP"]],
+            "--system-topic-name": [ENV["AZURE_EVENTGRID_SYSTEM_TOPIC_NAME"]],
+            "--endpoint-type": ["webhook"],
+            "--endpoint": [f"https://{APP_HOST}{subscription.endpoint}{separator}code={KEYS[query]}"],
+            "--included-event-types": list(subscription.included_event_types),
+            "--subject-begins-with": [subscription.subject_begins_with],
+            "--max-events-per-batch": [str(subscription.max_events_per_batch)],
+            "--preferred-batch-size-in-kilobytes": [str(subscription.preferred_batch_size_kb)],
+            "--max-delivery-attempts": [str(subscription.max_delivery_attempts)],
+            "--event-ttl": [str(subscription.event_ttl_minutes)],
+            "--deadletter-identity": ["systemassigned"],
+            "--deadletter-identity-endpoint": [deadletter],
+        }
+        if subscription.subject_ends_with:
+            expected[subscription.name]["--subject-ends-with"] = [subscription.subject_ends_with]
+    return expected
+
+
 def check_subscription(run: Run) -> None:
-    """The one event subscription: BlobCreated only, under the input container, to ingest's webhook."""
+    """Every subscription of the local Event Grid's file, created on the system topic exactly as it is declared."""
     writes = az_calls(run, *SUBSCRIPTION_VERB, "create") + az_calls(run, *SUBSCRIPTION_VERB, "update")
-    assert len(writes) == 1, f"expected one create or update, got {writes}"
-    sent = writes[0]
-    assert sent["--name"] == [EVENT_SUBSCRIPTION]
-    assert sent["--resource-group"] == [ENV["AZURE_RESOURCE_GROUP"]]
-    assert sent["--system-topic-name"] == [ENV["AZURE_EVENTGRID_SYSTEM_TOPIC_NAME"]]
-    assert sent["--subscription"] == [ENV["AZURE_SUBSCRIPTION_ID"]]
-    assert sent.get("--endpoint-type") == ["webhook"]
-    assert sent.get("--included-event-types") == ["Microsoft.Storage.BlobCreated"]
-    # Storage's BlobCreated subject is /blobServices/default/containers/<container>/blobs/<name>.
-    assert sent.get("--subject-begins-with") == ["/blobServices/default/containers/input/blobs/"]
-    assert "--subject-ends-with" not in sent
-    [endpoint] = sent["--endpoint"]
-    url = urlsplit(endpoint)
-    assert (url.scheme, url.netloc, url.path) == ("https", APP_HOST, "/runtime/webhooks/blobs")
-    assert parse_qs(url.query, strict_parsing=True) == {"functionName": ["Host.Functions.ingest"], "code": [KEY]}
+    expected = expected_subscriptions()
+    assert len(writes) == len(expected), f"expected {len(expected)} creates, got {writes}"
+    sent = {write["--name"][0]: {k: v for k, v in write.items() if k not in ("--name", "--output")} for write in writes}
+    assert sent == expected
+    for name, options in sent.items():
+        url = urlsplit(options["--endpoint"][0])
+        assert url.scheme == "https" and url.netloc == APP_HOST, f"{name}: {url}"
+        assert set(parse_qs(url.query, strict_parsing=True)) <= {"functionName", "code"}, f"{name}: {url.query}"
 
 
 def check_key_kept_quiet(run: Run) -> None:
-    """The key is in the hook's output nowhere, and in no az argument but the webhook endpoint."""
-    assert KEY not in run.stdout and KEY not in run.stderr, "the blobs_extension key reached the hook's output"
-    for call in run.calls:
-        for position, token in enumerate(call["argv"]):
-            if KEY in token:
-                assert call["argv"][position - 1] == "--endpoint", f"the key went to {call['argv'][:4]}"
+    """No key is in the hook's output, nor in any az argument but a webhook endpoint."""
+    for key in KEYS.values():
+        assert key not in run.stdout and key not in run.stderr, "a key reached the hook's output"
+        for call in run.calls:
+            for position, token in enumerate(call["argv"]):
+                if key in token:
+                    assert call["argv"][position - 1] == "--endpoint", f"the key went to {call['argv'][:4]}"
 
 
 def check_uploads(run: Run) -> None:
@@ -193,10 +233,10 @@ def check_prints_where_to_go(run: Run) -> None:
 
 
 def check_idempotent(first: Run, second: Run) -> None:
-    """A second run updates what the first created, creates nothing, and ends in the same state."""
+    """A second run puts the same subscriptions again (create is a PUT), uploads no package again, and ends in
+    the same state."""
     check_succeeded(second)
-    assert az_calls(second, *SUBSCRIPTION_VERB, "create") == [], "the second run created the subscription again"
-    assert len(az_calls(second, *SUBSCRIPTION_VERB, "update")) == 1
+    check_subscription(second)
     assert az_calls(second, "batch", "application", "package", "create") == [], "the package was uploaded again"
     assert second.state == first.state
 
@@ -214,17 +254,23 @@ def without(*names: str) -> dict[str, str]:
 # ---- the sh hook ----
 
 
-def test_first_run_creates_the_event_subscription_uploads_apps_and_prints_no_key(tmp_path: Path) -> None:
+def test_first_run_creates_the_event_subscriptions_uploads_apps_and_prints_no_key(tmp_path: Path) -> None:
     run = sh_world(tmp_path).run()
 
     check_succeeded(run)
     check_subscription(run)
-    assert len(az_calls(run, *SUBSCRIPTION_VERB, "create")) == 1
+    assert len(az_calls(run, *SUBSCRIPTION_VERB, "create")) == len(expected_subscriptions()) == 2
     check_key_kept_quiet(run)
     check_uploads(run)
     check_prints_where_to_go(run)
-    assert run.state["subscriptions"][EVENT_SUBSCRIPTION]["--endpoint"] == [
-        f"https://{APP_HOST}/runtime/webhooks/blobs?functionName=Host.Functions.ingest&code={KEY}"]
+    subscriptions = run.state["subscriptions"]
+    assert subscriptions["batchdrop-input"]["--endpoint"] == [
+        f"https://{APP_HOST}/api/events/input?code={KEYS['functionKeys.default']}"]
+    assert subscriptions["batchdrop-task-finished"]["--endpoint"] == [
+        f"https://{APP_HOST}/runtime/webhooks/EventGrid?functionName=task_finished"
+        f"&code={KEYS['systemKeys.eventgrid_extension']}"]
+    staging = subscriptions["batchdrop-task-finished"]["--subject-begins-with"]
+    assert staging == ["/blobServices/default/containers/stg-"]
 
 
 def test_second_run_is_idempotent(tmp_path: Path) -> None:
@@ -264,7 +310,7 @@ def test_a_key_that_appears_late_is_waited_for(tmp_path: Path) -> None:
     run = world.run()
 
     check_succeeded(run)
-    assert len(az_calls(run, "functionapp", "keys", "list")) == 3
+    assert len(az_calls(run, "functionapp", "keys", "list")) == 2 + len(expected_subscriptions())
     check_subscription(run)
 
 
@@ -275,7 +321,7 @@ def test_no_key_at_all_fails_clearly_before_any_subscription(tmp_path: Path) -> 
     run = world.run(env={**ENV, "BATCHDROP_HOOK_KEY_ATTEMPTS": "3"})
 
     assert run.returncode != 0
-    assert "no blobs_extension system key after 3 attempts" in run.stderr
+    assert "no functionKeys.default after 3 attempts" in run.stderr
     assert az_calls(run, *SUBSCRIPTION_VERB, "create") == []
 
 
@@ -337,7 +383,7 @@ def az_commands(text: str) -> list[tuple[tuple[str, ...], tuple[tuple[str, str],
 
 def check_twins_agree(sh_text: str, ps_text: str) -> None:
     sh_calls, ps_calls = az_commands(sh_text), az_commands(ps_text)
-    assert len(sh_calls) >= 8, f"found only {len(sh_calls)} az calls in the sh hook: the parser lost them"
+    assert len(sh_calls) >= 7, f"found only {len(sh_calls)} az calls in the sh hook: the parser lost them"
     assert sh_calls == ps_calls, "postdeploy.sh and postdeploy.ps1 call different az commands:\n" + "\n".join(
         f"sh: {a}\nps: {b}" for a, b in zip(sh_calls, ps_calls, strict=False) if a != b)
 
@@ -389,19 +435,26 @@ def run_missing(world: World) -> None:
 
 
 SH_MUTATIONS: dict[str, Mutation] = {
-    "no subject filter": (' --subject-begins-with "$subject_prefix"', "", run_first),
-    "container-wide filter": ('/blobs/"', '/"', run_first),
-    "every event type": (
-        "--included-event-types Microsoft.Storage.BlobCreated",
-        "--included-event-types Microsoft.Storage.BlobCreated Microsoft.Storage.BlobDeleted",
+    "no subject filter": (' --subject-begins-with "$begins"', "", run_first),
+    "no end filter": ('set -- --subject-ends-with "$ends"', "set --", run_first),
+    "another staging prefix": (
+        '"$BATCHDROP_INPUT_CONTAINER" "$BATCHDROP_STAGING_PREFIX" <<',
+        '"$BATCHDROP_INPUT_CONTAINER" staging <<',
         run_first,
     ),
-    "event grid trigger webhook": ("/runtime/webhooks/blobs", "/runtime/webhooks/eventgrid", run_first),
-    "another function": ("FUNCTION_NAME=ingest", "FUNCTION_NAME=ingest_event", run_first),
+    "no batching": (' --max-events-per-batch "$batch"', "", run_first),
+    "batch size fixed": ('--max-events-per-batch "$batch"', "--max-events-per-batch 1", run_first),
+    "no dead letters": (' --deadletter-identity systemassigned', "", run_first),
+    "every event type": (
+        "--included-event-types $types",
+        "--included-event-types $types Microsoft.Storage.BlobDeleted",
+        run_first,
+    ),
+    "wrong key for webhooks": ("query=systemKeys.eventgrid_extension", "query=functionKeys.default", run_first),
+    "one subscription only": ("for entry in entries:", "for entry in entries[:1]:", run_first),
     "no endpoint type": (" --endpoint-type webhook", "", run_first),
-    "key printed": ('key=""\nendpoint=""', 'echo "endpoint: $endpoint"\nkey=""\nendpoint=""', run_first),
-    "key on stderr": ('key=""\nendpoint=""', 'echo "$key" >&2\nkey=""\nendpoint=""', run_first),
-    "always create": ("  verb=update", "  verb=create", run_twice),
+    "key printed": ('  key=""\n  endpoint=""', '  echo "endpoint: $endpoint"\n  key=""\n  endpoint=""', run_first),
+    "key on stderr": ('  key=""\n  endpoint=""', '  echo "$key" >&2\n  key=""\n  endpoint=""', run_first),
     "package uploaded each time": ('if [ "$state" = "Active" ]; then', "if false; then", run_twice),
     "key auth for the upload": (
         '--auth-mode login --account-name "$AZURE', '--auth-mode key --account-name "$AZURE', run_first),
@@ -421,8 +474,8 @@ def test_the_checks_fail_on_a_broken_sh_hook(tmp_path: Path, mutation: str) -> N
 
 
 PS_MUTATIONS = {
-    "option dropped": (" --subject-begins-with $subjectPrefix", ""),
-    "another event type": ("Microsoft.Storage.BlobCreated --subject", "Microsoft.Storage.BlobDeleted --subject"),
+    "option dropped": (" --subject-begins-with $begins", ""),
+    "another dead-letter identity": ("--deadletter-identity systemassigned", "--deadletter-identity none"),
     "another container": (
         "--destination $env:BATCHDROP_APPS_CONTAINER",
         "--destination $env:BATCHDROP_INPUT_CONTAINER",
