@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from shared import ids, summary
 from shared.collect import collect
-from shared.models import JobState
+from shared.models import JobState, TaskSpec
 from shared.pipelines import PipelineSpec
 from shared.poll import poll
 from shared.status import status
@@ -187,3 +187,31 @@ def test_no_input_folder_is_inside_the_summaries() -> None:
 def test_summary_is_validated_like_the_pipelines_own_command(summary_field: dict[str, object], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         PipelineSpec.model_validate({**PIPELINE, "summary": summary_field})
+
+
+def test_the_summary_waits_while_a_task_of_the_job_still_runs(world: World) -> None:
+    outcome = submit(world.gw, world.blobs.put("input", "a.txt"))
+    run_task(world, outcome)
+    collect_all(world)
+    stray = TaskSpec("by-hand", "true", (), (), 0, 60)  # a task the ledger does not know, added by someone else
+    world.batch.add_task(outcome.job_id, stray)
+    world.clock.advance(minutes=70)
+    poll(world.gw)
+    assert summary_tasks(world) == []
+    world.batch.finish(outcome.job_id, "by-hand")
+    poll(world.gw)
+    assert summary_tasks(world) == [(outcome.job_id, summary.SUMMARY_TASK_ID)]
+
+
+def test_a_job_closed_in_batch_before_its_summary_gets_a_failed_summary(world: World) -> None:
+    outcome = submit(world.gw, world.blobs.put("input", "a.txt"))
+    run_task(world, outcome)
+    collect_all(world)
+    world.batch.terminate_job(outcome.job_id)  # by hand, outside batchdrop
+    world.clock.advance(minutes=70)
+    poll(world.gw)
+    manifest = json.loads(world.blobs.text("results", f"_summaries/report/{outcome.job_id}/_manifest.json"))
+    assert manifest["status"] == "failed" and manifest["failure"]["code"] == "JobClosed"
+    job = world.ledger.get_job(outcome.job_id)
+    assert job is not None and job.summary == "failed" and job.state is JobState.TERMINATED
+    assert summary.staging_container(world.gw, outcome.job_id) not in world.blobs.containers
