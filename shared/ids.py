@@ -73,6 +73,8 @@ MAX_RESULT_PREFIX = 700  # leaves 324 of Azure's 1,024 characters for the output
 
 
 LONG_NAMES = "_long-names"
+# `results/_summaries/<pipeline>/<job id>/`: a job's summary (shared/summary.py); no input's folder is there.
+SUMMARIES = "_summaries"
 # `<input's folder>/_history/<run>/`: a re-run's collection moves the run it replaces there (shared/collect.py).
 HISTORY = "_history"
 
@@ -82,12 +84,13 @@ def result_prefix(name: str) -> str:
 
     A name too long to have outputs below it gets `_long-names/<digest>/`; its manifest names the input.
     The escaping is one-to-one: two input names never share a folder (`a//b` is `a/%/b/`, `a/%/b` is
-    `a/%%/b/`), and no input's folder is `_long-names/...` (an input of that name is `%_long-names/...`).
+    `a/%%/b/`), and no input's folder is `_long-names/...` or `_summaries/...` (an input of that name is
+    `%_long-names/...`, `%_summaries/...`).
     A `_history` segment is `%_history`, so no input's folder is inside another input's history.
     """
     segments = [_escape_segment(segment) for segment in name.split("/")]
-    if segments[0] == LONG_NAMES:
-        segments[0] = f"%{LONG_NAMES}"
+    if segments[0] in (LONG_NAMES, SUMMARIES):
+        segments[0] = f"%{segments[0]}"
     prefix = "/".join(segments) + "/"
     if len(prefix) > MAX_RESULT_PREFIX:
         return f"{LONG_NAMES}/{hashlib.sha256(name.encode()).hexdigest()[:40]}/"

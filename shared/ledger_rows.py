@@ -155,6 +155,8 @@ def job_entity(record: JobRecord, partition: str = JOBS) -> dict[str, Any]:
     if record.staging_cleared_through is not None:
         entity["staging_cleared_through"] = record.staging_cleared_through
     entity["staging_cleared"] = record.staging_cleared
+    if record.summary:
+        entity["summary"] = record.summary
     return entity
 
 
@@ -173,4 +175,5 @@ def job_record(entity: Any) -> JobRecord:
         terminated_at=moment("terminated_at"),
         staging_cleared_through=entity.get("staging_cleared_through"),
         staging_cleared=bool(entity.get("staging_cleared", False)),
+        summary=str(entity.get("summary") or ""),
     )

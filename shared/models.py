@@ -77,6 +77,8 @@ class JobRecord:
     # Staging clean-up after termination: task ids up to this one have had their staging container deleted.
     staging_cleared_through: str | None = None
     staging_cleared: bool = False
+    # The pipeline's summary step (shared/summary.py): "" not begun, then a SummaryState value.
+    summary: str = ""
 
 
 class FinalKey(NamedTuple):

@@ -90,6 +90,43 @@ class MatchSpec(BaseModel):
         return [_one_char(char) for char in self.prefix] + _glob_tokens(self.glob)
 
 
+def _check_relative_paths(paths: tuple[str, ...]) -> tuple[str, ...]:
+    for path in paths:
+        if not path or path.startswith("/") or ".." in path.split("/"):
+            raise ValueError(f"{path!r} must be a relative path without '..'")
+    return paths
+
+
+class SummarySpec(BaseModel):
+    """The pipeline's summary step: one more task per job, once its window has closed and its inputs are collected.
+
+    `{input}` is the local path of the job's manifests list (shared/summary.py); the task runs on the host of the
+    pipeline's pool, without the pipeline's container or application packages.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    command: Annotated[str, Field(min_length=1)]
+    app_files: tuple[str, ...] = ()
+
+    @field_validator("command")
+    @classmethod
+    def _placeholders(cls, command: str) -> str:
+        check_template(command)
+        if any(name == PACKAGE_PLACEHOLDER for name, _ in template_fields(command)):
+            raise ValueError("a summary runs without application packages: {package:ID} is not available here")
+        return command
+
+    @field_validator("app_files")
+    @classmethod
+    def _relative_paths(cls, paths: tuple[str, ...]) -> tuple[str, ...]:
+        return _check_relative_paths(paths)
+
+    def command_line(self, manifests_path: str) -> str:
+        """The summary task's command line: the template with batchdrop's own safe paths substituted."""
+        return render(self.command, manifests_path, (), None)
+
+
 class PipelineSpec(BaseModel):
     """One pipeline: which inputs it takes and how a task runs on one of them."""
 
@@ -108,6 +145,7 @@ class PipelineSpec(BaseModel):
     application_packages: tuple[PackageRef, ...] = ()
     environment: dict[str, str] = {}
     required_slots: Annotated[int, Field(ge=1, le=256)] = 1
+    summary: SummarySpec | None = None
 
     @field_validator("command")
     @classmethod

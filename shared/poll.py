@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from shared import ids
+from shared import ids, summary
 from shared.gateways import Gateways
 from shared.models import CompletionEvent, InputState, JobRecord, JobState, TaskResult
 
@@ -68,6 +68,7 @@ def _poll_job(gw: Gateways, job: JobRecord, overlap: timedelta) -> int:
         for task in completed
         if task.task_id not in already or (job.watermark is not None and task.completed_at > job.watermark)
     ]
+    fresh = [task for task in fresh if task.task_id != summary.SUMMARY_TASK_ID]  # _close_if_done collects it
     # Enqueue before moving the watermark: a crash in between re-emits, never loses.
     gw.queue.send(completion_event(job.job_id, task.task_id, task.result) for task in fresh)
     if completed:
@@ -84,11 +85,17 @@ def _poll_job(gw: Gateways, job: JobRecord, overlap: timedelta) -> int:
 
 
 def _close_if_done(gw: Gateways, job: JobRecord, now: datetime) -> bool:
-    """Terminate the job once its window has closed and every input in it is collected."""
+    """Terminate the job once its window has closed and every input in it is collected (and then its summary)."""
     if now < job.window_end + timedelta(minutes=gw.settings.job_close_grace_minutes):
         return False
+    pipeline = gw.pipelines.by_name(job.pipeline)
+    wanted = pipeline.summary if pipeline is not None else None
+    if wanted is not None and not job.summary:
+        summary.close_to_inputs(gw, job)
     # Filtered by state in the query: each poll after the window reads the rows still pending, not the job's all.
     if any(gw.ledger.inputs(state=state, job_id=job.job_id) for state in (InputState.SUBMITTED, InputState.CLAIMED)):
+        return False
+    if pipeline is not None and wanted is not None and not summary.advance(gw, job, pipeline, wanted):
         return False
     counts = gw.batch.task_counts(job.job_id)
     if counts is not None and counts.active + counts.running > 0:

@@ -11,7 +11,9 @@ from collections import Counter
 from datetime import datetime
 from itertools import islice
 
+from shared import summary
 from shared.gateways import Gateways
+from shared.ids import MANIFEST_NAME
 from shared.models import FinalKey, InputState, JobRecord, JobState
 from shared.pipelines import PoolPlan
 
@@ -51,6 +53,20 @@ def _without_replaced(counts: dict[str, int], final: Counter[FinalKey]) -> None:
             counts[key.outcome] = max(0, counts[key.outcome] - n)
 
 
+def _without_summary(gw: Gateways, job: JobRecord, counts: dict[str, int]) -> None:
+    """Take the job's summary task out of Batch's counts, which count inputs: one Batch GET while it runs."""
+    if job.summary == summary.SummaryState.RUNNING.value:
+        task = gw.batch.get_task(job.job_id, summary.SUMMARY_TASK_ID)
+        if task is None:
+            return
+        bucket = task.outcome.value if task.completed else {"active": "queued"}.get(task.state, "running")
+    elif job.summary in summary.FINAL:
+        bucket = job.summary
+    else:
+        return
+    counts[bucket] = max(0, counts[bucket] - 1)
+
+
 def status(gw: Gateways) -> dict[str, object]:
     """The status document served by GET api/status: per pipeline, per live job, and totals."""
     ledger_counts = gw.ledger.counts()
@@ -65,11 +81,16 @@ def status(gw: Gateways) -> dict[str, object]:
             counts.update(queued=batch_counts.active, running=batch_counts.running,
                           succeeded=batch_counts.succeeded, failed=batch_counts.failed)  # fmt: skip
             _without_replaced(counts, ledger_counts.by_job.get(job.job_id, Counter()))
+            _without_summary(gw, job, counts)
         # else a closed job: Batch may have forgotten it, the ledger has not
         jobs.append({
             "job_id": job.job_id, "pipeline": job.pipeline, "state": job.state.value, "counts": counts,
             "window_end": job.window_end.isoformat(), "window": _window(job, now),
         })  # fmt: skip
+        summary_state = summary.state(gw, job)
+        if summary_state is not None:
+            prefix = summary.result_prefix(job.pipeline, job.job_id)
+            jobs[-1]["summary"] = {"state": summary_state, "manifest": prefix + MANIFEST_NAME}
         pipeline_counts = per_pipeline.setdefault(job.pipeline, _zero())
         for name in (*BATCH_KEYS, "collected"):
             pipeline_counts[name] += counts[name]

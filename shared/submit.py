@@ -224,7 +224,7 @@ def _ensure_job(gw: Gateways, record: InputRecord, pipeline: PipelineSpec) -> In
                 gw.batch.ensure_job(record.job_id, pipeline)
                 window_end = _window_end_of(gw, record.job_id, pipeline)
                 job, _ = gw.ledger.claim_job(JobRecord(record.job_id, pipeline.name, window_end))
-    if job.state is JobState.ACTIVE:
+    if job.state is JobState.ACTIVE and not job.summary:  # a job whose summary has begun takes no new input
         return record
     return _move_to_open_job(gw, record, pipeline)
 

@@ -142,6 +142,17 @@ def test_jobs_claim_save_and_retire(ledger: LedgerPort) -> None:
     assert "job-1" not in counts.by_job and counts.by_job["job-2"] == Counter({collected("failed"): 1})
 
 
+def test_a_jobs_summary_state_is_kept_on_its_row(ledger: LedgerPort) -> None:
+    job = JobRecord("job-1", "report", WINDOW_END)
+    ledger.claim_job(job)
+    assert ledger.get_job("job-1").summary == ""  # type: ignore[union-attr]
+    for step in ("pending", "running", "succeeded"):
+        job.summary = step
+        ledger.save_job(job)
+        assert ledger.get_job("job-1").summary == step  # type: ignore[union-attr]
+        assert [j.summary for j in ledger.jobs()] == [step]
+
+
 def test_rejections_newest_first_and_bounded(ledger: LedgerPort) -> None:
     for index in range(5):
         ledger.record_rejection(f"input/{index}", f"reason {index}")
