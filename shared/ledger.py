@@ -263,6 +263,20 @@ class TableLedger:
         """Create the row (`version` "") or replace it over the version read; None when another writer was first."""
         return self._guarded(f"save schedule {record.pipeline}", lambda table: _save_schedule(table, record))
 
+    def delete_schedule(self, record: ScheduleRecord) -> bool:
+        """Delete the row if it is still at the version read."""
+
+        def delete(table: TableClient) -> bool:
+            try:
+                table.delete_entity(
+                    SCHEDULES, record.pipeline, etag=record.version, match_condition=MatchConditions.IfNotModified
+                )
+            except ResourceModifiedError:
+                return False
+            return True  # the SDK takes a missing row as deleted
+
+        return self._guarded(f"delete schedule {record.pipeline}", delete)
+
     # the recent-inputs index (shared/recent.py)
     def recent(self, limit: int, after: str | None = None) -> tuple[list[RecentEntry], str | None]:
         """Up to `limit` index rows, newest first, older than the cursor `after`; one range read."""

@@ -161,6 +161,10 @@ class LedgerPort(Protocol):
         """Create the row if `record.version` is "", else replace it only if it is still at that version; the row
         as stored (with its new version), or None when another writer got there first."""
 
+    def delete_schedule(self, record: ScheduleRecord) -> bool:
+        """Delete the row if it is still at `record.version`: True when it is gone (now or before), False when
+        another writer changed it meanwhile."""
+
     def recent(self, limit: int, after: str | None = None) -> tuple[list[RecentEntry], str | None]:
         """The recent-inputs index, newest first: up to `limit` events older than the cursor `after`, and the
         cursor of the next page (None at the end). An input has an event when its row is created and when it

@@ -43,17 +43,20 @@ class Firing:
 
 
 def fire_due(gw: Gateways) -> list[Firing]:
-    """One tick: fire each scheduled pipeline whose schedule is due; nothing scheduled means no request at all."""
-    scheduled = [(pipeline, pipeline.schedule) for pipeline in gw.pipelines.pipelines if pipeline.schedule is not None]
-    if not scheduled:
-        return []
+    """One tick: fire each scheduled pipeline whose schedule is due; one range read when none is."""
     now = gw.clock()
     rows = {row.pipeline: row for row in gw.ledger.schedules()}
     fired: list[Firing] = []
     failed: list[str] = []
-    for pipeline, schedule in scheduled:
+    for pipeline in gw.pipelines.pipelines:
+        row = rows.get(pipeline.name)
+        if pipeline.schedule is None and row is None:
+            continue  # submitted on upload, and never scheduled
         try:
-            firing = _fire_if_due(gw, pipeline, schedule, rows.get(pipeline.name), now)
+            if pipeline.schedule is None:
+                firing = _unschedule(gw, pipeline, row, now) if row is not None else None
+            else:
+                firing = _fire_if_due(gw, pipeline, pipeline.schedule, row, now)
         except TransientError as error:  # one pipeline's outage does not hold the others back
             logger.warning("schedule of %s: will fire again: %s", pipeline.name, error)
             failed.append(pipeline.name)
@@ -90,6 +93,20 @@ def _fire_if_due(
         logger.info("schedule of %s: another tick took the firing over meanwhile", pipeline.name)
     logger.info("schedule of %s fired (due %s): %d inputs submitted", pipeline.name, due_at.isoformat(), submitted)
     return Firing(pipeline.name, due_at, submitted, took_over)
+
+
+def _unschedule(gw: Gateways, pipeline: PipelineSpec, row: ScheduleRecord, now: datetime) -> Firing | None:
+    """A pipeline that had a schedule and is submitted on upload now: what still waits goes now, then its row goes
+    (an input it held must not wait for a schedule that no longer exists)."""
+    if row.firing_since is not None and now - row.firing_since < FIRING_STALE:
+        return None
+    claimed = gw.ledger.save_schedule(replace(row, firing_since=now))
+    if claimed is None:
+        return None
+    submitted = release_waiting(gw, pipeline)
+    gw.ledger.delete_schedule(claimed)
+    logger.info("%s is submitted on upload now: %d waiting inputs submitted", pipeline.name, submitted)
+    return Firing(pipeline.name, now, submitted)
 
 
 def release_waiting(gw: Gateways, pipeline: PipelineSpec) -> int:

@@ -27,5 +27,5 @@ def poll(timer: func.TimerRequest) -> None:
 @bp.function_name("schedules")
 @bp.timer_trigger(arg_name="timer", schedule="%BATCHDROP_SCHEDULES_SCHEDULE%", run_on_startup=False)
 def schedules(timer: func.TimerRequest) -> None:
-    """One timer for every scheduled pipeline (shared/schedules.py); none scheduled, no request."""
+    """One timer for every scheduled pipeline (shared/schedules.py): one ledger read a tick when none is due."""
     run("schedules", fire_due)

@@ -274,6 +274,11 @@ def test_a_schedule_row_is_written_over_the_version_read(ledger: LedgerPort) -> 
     assert cleared is not None
     assert [(row.last_fired, row.firing_since) for row in ledger.schedules()] == [(WINDOW_END, None)]
 
+    assert not ledger.delete_schedule(firing)  # a stale version deletes nothing
+    assert ledger.delete_schedule(cleared)
+    assert ledger.schedules() == []
+    assert ledger.delete_schedule(cleared)  # gone already: nothing to do
+
 
 def test_waiting_inputs_are_counted_until_they_are_submitted(ledger: LedgerPort) -> None:
     ledger.claim_input(row(InputState.WAITING))

@@ -552,6 +552,16 @@ class FakeLedger:
         self.schedule_rows[record.pipeline] = replace(record, version=f"v{self._versions}")
         return replace(self.schedule_rows[record.pipeline])
 
+    def delete_schedule(self, record: ScheduleRecord) -> bool:
+        self._check()
+        stored = self.schedule_rows.get(record.pipeline)
+        if stored is None:
+            return True
+        if stored.version != record.version:
+            return False
+        del self.schedule_rows[record.pipeline]
+        return True
+
     def record_rejection(self, subject: str, reason: str) -> None:
         self._check()
         self.rejection_rows.insert(0, {"input": subject, "reason": reason, "at": datetime.now(UTC).isoformat()})

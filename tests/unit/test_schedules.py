@@ -237,3 +237,21 @@ def test_only_the_due_pipeline_fires(tmp_path: Path) -> None:
     assert {row.name: row.state for row in world.ledger.inputs()} == {
         "a.txt": InputState.SUBMITTED, "later/b.txt": InputState.WAITING,
     }  # fmt: skip
+
+
+def test_inputs_held_by_a_schedule_that_was_removed_are_submitted_on_the_next_tick(tmp_path: Path) -> None:
+    before = make_world(tmp_path, [scheduled()])
+    hold(before, 2)
+    fire_due(before.gw)  # the schedule's row
+    # The same deployment after the pipelines file drops the schedule: same storage, the pipeline on upload now.
+    after = make_world(tmp_path, [{**scheduled(), "submit": "on_upload"}])
+    after.gw.ledger, after.gw.blobs = before.ledger, before.blobs
+    after.gw.batch = before.batch
+
+    fired = fire_due(after.gw)
+
+    assert [(firing.pipeline, firing.submitted) for firing in fired] == [("nightly", 2)]
+    assert before.batch.requests["Task_AddCollection"] == 1
+    assert {row.state for row in before.ledger.inputs()} == {InputState.SUBMITTED}
+    assert before.ledger.schedule_rows == {}
+    assert fire_due(after.gw) == []
