@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -109,6 +110,7 @@ class ScheduledSubmit(BaseModel):
         return parse_ncrontab(self.schedule)
 
 
+@lru_cache(maxsize=64)  # every claim of a scheduled pipeline's input asks for its schedule
 def parse_ncrontab(expression: str) -> CronSchedule:
     """A pipeline's schedule: NCRONTAB with seconds (6 fields) or without (5 fields, second 0); UTC."""
     try:
