@@ -473,6 +473,7 @@ def app_settings(azurite: Azurite, emulator: Emulator, overrides: Mapping[str, s
         "BATCHDROP_PIPELINES_FILE": str(PROJECT_ROOT / "samples" / "pipelines.json"),
         "BATCHDROP_SWEEP_SCHEDULE": "*/30 * * * * *",
         "BATCHDROP_POLL_SCHEDULE": "*/2 * * * * *",
+        "BATCHDROP_SCHEDULES_SCHEDULE": "*/5 * * * * *",
     }
     settings.update(overrides or {})
     return settings

@@ -38,7 +38,7 @@ def build_gateways(settings: Settings) -> Gateways:
     from shared.ledger import TableLedger
     from shared.storage import AzureBlobs, AzureQueue
 
-    pipelines = load_pipelines(settings.pipelines_file, settings.pool_defaults)
+    pipelines = load_pipelines(settings.pipelines_file, settings.pool_defaults, settings.schedules_schedule)
     batch = AzureBatch.connect(settings.batch_url, settings.batch_account_name, settings.batch_account_key)
     table: TableClient
     if settings.storage_connection_string:

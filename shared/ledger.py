@@ -29,6 +29,7 @@ from shared.ledger_rows import (
     INPUT_ROWS,
     JOBS,
     REJECTIONS,
+    SCHEDULES,
     counter_entity,
     counter_key,
     decode_counts,
@@ -40,11 +41,13 @@ from shared.ledger_rows import (
     job_entity,
     job_record,
     quote,
+    schedule_entity,
+    schedule_record,
     staging_index_entity,
     staging_index_key,
     staging_index_partition,
 )
-from shared.models import FinalKey, InputRecord, InputState, JobRecord, JobState, LedgerCounts
+from shared.models import FinalKey, InputRecord, InputState, JobRecord, JobState, LedgerCounts, ScheduleRecord
 from shared.ports import FINAL_STATES
 from shared.recent import RECENT, RecentEntry, recent_entity, recent_entry
 
@@ -250,6 +253,30 @@ class TableLedger:
         query += f" and state eq '{JobState.ACTIVE.value}'" if active_only else f" and state ne '{JobState.DELETED}'"
         return self._guarded("list jobs", lambda table: [job_record(e) for e in table.query_entities(query)])
 
+    # schedules (shared/schedules.py)
+    def schedules(self) -> list[ScheduleRecord]:
+        """Every scheduled pipeline's row: one range read."""
+        query = f"PartitionKey eq '{SCHEDULES}'"
+        return self._guarded("list schedules", lambda table: [schedule_record(e) for e in table.query_entities(query)])
+
+    def save_schedule(self, record: ScheduleRecord) -> ScheduleRecord | None:
+        """Create the row (`version` "") or replace it over the version read; None when another writer was first."""
+        return self._guarded(f"save schedule {record.pipeline}", lambda table: _save_schedule(table, record))
+
+    def delete_schedule(self, record: ScheduleRecord) -> bool:
+        """Delete the row if it is still at the version read."""
+
+        def delete(table: TableClient) -> bool:
+            try:
+                table.delete_entity(
+                    SCHEDULES, record.pipeline, etag=record.version, match_condition=MatchConditions.IfNotModified
+                )
+            except ResourceModifiedError:
+                return False
+            return True  # the SDK takes a missing row as deleted
+
+        return self._guarded(f"delete schedule {record.pipeline}", delete)
+
     # the recent-inputs index (shared/recent.py)
     def recent(self, limit: int, after: str | None = None) -> tuple[list[RecentEntry], str | None]:
         """Up to `limit` index rows, newest first, older than the cursor `after`; one range read."""
@@ -299,6 +326,20 @@ class TableLedger:
             return found
 
         return self._guarded("list rejections", read)
+
+
+def _save_schedule(table: TableClient, record: ScheduleRecord) -> ScheduleRecord | None:
+    entity = schedule_entity(record)
+    try:
+        if not record.version:
+            written = table.create_entity(entity)
+        else:
+            written = table.update_entity(
+                entity, mode=UpdateMode.REPLACE, etag=record.version, match_condition=MatchConditions.IfNotModified
+            )
+    except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
+        return None
+    return replace(record, version=str(written["etag"]))
 
 
 def _read_input(table: TableClient, task_id: str) -> InputRecord | None:

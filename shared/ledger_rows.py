@@ -7,6 +7,8 @@ Partitions (docs/internals.md, "Ledger layout", says why):
 - `job`: one row per live (active or terminated) job; `job-deleted`: deleted jobs, and `~total`, the sum of
   their counts.
 - `rejected`: what was refused and why, newest first.
+- `schedule`: one row per scheduled pipeline (its name the row key): when its schedule last fired, and whether a
+  firing is under way (shared/schedules.py).
 - In the input partitions, beside each submitted input's row, an index row `~by-staging~<staging container>`
   naming its task id, created in the same transaction as the input's row: a completion event names only the
   staging container, a hash of the task id that cannot be inverted. The container's digest starts with the same
@@ -21,12 +23,13 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.models import FinalKey, InputRecord, InputState, JobRecord, JobState
+from shared.models import FinalKey, InputRecord, InputState, JobRecord, JobState, ScheduleRecord
 
 INPUTS = "input"
 JOBS = "job"
 DELETED_JOBS = "job-deleted"
 REJECTIONS = "rejected"
+SCHEDULES = "schedule"
 INPUT_PARTITIONS = 16
 # Task ids and job ids are [A-Za-z0-9_-]: a row key starting with "~" is never theirs, and sorts after them all.
 COUNTER_PREFIX = "~count~"
@@ -176,4 +179,24 @@ def job_record(entity: Any) -> JobRecord:
         staging_cleared_through=entity.get("staging_cleared_through"),
         staging_cleared=bool(entity.get("staging_cleared", False)),
         summary=str(entity.get("summary") or ""),
+    )
+
+
+def schedule_entity(record: ScheduleRecord) -> dict[str, Any]:
+    entity: dict[str, Any] = {"PartitionKey": SCHEDULES, "RowKey": record.pipeline, "last_fired": record.last_fired}
+    if record.firing_since is not None:
+        entity["firing_since"] = record.firing_since
+    return entity
+
+
+def schedule_record(entity: Any) -> ScheduleRecord:
+    def moment(key: str) -> datetime | None:
+        value = entity.get(key)
+        return value.astimezone(UTC) if isinstance(value, datetime) else None
+
+    return ScheduleRecord(
+        pipeline=str(entity["RowKey"]),
+        last_fired=moment("last_fired") or datetime.fromtimestamp(0, UTC),
+        firing_since=moment("firing_since"),
+        version=str(entity.metadata["etag"]),
     )

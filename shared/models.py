@@ -13,6 +13,7 @@ class InputState(StrEnum):
     """Where one input is in its life; serialised as the plain string."""
 
     CLAIMED = "claimed"  # ledger row written, task not yet confirmed in Batch
+    WAITING = "waiting"  # claimed for a scheduled pipeline: held until its schedule fires (shared/schedules.py)
     SUBMITTED = "submitted"  # task exists in Batch
     COLLECTED = "collected"  # manifest published
     SKIPPED = "skipped"  # no pipeline matches
@@ -95,11 +96,29 @@ class FinalKey(NamedTuple):
             return cls(record.state, record.pipeline, record.outcome)
         if record.state in (InputState.SKIPPED, InputState.REJECTED):
             return cls(record.state, record.pipeline)
+        if record.state is InputState.WAITING:
+            # Not final, but counted while it lasts: status shows what waits for a schedule without a scan.
+            return cls(record.state, record.pipeline)
         if record.state is InputState.RERUN:
             # Not an input of its own (its re-run's row counts it): kept so that status can take the replaced
             # task out of Batch's counts of its job.
             return cls(record.state, record.pipeline, record.outcome)
         return None
+
+
+@dataclass
+class ScheduleRecord:
+    """The ledger row of one scheduled pipeline: when its schedule last fired, and a firing under way.
+
+    `firing_since` is set while a tick submits the pipeline's waiting inputs and cleared when it is done; a tick
+    that finds it set and stale takes the firing over (the first tick died halfway). `version` is the row's
+    ETag as read: writes are made over it, so of two concurrent ticks only one fires.
+    """
+
+    pipeline: str
+    last_fired: datetime
+    firing_since: datetime | None = None
+    version: str = ""
 
 
 @dataclass

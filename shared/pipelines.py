@@ -10,13 +10,16 @@ import string
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from shared.errors import ConfigError
 from shared.ids import MAX_BLOB_NAME, PIPELINE_NAME
+from shared.ncrontab import CronSchedule, ScheduleError, interval_bounds, parse_schedule
 from shared.pools import PoolDefaults, PoolSpec, check_environment
 from shared.runtime import (
     APP_DIR,
@@ -127,6 +130,34 @@ class SummarySpec(BaseModel):
         return render(self.command, manifests_path, (), None)
 
 
+class ScheduledSubmit(BaseModel):
+    """`submit: {"schedule": "<NCRONTAB>"}`: inputs are held until the schedule fires (shared/schedules.py)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    schedule: str
+
+    @field_validator("schedule")
+    @classmethod
+    def _ncrontab(cls, schedule: str) -> str:
+        parse_ncrontab(schedule)
+        return schedule
+
+    def cron(self) -> CronSchedule:
+        return parse_ncrontab(self.schedule)
+
+
+@lru_cache(maxsize=64)  # every claim of a scheduled pipeline's input asks for its schedule
+def parse_ncrontab(expression: str) -> CronSchedule:
+    """A pipeline's schedule: NCRONTAB with seconds (6 fields) or without (5 fields, second 0); UTC."""
+    try:
+        schedule = CronSchedule.parse(expression.strip())
+        schedule.next_after(datetime(2000, 1, 1, tzinfo=UTC))  # one that never occurs ("0 0 0 30 2 *") is refused
+    except ScheduleError as error:
+        raise ValueError(str(error)) from None
+    return schedule
+
+
 class PipelineSpec(BaseModel):
     """One pipeline: which inputs it takes and how a task runs on one of them."""
 
@@ -146,6 +177,23 @@ class PipelineSpec(BaseModel):
     environment: dict[str, str] = {}
     required_slots: Annotated[int, Field(ge=1, le=256)] = 1
     summary: SummarySpec | None = None
+    submit: Literal["on_upload"] | ScheduledSubmit = "on_upload"
+
+    @field_validator("submit", mode="before")
+    @classmethod
+    def _submit(cls, submit: object) -> object:
+        # Checked here rather than by the union, so that a bad schedule gets one message, not one per alternative.
+        if submit == "on_upload" or isinstance(submit, ScheduledSubmit):
+            return submit
+        if isinstance(submit, dict) and set(submit) == {"schedule"} and isinstance(submit["schedule"], str):
+            parse_ncrontab(submit["schedule"])
+            return submit
+        raise ValueError('must be "on_upload" or {"schedule": "<NCRONTAB>"}')
+
+    @property
+    def schedule(self) -> CronSchedule | None:
+        """The pipeline's schedule, None when its inputs are submitted on upload."""
+        return self.submit.cron() if isinstance(self.submit, ScheduledSubmit) else None
 
     @field_validator("command")
     @classmethod
@@ -273,9 +321,12 @@ def route(pipelines: PipelineSet, name: str) -> PipelineSpec | None:
     return winners[0]
 
 
-def load_pipelines(path: Path, pool_defaults: PoolDefaults | None = None) -> PipelineSet:
+def load_pipelines(
+    path: Path, pool_defaults: PoolDefaults | None = None, schedules_timer: str | None = None
+) -> PipelineSet:
     """Read and validate a pipelines file, the deployment's pool defaults filling what its pools leave out;
-    errors name the file and the field."""
+    errors name the file and the field. `schedules_timer` is the schedule of the timer that fires the pipelines'
+    schedules (BATCHDROP_SCHEDULES_SCHEDULE): a pipeline schedule that fires more often is refused."""
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -294,7 +345,36 @@ def load_pipelines(path: Path, pool_defaults: PoolDefaults | None = None) -> Pip
     overlaps = pipelines.overlaps()
     if overlaps:
         raise ConfigError(f"{path}: " + "; ".join(overlaps) + "; an input may match one pipeline at most")
+    too_often = _faster_than_timer(pipelines, schedules_timer) if schedules_timer is not None else []
+    if too_often:
+        raise ConfigError(f"{path}: " + "; ".join(too_often))
     return pipelines
+
+
+def _faster_than_timer(pipelines: PipelineSet, timer: str) -> list[str]:
+    """The pipelines whose schedule can fire twice between two ticks of the timer that drives them all."""
+    scheduled = [(pipeline, pipeline.schedule) for pipeline in pipelines.pipelines if pipeline.schedule is not None]
+    if not scheduled:
+        return []
+    try:
+        _, timer_gap = interval_bounds(parse_schedule(timer))
+    except ScheduleError as error:
+        return [f"BATCHDROP_SCHEDULES_SCHEDULE: {error}"]
+    problems = []
+    for pipeline, schedule in scheduled:
+        shortest, _ = interval_bounds(schedule)
+        if shortest < timer_gap:
+            problems.append(
+                f"pipelines[{pipeline.name!r}].submit.schedule: {schedule.expression!r} can fire "
+                f"{_seconds(shortest)} apart, more often than the timer that fires schedules "
+                f"(BATCHDROP_SCHEDULES_SCHEDULE {timer!r}, up to {_seconds(timer_gap)} apart); "
+                "make it fire less often, or the timer more often"
+            )
+    return problems
+
+
+def _seconds(gap: timedelta) -> str:
+    return f"{int(gap.total_seconds())} s"
 
 
 def _with_pool_defaults(raw: object, defaults: PoolDefaults) -> object:

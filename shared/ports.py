@@ -16,6 +16,7 @@ from shared.models import (
     JobRecord,
     LedgerCounts,
     ResourceFile,
+    ScheduleRecord,
     TaskCounts,
     TaskResult,
     TaskSpec,
@@ -152,6 +153,17 @@ class LedgerPort(Protocol):
 
     def jobs(self, active_only: bool = True) -> list[JobRecord]:
         """Active jobs; with active_only=False, terminated ones too. Never deleted ones (see retire_job)."""
+
+    def schedules(self) -> list[ScheduleRecord]:
+        """Every scheduled pipeline's row (when it last fired), each with its version."""
+
+    def save_schedule(self, record: ScheduleRecord) -> ScheduleRecord | None:
+        """Create the row if `record.version` is "", else replace it only if it is still at that version; the row
+        as stored (with its new version), or None when another writer got there first."""
+
+    def delete_schedule(self, record: ScheduleRecord) -> bool:
+        """Delete the row if it is still at `record.version`: True when it is gone (now or before), False when
+        another writer changed it meanwhile."""
 
     def recent(self, limit: int, after: str | None = None) -> tuple[list[RecentEntry], str | None]:
         """The recent-inputs index, newest first: up to `limit` events older than the cursor `after`, and the

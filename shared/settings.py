@@ -29,6 +29,8 @@ class Settings(BaseSettings):
     batch_account_key: str | None = Field(None, alias="BATCHDROP_BATCH_ACCOUNT_KEY", repr=False)
 
     pipelines_file: Path = Field(alias="BATCHDROP_PIPELINES_FILE")
+    # The timer that fires every scheduled pipeline (shared/schedules.py); its binding reads the same setting.
+    schedules_schedule: str = Field("0 * * * * *", alias="BATCHDROP_SCHEDULES_SCHEDULE")
     job_window_minutes: int = Field(60, alias="BATCHDROP_JOB_WINDOW_MINUTES", ge=1, le=24 * 60)
     job_close_grace_minutes: int = Field(5, alias="BATCHDROP_JOB_CLOSE_GRACE_MINUTES", ge=0)
     job_retention_hours: float = Field(24.0, alias="BATCHDROP_JOB_RETENTION_HOURS", ge=0)

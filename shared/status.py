@@ -8,6 +8,7 @@ jobs of the past. Deleted jobs are not listed one by one; their counts are summe
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from datetime import datetime
 from itertools import islice
 
@@ -16,6 +17,7 @@ from shared.gateways import Gateways
 from shared.ids import MANIFEST_NAME
 from shared.models import FinalKey, InputState, JobRecord, JobState
 from shared.pipelines import PoolPlan
+from shared.schedules import next_run
 
 # Where Event Grid dead-letters the events it could not deliver (the subscriptions' deadLetterDestination).
 EVENT_DEAD_LETTER_CONTAINER = "eventgrid-deadletter"
@@ -125,10 +127,34 @@ def status(gw: Gateways) -> dict[str, object]:
         "jobs": jobs,
         "pools": _pools(gw, {str(job["pipeline"]) for job in jobs if job["state"] == JobState.ACTIVE.value}),
         "deleted_jobs": {"count": ledger_counts.deleted_jobs, "counts": deleted},
+        "waiting": _waiting(gw, ledger_counts.by_job.values(), now),
         "rejected": gw.ledger.rejections(),
         "poison": {f"{gw.settings.completions_queue}-poison": gw.queue.poison_count()},
         "event_dead_letters": _event_dead_letters(gw),
     }
+
+
+def _waiting(gw: Gateways, by_job: Iterable[Counter[FinalKey]], now: datetime) -> list[dict[str, object]]:
+    """Per scheduled pipeline: its inputs waiting for the schedule (the ledger's counters) and its next run; one
+    read of the schedule rows, none when no pipeline is scheduled."""
+    scheduled = [(p.name, p.schedule) for p in gw.pipelines.pipelines if p.schedule is not None]
+    if not scheduled:
+        return []
+    waiting: Counter[str] = Counter()
+    for counts in by_job:
+        for key, n in counts.items():
+            if key.state is InputState.WAITING:
+                waiting[key.pipeline] += n
+    rows = {row.pipeline: row for row in gw.ledger.schedules()}
+    found: list[dict[str, object]] = []
+    for name, schedule in scheduled:
+        row = rows.get(name)
+        found.append({
+            "pipeline": name, "state": "waiting for schedule", "inputs": waiting[name],
+            "schedule": schedule.expression, "next_run": next_run(schedule, row, now).isoformat(),
+            "last_fired": row.last_fired.isoformat() if row is not None else None,
+        })  # fmt: skip
+    return found
 
 
 def _event_dead_letters(gw: Gateways) -> dict[str, object]:

@@ -41,6 +41,7 @@ class SubmitAction(StrEnum):
     IN_PROGRESS = "in-progress"  # another submitter holds a fresh claim
     SKIPPED = "skipped"  # no pipeline takes it
     REJECTED = "rejected"  # refused, reason recorded
+    WAITING = "waiting"  # recorded for a scheduled pipeline: submitted when its schedule fires (shared/schedules.py)
 
 
 @dataclass(frozen=True)
@@ -200,7 +201,12 @@ def claim(gw: Gateways, blob: BlobRef, take_over: bool = False) -> tuple[InputRe
     job_id = ids.job_id(pipeline.name, blob.created_on, window)
     # The staging container goes on the row (and the ledger's index of them): completion events name only it.
     staging = ids.staging_container(gw.settings.staging_prefix, task_id)
-    stored, created = gw.ledger.claim_input(replace(base, pipeline=pipeline.name, job_id=job_id, staging=staging))
+    # A scheduled pipeline's input is claimed as waiting: its schedule's firing moves it to claimed and submits it.
+    state = InputState.CLAIMED if pipeline.schedule is None else InputState.WAITING
+    claimed = replace(base, pipeline=pipeline.name, job_id=job_id, staging=staging, state=state)
+    stored, created = gw.ledger.claim_input(claimed)
+    if stored.state is InputState.WAITING:
+        return SubmitOutcome(blob.name, SubmitAction.WAITING, stored.task_id, stored.job_id)
     if not created and stored.state is not InputState.CLAIMED:
         return SubmitOutcome(blob.name, SubmitAction.DUPLICATE, stored.task_id, stored.job_id)
     if not created and not take_over and _claim_is_fresh(gw, stored):

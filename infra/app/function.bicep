@@ -152,6 +152,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     BATCHDROP_PIPELINES_FILE: pipelinesFile
     BATCHDROP_SWEEP_SCHEDULE: '0 */5 * * * *'
     BATCHDROP_POLL_SCHEDULE: '0 */5 * * * *'
+    BATCHDROP_SCHEDULES_SCHEDULE: '0 * * * * *'
     BATCHDROP_INPUT_CONTAINER: inputContainer
     BATCHDROP_APPS_CONTAINER: appsContainer
     BATCHDROP_RESULTS_CONTAINER: resultsContainer

@@ -10,7 +10,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .ncrontab import Schedule, ScheduleError, parse_schedule
+from shared.ncrontab import Schedule, ScheduleError, parse_schedule
+
 from .settings import AppSettings, StartupError
 
 DEFAULT_CONNECTION = "AzureWebJobsStorage"

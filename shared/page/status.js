@@ -107,6 +107,7 @@
     }
     const totals = status.totals || {};
     health.push(["rejected inputs", totals.rejected || 0], ["skipped inputs", totals.skipped || 0]);
+    for (const w of status.waiting || []) health.push([`waiting for schedule (${w.pipeline})`, `next run ${when(w.next_run)}: ${w.inputs} input(s)`]);
     document.getElementById("health").replaceChildren(...health.flatMap(([term, value]) =>
       [el("dt", {}, term), el("dd", { className: parseInt(value, 10) ? "bad" : "" }, value)]));
     fill("pools", (status.pools || []).map((pool) => {

@@ -8,6 +8,7 @@ from __future__ import annotations
 import socket
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -16,7 +17,7 @@ from azure.data.tables import TableClient
 from shared.errors import TransientError
 from shared.ledger import TableLedger
 from shared.ledger_rows import input_partition
-from shared.models import FinalKey, InputRecord, InputState, JobRecord, JobState
+from shared.models import FinalKey, InputRecord, InputState, JobRecord, JobState, ScheduleRecord
 from shared.ports import LedgerPort
 from tests.unit.fakes import FakeLedger
 
@@ -266,3 +267,35 @@ def test_staging_index_rows_are_neither_inputs_nor_counters(ledger: LedgerPort) 
     assert [record.task_id for record in ledger.inputs()] == ["t-1"]
     assert ledger.known_task_ids() == {"t-1"}
     assert ledger.counts().by_job == {"job-1": Counter({collected(): 1})}
+
+
+def test_a_schedule_row_is_written_over_the_version_read(ledger: LedgerPort) -> None:
+    fired = datetime(2026, 11, 24, 2, 0, tzinfo=UTC)
+    created = ledger.save_schedule(ScheduleRecord("nightly", fired))
+    assert created is not None and created.version
+    assert ledger.save_schedule(ScheduleRecord("nightly", fired)) is None  # create-only: it exists
+    (stored,) = ledger.schedules()
+    assert (stored.pipeline, stored.last_fired, stored.firing_since) == ("nightly", fired, None)
+    assert stored.version == created.version
+
+    firing = ledger.save_schedule(replace(stored, last_fired=WINDOW_END, firing_since=WINDOW_END))
+    assert firing is not None and firing.version != stored.version
+    assert ledger.save_schedule(replace(stored, firing_since=WINDOW_END)) is None  # a stale version loses
+    cleared = ledger.save_schedule(replace(firing, firing_since=None))
+    assert cleared is not None
+    assert [(row.last_fired, row.firing_since) for row in ledger.schedules()] == [(WINDOW_END, None)]
+
+    assert not ledger.delete_schedule(firing)  # a stale version deletes nothing
+    assert ledger.delete_schedule(cleared)
+    assert ledger.schedules() == []
+    assert ledger.delete_schedule(cleared)  # gone already: nothing to do
+
+
+def test_waiting_inputs_are_counted_until_they_are_submitted(ledger: LedgerPort) -> None:
+    ledger.claim_input(row(InputState.WAITING))
+    ledger.claim_input(row(InputState.WAITING, "t-2"))
+    waiting = FinalKey(InputState.WAITING, "report")
+    assert ledger.counts().by_job.get("job-1", Counter()) == Counter({waiting: 2})
+    ledger.save_inputs([row(InputState.CLAIMED), row(InputState.CLAIMED, "t-2")])
+    assert +ledger.counts().by_job.get("job-1", Counter()) == Counter()
+    assert {record.state for record in ledger.inputs()} == {InputState.CLAIMED}

@@ -145,7 +145,7 @@ def test_function_app_registers_every_function() -> None:
 
     functions = {f.get_function_name(): f for f in function_app.app.get_functions()}
     assert set(functions) == {
-        "ingest", "ingest_event", "ingest_events", "sweep", "poll", "collect", "status", "rerun",
+        "ingest", "ingest_event", "ingest_events", "sweep", "poll", "schedules", "collect", "status", "rerun",
         "status_page", "recent_inputs", "result_link", "task_finished", "recheck_task",
     }  # fmt: skip
     blob_binding = functions["ingest"].get_bindings()[0]

@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from local.host.ncrontab import CronSchedule, IntervalSchedule, ScheduleError, parse_schedule
+from shared.ncrontab import CronSchedule, IntervalSchedule, ScheduleError, parse_schedule
 
 
 def at(text: str) -> dt.datetime:

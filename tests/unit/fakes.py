@@ -24,6 +24,7 @@ from shared.models import (
     JobState,
     LedgerCounts,
     ResourceFile,
+    ScheduleRecord,
     TaskCounts,
     TaskResult,
     TaskSpec,
@@ -404,6 +405,8 @@ class FakeLedger:
         self.job_rows: dict[str, JobRecord] = {}
         self.staging_index: dict[str, str] = {}  # staging container -> task id, written with the input's row
         self.rejection_rows: list[dict[str, str]] = []
+        self.schedule_rows: dict[str, ScheduleRecord] = {}
+        self._versions = 0
         self.recent_rows: list[RecentEntry] = []
         self._recent_ms = 0
         self.retired: dict[str, Counter[FinalKey]] = {}
@@ -534,6 +537,30 @@ class FakeLedger:
             for j in self.job_rows.values()
             if j.state is JobState.ACTIVE or (not active_only and j.state is JobState.TERMINATED)
         ]
+
+    def schedules(self) -> list[ScheduleRecord]:
+        self._check()
+        return [replace(row) for row in self.schedule_rows.values()]
+
+    def save_schedule(self, record: ScheduleRecord) -> ScheduleRecord | None:
+        self._before("save_schedule")
+        self._check()
+        stored = self.schedule_rows.get(record.pipeline)
+        if (stored.version if stored is not None else "") != record.version:
+            return None
+        self._versions += 1
+        self.schedule_rows[record.pipeline] = replace(record, version=f"v{self._versions}")
+        return replace(self.schedule_rows[record.pipeline])
+
+    def delete_schedule(self, record: ScheduleRecord) -> bool:
+        self._check()
+        stored = self.schedule_rows.get(record.pipeline)
+        if stored is None:
+            return True
+        if stored.version != record.version:
+            return False
+        del self.schedule_rows[record.pipeline]
+        return True
 
     def record_rejection(self, subject: str, reason: str) -> None:
         self._check()

@@ -10,7 +10,9 @@ Times are UTC, as on Azure unless WEBSITE_TIME_ZONE is set.
 
 from __future__ import annotations
 
+import calendar
 import datetime as dt
+import itertools
 import re
 from dataclasses import dataclass
 from typing import Protocol
@@ -163,3 +165,39 @@ def parse_schedule(expression: str) -> Schedule:
     # Fail at startup, not at the first tick, for expressions such as "0 0 0 30 2 *".
     schedule.next_after(dt.datetime(2000, 1, 1, tzinfo=dt.UTC))
     return schedule
+
+
+# The Gregorian calendar (dates and weekdays together) repeats every 400 years: every gap between matching days
+# shows up within one cycle and the first matching day of the next (at most 8 years on: a Feb 29 across 2100).
+_CYCLE_YEARS = 408
+
+
+def _matching_days(schedule: CronSchedule) -> list[int]:
+    """The ordinals of the days `schedule` fires on, over one calendar cycle from 2000."""
+    if len(schedule.days) == 31 and len(schedule.months) == 12 and len(schedule.weekdays) == 7:
+        return [0, 1]  # every day: all that matters is that the gap is one day
+    found = []
+    for year in range(2000, 2000 + _CYCLE_YEARS):
+        for month in sorted(schedule.months):
+            last = calendar.monthrange(year, month)[1]
+            for day in sorted(schedule.days):
+                if day > last:
+                    break
+                ordinal = dt.date(year, month, day).toordinal()
+                if ordinal % 7 in schedule.weekdays:  # date.toordinal() % 7 is 0 on a Sunday
+                    found.append(ordinal)
+    return found
+
+
+def interval_bounds(schedule: Schedule) -> tuple[dt.timedelta, dt.timedelta]:
+    """The shortest and the longest time between two consecutive occurrences of `schedule`."""
+    if isinstance(schedule, IntervalSchedule):
+        return schedule.interval, schedule.interval
+    assert isinstance(schedule, CronSchedule)
+    times = sorted(h * 3600 + m * 60 + s for h in schedule.hours for m in schedule.minutes for s in schedule.seconds)
+    days = _matching_days(schedule)
+    within = [later - earlier for earlier, later in itertools.pairwise(times)]
+    # From the day's last occurrence to the next matching day's first.
+    across = [(later - earlier) * 86400 - times[-1] + times[0] for earlier, later in itertools.pairwise(days)]
+    gaps = within + across
+    return dt.timedelta(seconds=min(gaps)), dt.timedelta(seconds=max(gaps))
