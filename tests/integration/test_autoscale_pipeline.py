@@ -68,7 +68,9 @@ def test_a_pipeline_pool_scales_from_zero_under_a_backlog_and_back_to_zero(
         world.drop(name, name.encode())
     assert sweep(world.gw).submitted == INPUTS
     pool = batch.get_pool(pool_id)
-    assert pool.enable_auto_scale is True and pool.current_dedicated_nodes == 0  # nothing runs before the formula
+    # Created with autoscale (its first evaluation, with no task pending yet, targets 0 nodes). Whether the next
+    # evaluation has already added nodes by now depends on the machine's load, so only the scale-up is waited for.
+    assert pool.enable_auto_scale is True
 
     peak = 0
 
