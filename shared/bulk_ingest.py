@@ -52,6 +52,7 @@ class BulkReport:
     in_progress: int = 0  # another submitter holds a fresh claim on it
     skipped: int = 0  # no pipeline takes it
     submitted: int = 0
+    grouped: int = 0  # recorded in its group (shared/groups.py): a group's task is submitted when it completes
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -193,6 +194,7 @@ _COUNTED = {
     SubmitAction.SKIPPED: "skipped",
     SubmitAction.REJECTED: "rejected",
     SubmitAction.CREATED: "submitted",
+    SubmitAction.GROUPED: "grouped",
 }
 
 
