@@ -193,11 +193,18 @@ def group_row_key(pipeline: str, key: str) -> str:
 
 
 def check_group_key(key: str) -> str | None:
-    """Why a group key cannot be used, or None when it can; its results go to `result_prefix(key)`."""
+    """Why a group key cannot be used, or None when it can.
+
+    Its results go to `result_prefix(key)`, which escapes dot and empty segments and moves a long key under
+    `_long-names/`, as for an input's name; only what no folder can stand for is refused.
+    """
     if not key:
-        return "the group key is empty"
-    reason = check_blob_name(key)
-    return reason.replace("the blob name", "the group key") if reason else None
+        return "the group key is empty (the expression's group 'key' matched no characters)"
+    if len(key) > MAX_GROUP_KEY:
+        return f"the group key is {len(key)} characters long; at most {MAX_GROUP_KEY}"
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in key):
+        return "the group key contains control characters"
+    return None
 
 
 def group_token(key: str) -> str:

@@ -18,6 +18,8 @@ from shared.models import (
     CompletionCheck,
     CompletionEvent,
     FinalKey,
+    GroupRecord,
+    GroupState,
     InputRecord,
     InputState,
     JobRecord,
@@ -407,6 +409,7 @@ class FakeLedger:
         self.recent_rows: list[RecentEntry] = []
         self._recent_ms = 0
         self.retired: dict[str, Counter[FinalKey]] = {}
+        self.group_rows: dict[tuple[str, str], GroupRecord] = {}
         self.unavailable = False
         self.transactions = 0
         # operation -> what another worker does just before this one performs it (once): races, made exact
@@ -535,6 +538,27 @@ class FakeLedger:
             if j.state is JobState.ACTIVE or (not active_only and j.state is JobState.TERMINATED)
         ]
 
+    def get_group(self, pipeline: str, key: str) -> GroupRecord | None:
+        self._check()
+        found = self.group_rows.get((pipeline, key))
+        return _copy_group(found) if found else None
+
+    def update_group(
+        self, pipeline: str, key: str, change: Callable[[GroupRecord | None], GroupRecord | None]
+    ) -> GroupRecord | None:
+        self._before("update_group")  # another writer's change lands first: `change` sees its row
+        self._check()
+        stored = self.group_rows.get((pipeline, key))
+        wanted = change(_copy_group(stored) if stored else None)
+        if wanted is None:
+            return _copy_group(stored) if stored else None
+        self.group_rows[(pipeline, key)] = _copy_group(wanted)
+        return _copy_group(wanted)
+
+    def groups(self, state: GroupState | None = None) -> list[GroupRecord]:
+        self._check()
+        return [_copy_group(row) for row in self.group_rows.values() if state is None or row.state is state]
+
     def record_rejection(self, subject: str, reason: str) -> None:
         self._check()
         self.rejection_rows.insert(0, {"input": subject, "reason": reason, "at": datetime.now(UTC).isoformat()})
@@ -542,6 +566,10 @@ class FakeLedger:
     def rejections(self, limit: int = 100) -> list[dict[str, str]]:
         self._check()
         return [dict(row) for row in self.rejection_rows[:limit]]
+
+
+def _copy_group(row: GroupRecord) -> GroupRecord:
+    return replace(row, members=dict(row.members), late=list(row.late), missing=list(row.missing))
 
 
 PIPELINE = {
