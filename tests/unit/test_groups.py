@@ -259,4 +259,5 @@ def test_sample_pipelines_file_has_a_valid_grouped_pipeline() -> None:
     pipelines = load_pipelines(Path(__file__).parents[2] / "samples" / "pipelines.json")
     grouped = [pipeline for pipeline in pipelines.pipelines if pipeline.group is not None]
     assert [pipeline.name for pipeline in grouped] == ["pairs"]
-    assert grouped[0].group is not None and grouped[0].group.classify("pairs/sample1_R1.txt") == ("pairs/sample1", False)
+    group = grouped[0].group
+    assert group is not None and group.classify("pairs/sample1_R1.txt") == ("pairs/sample1", False)
