@@ -548,12 +548,14 @@ class FakeLedger:
     ) -> GroupRecord | None:
         self._before("update_group")  # another writer's change lands first: `change` sees its row
         self._check()
-        stored = self.group_rows.get((pipeline, key))
-        wanted = change(_copy_group(stored) if stored else None)
-        if wanted is None:
-            return _copy_group(stored) if stored else None
-        self.group_rows[(pipeline, key)] = _copy_group(wanted)
-        return _copy_group(wanted)
+        while True:  # as TableLedger: written over the version `change` saw, else applied again to the newer row
+            stored = self.group_rows.get((pipeline, key))
+            wanted = change(_copy_group(stored) if stored else None)
+            if wanted is None:
+                return _copy_group(stored) if stored else None
+            if self.group_rows.get((pipeline, key)) is stored:
+                self.group_rows[(pipeline, key)] = _copy_group(wanted)
+                return _copy_group(wanted)
 
     def groups(self, state: GroupState | None = None) -> list[GroupRecord]:
         self._check()
