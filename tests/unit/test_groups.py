@@ -261,3 +261,32 @@ def test_sample_pipelines_file_has_a_valid_grouped_pipeline() -> None:
     assert [pipeline.name for pipeline in grouped] == ["pairs"]
     group = grouped[0].group
     assert group is not None and group.classify("pairs/sample1_R1.txt") == ("pairs/sample1", False)
+
+
+def test_reuploading_the_ready_marker_runs_the_group_again(world: World) -> None:
+    submit(world.gw, world.blobs.put("input", "batches/b2/x.csv"))
+    first = submit(world.gw, world.blobs.put("input", "batches/b2/_ready"))
+    submit(world.gw, world.blobs.put("input", "batches/b2/z.csv"))  # late: recorded, runs the group again
+    again = submit(world.gw, world.blobs.put("input", "batches/b2/_ready", b"again"))
+    tasks = group_tasks(world)
+    assert first.task_id in tasks and again.task_id in tasks and len(set(tasks)) == len(tasks)
+    spec = world.batch.jobs[again.job_id].tasks[again.task_id].spec
+    assert [r.file_path for r in spec.resource_files[:2]] == ["input/x.csv", "input/z.csv"]
+
+
+def test_a_group_takes_at_most_max_members_and_rejects_the_next_with_a_reason(world: World) -> None:
+    from shared.groups import MAX_GROUP_MEMBERS
+
+    for index in range(MAX_GROUP_MEMBERS):
+        submit(world.gw, world.blobs.put("input", f"batches/big/{index:03}.csv"))
+    refused = submit(world.gw, world.blobs.put("input", "batches/big/one-more.csv"))
+    assert refused.action == "rejected" and f"{MAX_GROUP_MEMBERS} members" in refused.reason
+
+
+def test_rerun_refuses_a_member_of_a_group_with_the_reason(world: World) -> None:
+    from shared.rerun import RerunRequest, rerun
+
+    submit(world.gw, world.blobs.put("input", "pairs/s10_R1.txt"))
+    submit(world.gw, world.blobs.put("input", "pairs/s10_R2.txt"))
+    report = rerun(world.gw, RerunRequest("r-1", names=("pairs/s10_R1.txt",)))
+    assert [o.action for o in report.outcomes] == ["refused"] and "member of a group" in report.outcomes[0].reason
