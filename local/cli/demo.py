@@ -206,12 +206,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
             etags = drop_files(service, samples)
             described = [f"{name} (expected to fail)" if expected[name] == "failed" else name for name in etags]
             print(f"dropped {len(etags)} samples into {INPUT}: {', '.join(described)}")
-            print(f"waiting for every manifest (timeout {args.timeout:g} s) ...", flush=True)
             singles, groups = group_uploads(Path(args.pipelines), etags)
             for key, members in groups.items():
                 expected[key] = "failed" if any(expected.get(member) == "failed" for member in members) else "succeeded"
                 print(f"group {key!r} of {len(members)} members: one task, one manifest")
             wait = Wait(singles, groups=groups)
+            print(f"waiting for every manifest (timeout {args.timeout:g} s) ...", flush=True)
             complete = wait_for_manifests(running, info, service, wait, args.timeout)
             results = sorted(wait.found.values(), key=lambda result: result.input)
             print()

@@ -290,3 +290,21 @@ def test_rerun_refuses_a_member_of_a_group_with_the_reason(world: World) -> None
     submit(world.gw, world.blobs.put("input", "pairs/s10_R2.txt"))
     report = rerun(world.gw, RerunRequest("r-1", names=("pairs/s10_R1.txt",)))
     assert [o.action for o in report.outcomes] == ["refused"] and "member of a group" in report.outcomes[0].reason
+
+
+def test_a_group_tasks_completion_event_finds_it_by_its_staging_container(world: World) -> None:
+    from shared.events import BlobCreated
+    from shared.finished import FinishedAction, task_finished
+
+    submit(world.gw, world.blobs.put("input", "pairs/s11_R1.txt"))
+    done = submit(world.gw, world.blobs.put("input", "pairs/s11_R2.txt"))
+    staging = ids.staging_container("staging", done.task_id)
+    row = world.ledger.input_for_staging(staging)
+    assert row is not None and row.task_id == done.task_id and row.group_key == "pairs/s11"
+    world.blobs.put(staging, "out/joined.txt", b"joined")
+    world.blobs.put(staging, "logs/stderr.txt", b"")
+    world.batch.finish(done.job_id, done.task_id)
+    outcome = task_finished(world.gw, BlobCreated("evt-1", staging, "logs/stderr.txt", frozenset({"devstoreaccount1"})))
+    assert outcome.action is FinishedAction.ENQUEUED
+    collect(world.gw, world.queue.drain()[0])
+    assert manifest(world, "pairs/s11")["task_id"] == done.task_id
