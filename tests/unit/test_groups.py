@@ -308,3 +308,17 @@ def test_a_group_tasks_completion_event_finds_it_by_its_staging_container(world:
     assert outcome.action is FinishedAction.ENQUEUED
     collect(world.gw, world.queue.drain()[0])
     assert manifest(world, "pairs/s11")["task_id"] == done.task_id
+
+
+def test_under_the_shell_inputs_and_group_are_variables_never_names() -> None:
+    from shared.runtime import PackageRef, render
+
+    line = render("python3 {package:tool}/join.py {group} {inputs}", "", (PackageRef(id="tool"),), None,
+                  ("input/a.txt", "input/b.txt"), "k")  # fmt: skip
+    assert line == "/bin/sh -c 'python3 \"$AZ_BATCH_APP_PACKAGE_tool\"/join.py \"$BATCHDROP_GROUP\" $BATCHDROP_INPUTS'"
+
+
+def test_inputs_with_the_images_own_working_directory_is_refused(tmp_path: Path) -> None:
+    pipeline = {**PAIRS, "container": {"image": "tools/join:1", "working_directory": "containerImageDefault"}}
+    with pytest.raises(ConfigError, match="containerImageDefault"):
+        load_pipelines(write_pipelines(tmp_path, pipeline))
