@@ -53,6 +53,7 @@ class BulkReport:
     skipped: int = 0  # no pipeline takes it
     submitted: int = 0
     waiting: int = 0  # recorded for a scheduled pipeline, submitted when its schedule fires
+    grouped: int = 0  # recorded in its group (shared/groups.py): a group's task is submitted when it completes
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
@@ -195,6 +196,7 @@ _COUNTED = {
     SubmitAction.REJECTED: "rejected",
     SubmitAction.CREATED: "submitted",
     SubmitAction.WAITING: "waiting",
+    SubmitAction.GROUPED: "grouped",
 }
 
 

@@ -9,6 +9,7 @@ from enum import StrEnum
 from shared import ids
 from shared.errors import JobClosed, PermanentError, RejectedInput, TransientError
 from shared.gateways import Gateways
+from shared.groups import current_task_id
 from shared.models import CompletionEvent, InputRecord, InputState, TaskResult
 from shared.pipelines import OUTPUT_DIR
 from shared.redact import redact, redact_value
@@ -66,7 +67,7 @@ def collect(gw: Gateways, event: CompletionEvent) -> CollectOutcome:
     existing = gw.blobs.read_json_version(gw.settings.results_container, manifest_name)
     if existing is not None and existing[0].get("task_id") == record.task_id:
         return _already_published(gw, record, existing[0], manifest_name)
-    newer = _newer_version(gw, record)
+    newer = _newer_group_version(gw, record) if record.group_key else _newer_version(gw, record)
     if newer is not None:
         return _supersede(gw, record, newer, manifest_name)
     task = event.task if event.task is not None and event.task.completed else None
@@ -149,11 +150,26 @@ def _newer_version(gw: Gateways, record: InputRecord) -> str | None:
     return etag if etag != record.etag else None
 
 
+def _newer_group_version(gw: Gateways, record: InputRecord) -> str | None:
+    """For a group's task: the task of the group's members as they are now, if a member was uploaded again since."""
+    pipeline = gw.pipelines.by_name(record.pipeline)
+    group = gw.ledger.get_group(record.pipeline, record.group_key)
+    if pipeline is None or pipeline.group is None or group is None:
+        return None
+    current = current_task_id(pipeline.name, pipeline.group, group)
+    return current if current is not None and current != record.task_id else None
+
+
 def _supersede(gw: Gateways, record: InputRecord, newer_etag: str, manifest_name: str) -> CollectOutcome:
     """The input was replaced: its newer upload has its own task, whose manifest is the one to publish."""
     record.state = InputState.COLLECTED
     record.outcome = "superseded"
-    record.reason = f"input replaced (etag {newer_etag}) before this task's outputs were published"
+    record.reason = (
+        f"a member was uploaded again (the group's task is now {newer_etag}) before this task's outputs were "
+        "published"
+        if record.group_key
+        else f"input replaced (etag {newer_etag}) before this task's outputs were published"
+    )
     gw.ledger.save_input(record)
     logger.info(
         "not publishing %s: %s", record.name, record.reason, extra={"job_id": record.job_id, "task_id": record.task_id}
@@ -317,10 +333,17 @@ def _manifest(
         }
     if status == "failed" and stderr:
         stderr_tail = gw.blobs.read_tail(gw.settings.results_container, stderr, STDERR_TAIL_BYTES)
+    group: dict[str, object] = {}
+    if record.group_key:  # a group's task: results/<group key>/, every member listed
+        group = {
+            "group": record.group_key,
+            "members": [{"name": name, "etag": etag} for name, etag in record.members],
+        }
     return {
         "input": record.name,
         "input_container": record.container,
         "input_etag": record.etag,
+        **group,
         "pipeline": record.pipeline,
         "job_id": record.job_id,
         "task_id": record.task_id,

@@ -172,3 +172,59 @@ def check_blob_name(name: str) -> str | None:
     if name.endswith(("/", ".")):
         return "the blob name ends with '/' or '.', which Azure Storage cannot address reliably"
     return None
+
+
+# Groups (shared/groups.py): inputs that belong together run as one task.
+MAX_GROUP_KEY = MAX_BLOB_NAME
+
+
+def group_task_id(pipeline: str, key: str, members: dict[str, str]) -> str:
+    """The task of one version of a group: a digest of the pipeline, the key and every member's (name, etag).
+
+    The same members delivered in any order, any number of times, map to it; a new upload of a member (a new
+    etag) maps to another, so the group runs again once. `g-` marks it for a reader.
+    """
+    listed = "\n".join(f"{name}\n{normalise_etag(etag)}" for name, etag in sorted(members.items()))
+    digest = hashlib.sha256(f"group\n{pipeline}\n{key}\n{listed}".encode()).hexdigest()[:32]
+    stem = _UNSAFE.sub("-", key.rsplit("/", 1)[-1])[:24].strip("-_") or "group"
+    return f"{stem}-g-{digest}"
+
+
+def group_row_key(pipeline: str, key: str) -> str:
+    """The ledger row key of a group: any key (Table row keys refuse `/`, `\\`, `#`, `?` and control characters)."""
+    return f"{pipeline}~{hashlib.sha256(key.encode()).hexdigest()[:40]}"
+
+
+def check_group_key(key: str) -> str | None:
+    """Why a group key cannot be used, or None when it can.
+
+    Its results go to `result_prefix(key)`, which escapes dot and empty segments and moves a long key under
+    `_long-names/`, as for an input's name; only what no folder can stand for is refused.
+    """
+    if not key:
+        return "the group key is empty (the expression's group 'key' matched no characters)"
+    if len(key) > MAX_GROUP_KEY:
+        return f"the group key is {len(key)} characters long; at most {MAX_GROUP_KEY}"
+    if any(ord(char) < 0x20 or ord(char) == 0x7F for char in key):
+        return "the group key contains control characters"
+    return None
+
+
+def group_token(key: str) -> str:
+    """The key as `{group}` and BATCHDROP_GROUP give it to a task: safe characters only, at most 100."""
+    return _UNSAFE_FILE.sub("_", key)[-100:].lstrip(".-") or "group"
+
+
+def group_local_paths(names: list[str]) -> dict[str, str]:
+    """Each member's local path (`input/<safe base name>`), distinct: a clash takes its index as a prefix."""
+    paths: dict[str, str] = {}
+    taken: set[str] = set()
+    for index, name in enumerate(sorted(names)):
+        base = local_input_path(name)[len("input/") :]
+        path, attempt = f"input/{base}", 0
+        while path in taken:
+            attempt += 1
+            path = f"input/{index}-{attempt}-{base}"
+        taken.add(path)
+        paths[name] = path
+    return paths

@@ -22,10 +22,12 @@ from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModif
 from azure.data.tables import TableClient, TableTransactionError, UpdateMode
 
 from shared.errors import TransientError
+from shared.ids import group_row_key
 from shared.ledger_rows import (
     COUNTER_PREFIX,
     DELETED_JOBS,
     DELETED_TOTAL,
+    GROUPS,
     INPUT_ROWS,
     JOBS,
     REJECTIONS,
@@ -34,6 +36,8 @@ from shared.ledger_rows import (
     counter_key,
     decode_counts,
     deleted_total_entity,
+    group_entity,
+    group_record,
     input_entity,
     input_partition,
     input_partitions,
@@ -47,7 +51,17 @@ from shared.ledger_rows import (
     staging_index_key,
     staging_index_partition,
 )
-from shared.models import FinalKey, InputRecord, InputState, JobRecord, JobState, LedgerCounts, ScheduleRecord
+from shared.models import (
+    FinalKey,
+    GroupRecord,
+    GroupState,
+    InputRecord,
+    InputState,
+    JobRecord,
+    JobState,
+    LedgerCounts,
+    ScheduleRecord,
+)
 from shared.ports import FINAL_STATES
 from shared.recent import RECENT, RecentEntry, recent_entity, recent_entry
 
@@ -277,6 +291,24 @@ class TableLedger:
 
         return self._guarded(f"delete schedule {record.pipeline}", delete)
 
+    # groups (shared/groups.py)
+    def get_group(self, pipeline: str, key: str) -> GroupRecord | None:
+        return self._guarded(f"read group of {pipeline}", lambda table: _read_group(table, pipeline, key)[0])
+
+    def update_group(
+        self, pipeline: str, key: str, change: Callable[[GroupRecord | None], GroupRecord | None]
+    ) -> GroupRecord | None:
+        """Apply `change` to the group's row as stored (None: no row yet) and write what it returns, over the
+        version it was given (create-only for a new row), reading again on conflict; `change` returning None
+        writes nothing. Returns the row as stored after."""
+        return self._guarded(f"update group of {pipeline}", lambda table: _update_group(table, pipeline, key, change))
+
+    def groups(self, state: GroupState | None = None) -> list[GroupRecord]:
+        query = f"PartitionKey eq '{GROUPS}'"
+        if state is not None:
+            query += f" and state eq '{quote(state.value)}'"
+        return self._guarded("list groups", lambda table: [group_record(e) for e in table.query_entities(query)])
+
     # the recent-inputs index (shared/recent.py)
     def recent(self, limit: int, after: str | None = None) -> tuple[list[RecentEntry], str | None]:
         """Up to `limit` index rows, newest first, older than the cursor `after`; one range read."""
@@ -359,6 +391,36 @@ def _read_staging(table: TableClient, staging: str) -> InputRecord | None:
         return None
     task_id = str(index.get("task_id") or "")
     return _read_input(table, task_id) if task_id else None
+
+
+def _read_group(table: TableClient, pipeline: str, key: str) -> tuple[GroupRecord | None, str | None]:
+    try:
+        entity = table.get_entity(GROUPS, group_row_key(pipeline, key))
+    except ResourceNotFoundError:
+        return None, None
+    return group_record(entity), str(entity.metadata["etag"])
+
+
+def _update_group(
+    table: TableClient, pipeline: str, key: str, change: Callable[[GroupRecord | None], GroupRecord | None]
+) -> GroupRecord | None:
+    for attempt in range(SAVE_ATTEMPTS):
+        stored, version = _read_group(table, pipeline, key)
+        wanted = change(None if stored is None else replace(stored, members=dict(stored.members)))
+        if wanted is None:
+            return stored
+        try:
+            if version is None:
+                table.create_entity(group_entity(wanted))
+            else:
+                table.update_entity(
+                    group_entity(wanted), mode=UpdateMode.REPLACE, etag=version,
+                    match_condition=MatchConditions.IfNotModified,
+                )  # fmt: skip
+            return wanted
+        except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
+            _backoff(attempt)
+    raise TransientError(f"ledger update group of {pipeline}: the row kept changing; retry later")
 
 
 def _read_job(table: TableClient, job_id: str) -> JobRecord | None:

@@ -9,6 +9,10 @@ Partitions (docs/internals.md, "Ledger layout", says why):
 - `rejected`: what was refused and why, newest first.
 - `schedule`: one row per scheduled pipeline (its name the row key): when its schedule last fired, and whether a
   firing is under way (shared/schedules.py).
+
+- `group`: one row per group of a grouped pipeline (shared/groups.py), keyed by pipeline and a digest of the
+  group key (ids.group_row_key): its members and their versions, its current task, what arrived late or twice.
+  Not counted: each member's own input row (state `grouped`, no job) and the group task's input row are.
 - In the input partitions, beside each submitted input's row, an index row `~by-staging~<staging container>`
   naming its task id, created in the same transaction as the input's row: a completion event names only the
   staging container, a hash of the task id that cannot be inverted. The container's digest starts with the same
@@ -23,13 +27,27 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.models import FinalKey, InputRecord, InputState, JobRecord, JobState, ScheduleRecord
+from shared.ids import group_row_key
+from shared.models import (
+    FinalKey,
+    GroupMember,
+    GroupRecord,
+    GroupState,
+    InputRecord,
+    InputState,
+    JobRecord,
+    JobState,
+    ScheduleRecord,
+)
 
 INPUTS = "input"
 JOBS = "job"
 DELETED_JOBS = "job-deleted"
 REJECTIONS = "rejected"
 SCHEDULES = "schedule"
+
+GROUPS = "group"
+MAX_GROUP_LATE = 100  # late members listed in a group's row (the count goes on)
 INPUT_PARTITIONS = 16
 # Task ids and job ids are [A-Za-z0-9_-]: a row key starting with "~" is never theirs, and sorts after them all.
 COUNTER_PREFIX = "~count~"
@@ -117,6 +135,8 @@ def input_entity(record: InputRecord) -> dict[str, Any]:
         "rerun_of": record.rerun_of,
         "rerun_by": record.rerun_by,
         "staging": record.staging,
+        "group_key": record.group_key,
+        "members": json.dumps([list(member) for member in record.members]) if record.members else "",
         "updated_at": datetime.now(UTC),
     }
 
@@ -139,6 +159,8 @@ def input_record(entity: Any) -> InputRecord:
         rerun_of=str(entity.get("rerun_of") or ""),
         rerun_by=str(entity.get("rerun_by") or ""),
         staging=str(entity.get("staging") or ""),
+        group_key=str(entity.get("group_key") or ""),
+        members=tuple((str(name), str(etag)) for name, etag in json.loads(entity.get("members") or "[]")),
     )
 
 
@@ -199,4 +221,57 @@ def schedule_record(entity: Any) -> ScheduleRecord:
         last_fired=moment("last_fired") or datetime.fromtimestamp(0, UTC),
         firing_since=moment("firing_since"),
         version=str(entity.metadata["etag"]),
+    )
+
+
+def _member_json(member: GroupMember | None) -> list[str] | None:
+    return None if member is None else [member.etag, member.created_on.isoformat()]
+
+
+def _member_of(value: object) -> GroupMember | None:
+    if not isinstance(value, list) or len(value) != 2:
+        return None
+    return GroupMember(str(value[0]), datetime.fromisoformat(str(value[1])))
+
+
+def group_entity(record: GroupRecord) -> dict[str, Any]:
+    return {
+        "PartitionKey": GROUPS,
+        "RowKey": group_row_key(record.pipeline, record.key),
+        "pipeline": record.pipeline,
+        "key": record.key,
+        "first_seen": record.first_seen,
+        "deadline": record.deadline,
+        "members": json.dumps({name: _member_json(member) for name, member in sorted(record.members.items())}),
+        "marker": json.dumps(_member_json(record.marker)),
+        "state": record.state.value,
+        "task_id": record.task_id,
+        "job_id": record.job_id,
+        "runs": record.runs,
+        "duplicates": record.duplicates,
+        "late": json.dumps(record.late[-MAX_GROUP_LATE:]),
+        "missing": json.dumps(record.missing),
+    }
+
+
+def group_record(entity: Any) -> GroupRecord:
+    members = {
+        str(name): member
+        for name, value in json.loads(entity.get("members") or "{}").items()
+        if (member := _member_of(value)) is not None
+    }
+    return GroupRecord(
+        pipeline=str(entity.get("pipeline", "")),
+        key=str(entity.get("key", "")),
+        first_seen=entity["first_seen"].astimezone(UTC),
+        deadline=entity["deadline"].astimezone(UTC),
+        members=members,
+        marker=_member_of(json.loads(entity.get("marker") or "null")),
+        state=GroupState(entity.get("state", GroupState.OPEN.value)),
+        task_id=str(entity.get("task_id") or ""),
+        job_id=str(entity.get("job_id") or ""),
+        runs=int(entity.get("runs") or 0),
+        duplicates=int(entity.get("duplicates") or 0),
+        late=[str(name) for name in json.loads(entity.get("late") or "[]")],
+        missing=[str(name) for name in json.loads(entity.get("missing") or "[]")],
     )

@@ -19,6 +19,7 @@ class InputState(StrEnum):
     SKIPPED = "skipped"  # no pipeline matches
     REJECTED = "rejected"  # refused, with a reason
     RERUN = "rerun"  # replaced by a re-run: the row named in `rerun_by` carries the input now (never counted)
+    GROUPED = "grouped"  # a member of a group (shared/groups.py): its group's task carries it (counted, no job)
 
 
 class JobState(StrEnum):
@@ -62,6 +63,42 @@ class InputRecord:
     rerun_of: str = ""  # a re-run's row: the task id of the row it replaced
     rerun_by: str = ""  # a replaced row (state rerun): the task id of the re-run that replaced it
     staging: str = ""  # the task's staging container (its completion events name it); "" when it has none
+    # A group's task (shared/groups.py): `name` is the group key, `members` the (name, etag) of each member it ran on.
+    group_key: str = ""
+    members: tuple[tuple[str, str], ...] = ()
+
+
+class GroupState(StrEnum):
+    OPEN = "open"  # waiting for members (or its marker)
+    SUBMITTED = "submitted"  # its task for the current members exists in Batch
+    FAILED = "failed"  # incomplete past complete_within: a failed manifest names the missing members
+
+
+@dataclass(frozen=True)
+class GroupMember:
+    """One member of a group as its upload was seen: its version and creation time."""
+
+    etag: str
+    created_on: datetime
+
+
+@dataclass
+class GroupRecord:
+    """The ledger row of one group (pipeline + key): its members, its task, what arrived late or twice."""
+
+    pipeline: str
+    key: str
+    first_seen: datetime
+    deadline: datetime  # first_seen + complete_within: incomplete then, the group fails
+    members: dict[str, GroupMember] = field(default_factory=dict)
+    marker: GroupMember | None = None  # ready_marker groups: the marker blob, once it arrived
+    state: GroupState = GroupState.OPEN
+    task_id: str = ""  # the task of the newest complete member set submitted
+    job_id: str = ""
+    runs: int = 0  # tasks submitted for this group: a re-upload of a member after a run makes one more
+    duplicates: int = 0  # deliveries of a member version already recorded
+    late: list[str] = field(default_factory=list)  # members that arrived after the group ran or failed
+    missing: list[str] = field(default_factory=list)  # what its failed manifest named
 
 
 @dataclass
@@ -94,7 +131,7 @@ class FinalKey(NamedTuple):
         """The key `record` is counted under, None while it is not final."""
         if record.state is InputState.COLLECTED:
             return cls(record.state, record.pipeline, record.outcome)
-        if record.state in (InputState.SKIPPED, InputState.REJECTED):
+        if record.state in (InputState.SKIPPED, InputState.REJECTED, InputState.GROUPED):
             return cls(record.state, record.pipeline)
         if record.state is InputState.WAITING:
             # Not final, but counted while it lasts: status shows what waits for a schedule without a scan.

@@ -18,11 +18,13 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from shared.errors import ConfigError
+from shared.groups_spec import GroupSpec
 from shared.ids import MAX_BLOB_NAME, PIPELINE_NAME
 from shared.ncrontab import CronSchedule, ScheduleError, interval_bounds, parse_schedule
 from shared.pools import PoolDefaults, PoolSpec, check_environment
 from shared.runtime import (
     APP_DIR,
+    GROUP_PLACEHOLDERS,
     OUTPUT_DIR,
     PACKAGE_PLACEHOLDER,
     PATH_PLACEHOLDERS,
@@ -35,7 +37,9 @@ from shared.runtime import (
 )
 
 PLACEHOLDERS = PATH_PLACEHOLDERS
-__all__ = ["APP_DIR", "OUTPUT_DIR", "PLACEHOLDERS", "ContainerSpec", "PackageRef", "PoolPlan", "PoolSpec"]
+__all__ = [
+    "APP_DIR", "OUTPUT_DIR", "PLACEHOLDERS", "ContainerSpec", "GroupSpec", "PackageRef", "PoolPlan", "PoolSpec",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -194,6 +198,7 @@ class PipelineSpec(BaseModel):
     def schedule(self) -> CronSchedule | None:
         """The pipeline's schedule, None when its inputs are submitted on upload."""
         return self.submit.cron() if isinstance(self.submit, ScheduledSubmit) else None
+    group: GroupSpec | None = None  # inputs that belong together run as one task (shared/groups.py)
 
     @field_validator("command")
     @classmethod
@@ -231,6 +236,7 @@ class PipelineSpec(BaseModel):
                 "command: runs under /bin/sh -c '...' ({package:ID}, or a container's own working "
                 "directory), so it may not contain a single quote"
             )
+        _check_group_placeholders(self)
         if self.required_slots > self.pool.task_slots_per_node:
             raise ValueError(
                 f"required_slots {self.required_slots} is more than pool.task_slots_per_node "
@@ -238,9 +244,25 @@ class PipelineSpec(BaseModel):
             )
         return self
 
-    def command_line(self, input_path: str) -> str:
+    def command_line(self, input_path: str, inputs: tuple[str, ...] = (), group: str = "") -> str:
         """The task's command line: the template with only batchdrop's own safe paths substituted."""
-        return render(self.command, input_path, self.application_packages, self.container)
+        return render(self.command, input_path, self.application_packages, self.container, inputs, group)
+
+
+def _check_group_placeholders(pipeline: PipelineSpec) -> None:
+    """{input} is one input's; {inputs} and {group} a group's: each only where it has a value."""
+    used = {name for name, _ in template_fields(pipeline.command)}
+    if pipeline.group is None and used & GROUP_PLACEHOLDERS:
+        names = ", ".join("{" + name + "}" for name in sorted(used & GROUP_PLACEHOLDERS))
+        raise ValueError(f"command: {names} only exist in a pipeline with a `group`")
+    if pipeline.group is not None and "input" in used:
+        raise ValueError("command: a grouped pipeline's task runs on every member: use {inputs}, not {input}")
+    image_default = pipeline.container is not None and pipeline.container.working_directory == "containerImageDefault"
+    if image_default and "inputs" in used:
+        raise ValueError(
+            "command: {inputs} cannot be used with container.working_directory containerImageDefault (the members' "
+            "paths are relative to the task's working directory)"
+        )
 
 
 class PipelineSet(BaseModel):

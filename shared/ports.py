@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -11,6 +11,8 @@ from shared.models import (
     CompletedTask,
     CompletionCheck,
     CompletionEvent,
+    GroupRecord,
+    GroupState,
     InputRecord,
     InputState,
     JobRecord,
@@ -26,7 +28,9 @@ from shared.pools import PoolReport
 from shared.recent import RecentEntry
 
 # An input in one of these states is done with: LedgerPort.save_input never moves its row out of it again.
-FINAL_STATES = frozenset({InputState.COLLECTED, InputState.SKIPPED, InputState.REJECTED, InputState.RERUN})
+FINAL_STATES = frozenset(
+    {InputState.COLLECTED, InputState.SKIPPED, InputState.REJECTED, InputState.RERUN, InputState.GROUPED}
+)
 # A row replaced by a re-run keeps that state and its `rerun_by` whoever writes later (a late collector, a second
 # re-run request): the first re-run to mark it wins.
 
@@ -169,6 +173,19 @@ class LedgerPort(Protocol):
         """The recent-inputs index, newest first: up to `limit` events older than the cursor `after`, and the
         cursor of the next page (None at the end). An input has an event when its row is created and when it
         becomes final; one read whatever the inputs ever processed."""
+
+    def get_group(self, pipeline: str, key: str) -> GroupRecord | None:
+        """The row of a grouped pipeline's group with this key, None if no member of it arrived yet."""
+
+    def update_group(
+        self, pipeline: str, key: str, change: Callable[[GroupRecord | None], GroupRecord | None]
+    ) -> GroupRecord | None:
+        """Apply `change` to the group's row as stored (None if absent) and write the result atomically over that
+        version, applying it again to the newer row if another writer got there first; `change` returning None
+        writes nothing. Returns the row as stored afterwards."""
+
+    def groups(self, state: GroupState | None = None) -> list[GroupRecord]:
+        """Every group's row, or those in `state`."""
 
     def record_rejection(self, subject: str, reason: str) -> None:
         """Record something batchdrop refused (a blob, an event, a message) for the status API."""

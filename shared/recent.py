@@ -21,7 +21,8 @@ from shared.models import InputRecord, InputState
 RECENT = "recent"
 # Milliseconds since the epoch, inverted and zero-padded so that row keys sort newest first until the year 2286.
 _INVERT_FROM = 10**13
-_FINAL = (InputState.COLLECTED, InputState.SKIPPED, InputState.REJECTED)  # shared.ports.FINAL_STATES, no cycle
+# shared.ports.FINAL_STATES (no import cycle)
+_FINAL = (InputState.COLLECTED, InputState.SKIPPED, InputState.REJECTED, InputState.GROUPED)
 
 
 @dataclass(frozen=True)

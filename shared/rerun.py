@@ -218,6 +218,8 @@ def _prepare(gw: Gateways, request: RerunRequest, name: str) -> tuple[InputRecor
             reason = str(conflict)
         if reason is None and pipeline is None:
             reason = "no pipeline takes this input"
+        if reason is None and pipeline is not None and pipeline.group is not None:
+            reason = "it is a member of a group (pipeline `group`): upload a member again to run its group again"
     if reason is not None or blob is None or pipeline is None:
         return _refuse(gw, name, reason or "unknown input")
     task_id = ids.rerun_task_id(container, name, blob.etag, request.request_id)

@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from shared.pools import APP_SETTING_NAME, check_one_line
 
 PATH_PLACEHOLDERS = frozenset({"input", "output_dir", "app_dir"})
+# A group's task (shared/groups.py): its members' local paths, space-separated, and its key as a safe token.
+GROUP_PLACEHOLDERS = frozenset({"inputs", "group"})
 PACKAGE_PLACEHOLDER = "package"
 OUTPUT_DIR = "out"
 APP_DIR = "app"
@@ -168,12 +170,12 @@ def check_template(command: str) -> str:
         if name == PACKAGE_PLACEHOLDER:
             if not re.match(PACKAGE_ID, spec):
                 raise ValueError(f"{{package:{spec}}} must name an application package id")
-        elif name not in PATH_PLACEHOLDERS:
+        elif name not in PATH_PLACEHOLDERS | GROUP_PLACEHOLDERS:
             unknown.append(name)
         elif spec:
             raise ValueError(f"placeholder {{{name}:{spec}}} takes no format spec")
     if unknown:
-        known = ", ".join("{" + n + "}" for n in sorted(PATH_PLACEHOLDERS)) + ", {package:ID}"
+        known = ", ".join("{" + n + "}" for n in sorted(PATH_PLACEHOLDERS | GROUP_PLACEHOLDERS)) + ", {package:ID}"
         raise ValueError(
             f"command uses unknown placeholder(s) {', '.join('{' + n + '}' for n in sorted(set(unknown)))}; "
             f"known: {known}"
@@ -191,18 +193,36 @@ def needs_shell(command: str, container: ContainerSpec | None) -> bool:
     return image_default and any(name in PATH_PLACEHOLDERS for name, _ in fields)
 
 
-def render(command: str, input_path: str, packages: tuple[PackageRef, ...], container: ContainerSpec | None) -> str:
+def render(
+    command: str,
+    input_path: str,
+    packages: tuple[PackageRef, ...],
+    container: ContainerSpec | None,
+    inputs: tuple[str, ...] = (),
+    group: str = "",
+) -> str:
     """The task's command line. Plain: the template with batchdrop's own relative paths. Under the shell: every
-    placeholder is a quoted variable reference, so nothing of an input's name is ever read by the shell."""
+    placeholder is a quoted variable reference, so nothing of an input's name is ever read by the shell.
+
+    `inputs` and `group` (a group's task) are batchdrop's own too: local paths and a token of safe characters
+    only (shared/ids.py group_local_paths, group_token), never a blob name.
+    """
     by_id = {package.id: package for package in packages}
     if not needs_shell(command, container):
-        return _substitute(
-            command, lambda name, spec: {"input": input_path, "output_dir": OUTPUT_DIR, "app_dir": APP_DIR}[name]
-        )
+        plain = {
+            "input": input_path, "output_dir": OUTPUT_DIR, "app_dir": APP_DIR, "inputs": " ".join(inputs),
+            "group": group,
+        }  # fmt: skip
+        return _substitute(command, lambda name, spec: plain[name])
     in_shell = {
         "input": '"$AZ_BATCH_TASK_WORKING_DIR/$BATCHDROP_INPUT"',
         "output_dir": '"$AZ_BATCH_TASK_WORKING_DIR/$BATCHDROP_OUTPUT_DIR"',
         "app_dir": f'"$AZ_BATCH_TASK_WORKING_DIR/{APP_DIR}"',
+        # Unquoted on purpose: the shell splits it into the members' paths, which hold no space, quote or glob
+        # character; relative, as the shell runs in the task's working directory (PipelineSpec refuses
+        # {inputs} with the image's own working directory).
+        "inputs": "$BATCHDROP_INPUTS",
+        "group": '"$BATCHDROP_GROUP"',
     }
     inner = _substitute(
         command,

@@ -14,8 +14,9 @@ from itertools import islice
 
 from shared import summary
 from shared.gateways import Gateways
+from shared.groups import missing_members
 from shared.ids import MANIFEST_NAME
-from shared.models import FinalKey, InputState, JobRecord, JobState
+from shared.models import FinalKey, GroupRecord, GroupState, InputState, JobRecord, JobState
 from shared.pipelines import PoolPlan
 from shared.schedules import next_run
 
@@ -131,6 +132,40 @@ def status(gw: Gateways) -> dict[str, object]:
         "rejected": gw.ledger.rejections(),
         "poison": {f"{gw.settings.completions_queue}-poison": gw.queue.poison_count()},
         "event_dead_letters": _event_dead_letters(gw),
+        "groups": _groups(gw, ledger_counts.by_job.get("", Counter())),
+    }
+
+
+def _missing(gw: Gateways, row: GroupRecord) -> list[str]:
+    pipeline = gw.pipelines.by_name(row.pipeline)
+    if row.state is GroupState.FAILED or pipeline is None or pipeline.group is None:
+        return row.missing
+    return missing_members(pipeline.group, row)
+
+
+GROUPS_LISTED = 50  # groups shown one by one: the open and failed ones first, then those that ran
+
+
+def _groups(gw: Gateways, unjobbed: Counter[FinalKey]) -> dict[str, object]:
+    """Grouped pipelines' groups (shared/groups.py): counts by state, members recorded, and the groups that wait
+    or failed with what they miss, and what arrived late or twice. One range read of the ledger's group rows."""
+    rows = gw.ledger.groups()
+    by_state = Counter(row.state.value for row in rows)
+    order = {GroupState.FAILED: 0, GroupState.OPEN: 1, GroupState.SUBMITTED: 2}
+    listed = sorted(rows, key=lambda row: (order[row.state], row.pipeline, row.key))[:GROUPS_LISTED]
+    return {
+        "counts": {state.value: by_state.get(state.value, 0) for state in GroupState},
+        "members": sum(n for key, n in unjobbed.items() if key.state is InputState.GROUPED),
+        "duplicates": sum(row.duplicates for row in rows),
+        "late": sum(len(row.late) for row in rows),
+        "groups": [
+            {
+                "pipeline": row.pipeline, "key": row.key, "state": row.state.value, "members": sorted(row.members),
+                "missing": _missing(gw, row), "task_id": row.task_id, "job_id": row.job_id, "runs": row.runs,
+                "duplicates": row.duplicates, "late": row.late, "deadline": row.deadline.isoformat(),
+            }
+            for row in listed
+        ],
     }
 
 

@@ -74,8 +74,8 @@ def shown_state(entry: RecentEntry) -> str:
     """The state the page shows for an event: pending inputs are `queued`, collected ones their outcome."""
     if entry.state == InputState.COLLECTED.value:
         return entry.outcome or "succeeded"
-    if entry.state in (InputState.REJECTED.value, InputState.SKIPPED.value):
-        return entry.state
+    if entry.state in (InputState.REJECTED.value, InputState.SKIPPED.value, InputState.GROUPED.value):
+        return entry.state  # grouped: a member recorded in its group, whose task carries it (shared/groups.py)
     return "queued"
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from shared import ids
+from shared import groups, ids
 from shared.errors import JobClosed, RejectedInput, TransientError
 from shared.gateways import Gateways
 from shared.models import (
@@ -42,6 +42,7 @@ class SubmitAction(StrEnum):
     SKIPPED = "skipped"  # no pipeline takes it
     REJECTED = "rejected"  # refused, reason recorded
     WAITING = "waiting"  # recorded for a scheduled pipeline: submitted when its schedule fires (shared/schedules.py)
+    GROUPED = "grouped"  # recorded in its group (shared/groups.py); the group's task runs once it is complete
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,7 @@ class SweepReport:
     submitted: int
     skipped: int
     rejected: int
+    groups_failed: int = 0  # groups incomplete past complete_within, failed by this sweep
 
 
 def submit_blob(gw: Gateways, container: str, name: str) -> SubmitOutcome:
@@ -131,8 +133,9 @@ def sweep(gw: Gateways) -> SweepReport:
             submitted += _submit_chunk(gw, record.job_id, by_job.pop(record.job_id))
     for job_id, entries in by_job.items():
         submitted += _submit_chunk(gw, job_id, entries)
+    expired = groups.expire_groups(gw)  # the sweep decides group timeouts (and submits a group whose submitter died)
     logger.info("sweep listed %d, submitted %d, skipped %d, rejected %d", listed, submitted, skipped, rejected)
-    return SweepReport(listed, submitted, skipped, rejected)
+    return SweepReport(listed, submitted, skipped, rejected, len(expired.failed))
 
 
 def submit_claimed(gw: Gateways, claimed: Sequence[tuple[InputRecord, PipelineSpec]]) -> int:
@@ -197,6 +200,8 @@ def claim(gw: Gateways, blob: BlobRef, take_over: bool = False) -> tuple[InputRe
         why = "no pipeline matches this name"
         gw.ledger.claim_input(replace(base, state=InputState.SKIPPED, reason=why))
         return SubmitOutcome(blob.name, SubmitAction.SKIPPED, task_id, reason=why)
+    if pipeline.group is not None:
+        return groups.add_member(gw, blob, pipeline, base)
     window = gw.settings.job_window_minutes
     job_id = ids.job_id(pipeline.name, blob.created_on, window)
     # The staging container goes on the row (and the ledger's index of them): completion events name only it.

@@ -27,12 +27,14 @@ from local.cli.state import APPS_DIR, StackInfo, demo_workdir, shown, tail
 from local.cli.status import fetch_status, render_status, totals_note
 from local.cli.storage import APPS, INPUT, RESULTS, app_files, blob_service, drop_files
 from shared.ids import normalise_etag, result_prefix
+from shared.pipelines import load_pipelines, route
 
 DEMO_TIMEOUT_SECONDS = 240.0
 FAIL_MARKER = b"#fail"
 # Sample subdirectories whose files are dropped under that prefix, for the pipelines that take it
-# (samples/csv/*.csv → input/csv/<name>, the csvstats application-package pipeline).
-SAMPLE_PREFIXES = ("csv",)
+# (samples/csv/*.csv → input/csv/<name>, the csvstats application-package pipeline; samples/pairs/* → the
+# grouped pipeline `pairs`, whose two members make one task and one manifest).
+SAMPLE_PREFIXES = ("csv", "pairs")
 # The application packages the sample pipelines reference: (id, version, the module that builds its zip).
 DEMO_PACKAGES = (("csvstats", "1.0", "apps.csvstats.build"),)
 PIPELINES_FILES = "pipelines*.json"
@@ -79,12 +81,33 @@ def expected_status(path: Path) -> str:
     return "failed" if first_line == FAIL_MARKER else "succeeded"
 
 
+def group_uploads(pipelines_file: Path, etags: dict[str, str]) -> tuple[dict[str, str], dict[str, dict[str, str]]]:
+    """The uploads split into single inputs (name → etag) and groups of a grouped pipeline (key → members' etags):
+    a group publishes one manifest, at its key's folder, listing its members."""
+    pipelines = load_pipelines(pipelines_file)
+    singles: dict[str, str] = {}
+    groups: dict[str, dict[str, str]] = {}
+    for name, etag in etags.items():
+        pipeline = route(pipelines, name)
+        classified = pipeline.group.classify(name) if pipeline is not None and pipeline.group is not None else None
+        if isinstance(classified, tuple):
+            groups.setdefault(classified[0], {})[name] = etag
+        else:
+            singles[name] = etag
+    return singles, groups
+
+
 @dataclass
 class Wait:
-    """Manifests still awaited: name → etag of the upload they must describe."""
+    """Manifests still awaited: name → etag of the upload they must describe; group key → its members' etags."""
 
     etags: dict[str, str]
     found: dict[str, Result] = field(default_factory=dict)
+    groups: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for key in self.groups:
+            self.etags.setdefault(key, "")
 
     @property
     def pending(self) -> list[str]:
@@ -95,11 +118,19 @@ class Wait:
         for name in self.pending:
             manifest_name = result_prefix(name) + MANIFEST
             manifest = read_manifest(container, manifest_name)
-            if manifest is None or normalise_etag(str(manifest.get("input_etag", ""))) != self.etags[name]:
+            if manifest is None or not self._describes(name, manifest):
                 continue
             self.found[name] = Result(manifest_name, manifest)
             fresh.append(self.found[name])
         return fresh
+
+    def _describes(self, name: str, manifest: dict[str, object]) -> bool:
+        if name in self.groups:
+            listed = manifest.get("members")
+            entries = [entry for entry in listed if isinstance(entry, dict)] if isinstance(listed, list) else []
+            members = {str(entry.get("name")): normalise_etag(str(entry.get("etag"))) for entry in entries}
+            return members == self.groups[name]
+        return normalise_etag(str(manifest.get("input_etag", ""))) == self.etags[name]
 
 
 def wait_for_manifests(
@@ -175,8 +206,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
             etags = drop_files(service, samples)
             described = [f"{name} (expected to fail)" if expected[name] == "failed" else name for name in etags]
             print(f"dropped {len(etags)} samples into {INPUT}: {', '.join(described)}")
+            singles, groups = group_uploads(Path(args.pipelines), etags)
+            for key, members in groups.items():
+                expected[key] = "failed" if any(expected.get(member) == "failed" for member in members) else "succeeded"
+                print(f"group {key!r} of {len(members)} members: one task, one manifest")
+            wait = Wait(singles, groups=groups)
             print(f"waiting for every manifest (timeout {args.timeout:g} s) ...", flush=True)
-            wait = Wait(etags)
             complete = wait_for_manifests(running, info, service, wait, args.timeout)
             results = sorted(wait.found.values(), key=lambda result: result.input)
             print()

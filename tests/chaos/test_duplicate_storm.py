@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import Counter
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from shared import ids
 from shared.errors import TransientError
 from shared.messages import encode_completion
 from shared.models import CompletedTask, CompletionEvent, InputState
@@ -30,17 +32,28 @@ INPUTS = 150
 COPIES = 3
 SEED = 5
 NEVER = "0 0 0 1 1 *"  # an NCRONTAB schedule that does not fire during a test (midnight, January 1st)
+# A grouped pipeline in the same storm: each pair's two members make one task and one manifest (shared/groups.py).
+GROUPS = 10
+PAIRS = pipeline(
+    "storm-pairs", "storm-pairs/",
+    command="/bin/sh -c 'mkdir -p out && cat {inputs} > out/joined.txt'",
+    app_files=[],
+    group={"key": r"(?P<key>.+)_R[12]\.txt", "expect": ["*_R1.txt", "*_R2.txt"], "complete_within": "1h"},
+)  # fmt: skip
 
 
 @pytest.mark.timeout(600)
 def test_every_event_three_times_and_two_sweeps_give_one_task_and_one_manifest_each(
     chaos_dir: Path, stacks: list[ChaosStack]
 ) -> None:
-    stack = ChaosStack(chaos_dir, [pipeline("storm")], setting_overrides={"BATCHDROP_SWEEP_SCHEDULE": "*/2 * * * * *"})
+    stack = ChaosStack(chaos_dir, [pipeline("storm"), PAIRS],
+                       setting_overrides={"BATCHDROP_SWEEP_SCHEDULE": "*/2 * * * * *"})  # fmt: skip
     stacks.append(stack.start())
     names = [f"storm/{index:04d}.txt" for index in range(INPUTS)]
+    keys = [f"storm-pairs/{index:02d}" for index in range(GROUPS)]
+    members = [f"{key}_R{read}.txt" for key in keys for read in (1, 2)]
     began = time.monotonic()
-    stack.drop({name: input_content(name) for name in names})
+    stack.drop({name: input_content(name) for name in names + members})
 
     # Two more instances of the app sweeping at once, beside the dev host's own sweep timer.
     posting_done = threading.Event()
@@ -62,7 +75,7 @@ def test_every_event_three_times_and_two_sweeps_give_one_task_and_one_manifest_e
     for thread in threads:
         thread.start()
 
-    deliveries = shuffled([(name, f"evt-{index}") for index, name in enumerate(names)] * COPIES, SEED)
+    deliveries = shuffled([(name, f"evt-{index}") for index, name in enumerate(names + members)] * COPIES, SEED)
     statuses: Counter[int] = Counter()
     lock = threading.Lock()
 
@@ -81,20 +94,50 @@ def test_every_event_three_times_and_two_sweeps_give_one_task_and_one_manifest_e
     for thread in threads:
         thread.join(timeout=120)
 
-    missing = stack.wait_for_manifests(names, timeout=240)
-    verdict = verify(stack, names)
+    missing = stack.wait_for_manifests(names + keys, timeout=240)
+    etags = {blob.name: blob.etag for blob in stack.blob_service().get_container_client("input").list_blobs()}
+    group_tasks = {
+        key: ids.group_task_id("storm-pairs", key, {m: etags[m] for m in (f"{key}_R1.txt", f"{key}_R2.txt")})
+        for key in keys
+    }
+    verdict = verify(stack, names, earlier_tasks=group_tasks.values())  # the groups' tasks are expected, not strays
+    group_problems = _check_groups(stack, keys, group_tasks)
     seconds = time.monotonic() - began
     record(Tally.of(
-        "duplicate storm", f"each BlobCreated event posted {COPIES}x shuffled + blob trigger + 2 concurrent sweeps",
+        "duplicate storm", f"each BlobCreated event posted {COPIES}x shuffled + blob trigger + 2 concurrent sweeps "
+        f"(+ {GROUPS} two-member groups)",
         len(deliveries), verdict, seconds,
-        notes=f"webhook answers {dict(statuses)}; sweeps {dict(sweeps)}"))  # fmt: skip
+        notes=f"webhook answers {dict(statuses)}; sweeps {dict(sweeps)}; groups: {len(keys)}, problems "
+              f"{group_problems[:3]}"))  # fmt: skip
 
     assert not missing, f"no manifest for {sorted(missing)[:10]}"
     assert verdict.lost == [] and verdict.misfiled == []
     assert verdict.duplicate_tasks == 0 and verdict.stray_tasks == 0
-    assert len(stack.task_ids()) == INPUTS
+    assert len(stack.task_ids()) == INPUTS + GROUPS  # one task per single input, one per group
     assert verdict.duplicate_manifests == 0
     assert verdict.succeeded == INPUTS
+    assert group_problems == []
+
+
+def _check_groups(stack: ChaosStack, keys: list[str], group_tasks: dict[str, str]) -> list[str]:
+    """Each group: one task, one manifest published once, by its task, listing both members, joining both."""
+    results = stack.blob_service().get_container_client("results")
+    publishes = stack.publish_counts()
+    tasks = Counter(stack.task_ids())
+    problems = []
+    for key in keys:
+        prefix = ids.result_prefix(key)
+        manifest = json.loads(results.download_blob(prefix + "_manifest.json").readall())
+        listed = [member["name"] for member in manifest.get("members", [])]
+        joined = results.download_blob(prefix + "joined.txt").readall()
+        expected = input_content(f"{key}_R1.txt") + input_content(f"{key}_R2.txt")
+        if manifest.get("task_id") != group_tasks[key] or manifest.get("status") != "succeeded":
+            problems.append(f"{key}: manifest of {manifest.get('task_id')} ({manifest.get('status')})")
+        if listed != [f"{key}_R1.txt", f"{key}_R2.txt"] or joined != expected:
+            problems.append(f"{key}: members {listed}, joined {joined[:40]!r}")
+        if tasks[group_tasks[key]] != 1 or publishes[key] != 1:
+            problems.append(f"{key}: {tasks[group_tasks[key]]} task(s), published {publishes[key]} time(s)")
+    return problems
 
 
 COMPLETION_INPUTS = 64

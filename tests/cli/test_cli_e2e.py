@@ -153,7 +153,11 @@ def test_demo_passes_and_leaves_nothing_running(state: Path) -> None:
     demo = batchdrop(state, "demo", timeout=300)
 
     assert demo.returncode == 0, demo.stdout + demo.stderr
-    assert "demo passed: 6 manifests" in demo.stdout  # 4 top-level samples and the 2 under samples/csv
+    # 4 top-level samples, the 2 under samples/csv, and one for the group of the 2 under samples/pairs
+    assert "demo passed: 7 manifests" in demo.stdout
+    group = json.loads((state / "demo" / "results" / "pairs" / "sample1" / "_manifest.json").read_text())
+    assert group["pipeline"] == "pairs" and group["status"] == "succeeded" and group["group"] == "pairs/sample1"
+    assert [member["name"] for member in group["members"]] == ["pairs/sample1_R1.txt", "pairs/sample1_R2.txt"]
     assert "application packages added to the Batch account: csvstats 1.0" in demo.stdout
     manifest = json.loads((state / "demo" / "results" / "csv" / "weather.csv" / "_manifest.json").read_text())
     assert manifest["pipeline"] == "csvstats" and manifest["status"] == "succeeded"

@@ -17,7 +17,17 @@ from azure.data.tables import TableClient
 from shared.errors import TransientError
 from shared.ledger import TableLedger
 from shared.ledger_rows import input_partition
-from shared.models import FinalKey, InputRecord, InputState, JobRecord, JobState, ScheduleRecord
+from shared.models import (
+    FinalKey,
+    GroupMember,
+    GroupRecord,
+    GroupState,
+    InputRecord,
+    InputState,
+    JobRecord,
+    JobState,
+    ScheduleRecord,
+)
 from shared.ports import LedgerPort
 from tests.unit.fakes import FakeLedger
 
@@ -299,3 +309,62 @@ def test_waiting_inputs_are_counted_until_they_are_submitted(ledger: LedgerPort)
     ledger.save_inputs([row(InputState.CLAIMED), row(InputState.CLAIMED, "t-2")])
     assert +ledger.counts().by_job.get("job-1", Counter()) == Counter()
     assert {record.state for record in ledger.inputs()} == {InputState.CLAIMED}
+
+def group_row(key: str = "pairs/s1", **members: str) -> GroupRecord:
+    seen = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
+    return GroupRecord(
+        "pairs", key, seen, WINDOW_END, {name: GroupMember(etag, seen) for name, etag in members.items()}
+    )
+
+
+def test_update_group_creates_applies_and_writes_nothing_when_told(ledger: LedgerPort) -> None:
+    key = "pairs/../weird key #?/\\"  # any key: the row key is a digest of it
+    assert ledger.get_group("pairs", key) is None
+    created = ledger.update_group("pairs", key, lambda row: row or group_row(key, a="0x1"))
+    assert created is not None and created.key == key
+
+    def add_b(row: GroupRecord | None) -> GroupRecord | None:
+        assert row is not None
+        row.members["b"] = GroupMember("0x2", row.first_seen)
+        row.state, row.task_id, row.runs, row.late = GroupState.SUBMITTED, "t-g-1", 1, ["b"]
+        return row
+
+    ledger.update_group("pairs", key, add_b)
+    assert ledger.update_group("pairs", key, lambda row: None) == ledger.get_group("pairs", key)
+    stored = ledger.get_group("pairs", key)
+    assert stored is not None and sorted(stored.members) == ["a", "b"] and stored.members["b"].etag == "0x2"
+    assert (stored.state, stored.task_id, stored.runs, stored.late) == (GroupState.SUBMITTED, "t-g-1", 1, ["b"])
+    assert stored.deadline == WINDOW_END
+    assert [g.key for g in ledger.groups(GroupState.SUBMITTED)] == [key] and ledger.groups(GroupState.OPEN) == []
+
+
+def test_update_group_applies_the_change_again_over_a_concurrent_write(ledger: LedgerPort) -> None:
+    ledger.update_group("pairs", "k", lambda row: group_row("k", a="0x1"))
+    calls = 0
+
+    def add(name: str) -> Callable[[GroupRecord | None], GroupRecord | None]:
+        def change(row: GroupRecord | None) -> GroupRecord | None:
+            nonlocal calls
+            calls += 1
+            assert row is not None
+            if name == "b" and calls == 1:  # another member lands between our read and our write
+                ledger.update_group("pairs", "k", add("c"))
+            row.members[name] = GroupMember("0x9", row.first_seen)
+            return row
+
+        return change
+
+    ledger.update_group("pairs", "k", add("b"))
+    stored = ledger.get_group("pairs", "k")
+    assert stored is not None and sorted(stored.members) == ["a", "b", "c"]  # neither write is lost
+
+
+def test_group_member_and_group_task_rows_keep_their_fields(ledger: LedgerPort) -> None:
+    member = row(InputState.GROUPED, job_id="", reason="group 'k'")
+    task = row(InputState.CLAIMED, "t-g", group_key="pairs/k", members=(("pairs/k_R1.txt", "0x1"),))
+    ledger.claim_input(member)
+    ledger.claim_input(task)
+    assert ledger.get_input("t-1") == replace(member, updated_at=ledger.get_input("t-1").updated_at)  # type: ignore[union-attr]
+    stored = ledger.get_input("t-g")
+    assert stored is not None and (stored.group_key, stored.members) == ("pairs/k", (("pairs/k_R1.txt", "0x1"),))
+    assert ledger.counts().by_job[""] == Counter({FinalKey(InputState.GROUPED, "report"): 1})

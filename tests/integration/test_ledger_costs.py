@@ -173,5 +173,6 @@ def test_a_deleted_job_leaves_the_poll_and_the_status_reads(ledgers: Any) -> Non
         assert sorted(job["state"] for job in document["jobs"]) == ["active", "terminated"]  # type: ignore[attr-defined]
 
 
-# The live jobs (1), the counter rows of the 16 input partitions (16), the deleted jobs' sum (1), rejections (1).
-EXPECTED_STATUS_REQUESTS = 19
+# The live jobs (1), the counter rows of the 16 input partitions (16), the deleted jobs' sum (1), rejections (1),
+# the groups' rows (1: one range read of partition `group`, shared/status.py `groups`).
+EXPECTED_STATUS_REQUESTS = 20

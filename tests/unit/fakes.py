@@ -18,6 +18,8 @@ from shared.models import (
     CompletionCheck,
     CompletionEvent,
     FinalKey,
+    GroupRecord,
+    GroupState,
     InputRecord,
     InputState,
     JobRecord,
@@ -410,6 +412,7 @@ class FakeLedger:
         self.recent_rows: list[RecentEntry] = []
         self._recent_ms = 0
         self.retired: dict[str, Counter[FinalKey]] = {}
+        self.group_rows: dict[tuple[str, str], GroupRecord] = {}
         self.unavailable = False
         self.transactions = 0
         # operation -> what another worker does just before this one performs it (once): races, made exact
@@ -562,6 +565,29 @@ class FakeLedger:
         del self.schedule_rows[record.pipeline]
         return True
 
+    def get_group(self, pipeline: str, key: str) -> GroupRecord | None:
+        self._check()
+        found = self.group_rows.get((pipeline, key))
+        return _copy_group(found) if found else None
+
+    def update_group(
+        self, pipeline: str, key: str, change: Callable[[GroupRecord | None], GroupRecord | None]
+    ) -> GroupRecord | None:
+        self._before("update_group")  # another writer's change lands first: `change` sees its row
+        self._check()
+        while True:  # as TableLedger: written over the version `change` saw, else applied again to the newer row
+            stored = self.group_rows.get((pipeline, key))
+            wanted = change(_copy_group(stored) if stored else None)
+            if wanted is None:
+                return _copy_group(stored) if stored else None
+            if self.group_rows.get((pipeline, key)) is stored:
+                self.group_rows[(pipeline, key)] = _copy_group(wanted)
+                return _copy_group(wanted)
+
+    def groups(self, state: GroupState | None = None) -> list[GroupRecord]:
+        self._check()
+        return [_copy_group(row) for row in self.group_rows.values() if state is None or row.state is state]
+
     def record_rejection(self, subject: str, reason: str) -> None:
         self._check()
         self.rejection_rows.insert(0, {"input": subject, "reason": reason, "at": datetime.now(UTC).isoformat()})
@@ -569,6 +595,10 @@ class FakeLedger:
     def rejections(self, limit: int = 100) -> list[dict[str, str]]:
         self._check()
         return [dict(row) for row in self.rejection_rows[:limit]]
+
+
+def _copy_group(row: GroupRecord) -> GroupRecord:
+    return replace(row, members=dict(row.members), late=list(row.late), missing=list(row.missing))
 
 
 PIPELINE = {
