@@ -316,7 +316,10 @@ def run_batchdrop(system: str, config: LatencyConfig, workdir: Path) -> dict[str
             arrivals.stopping.set()
         invoked, published = host_log(stack.host.log_path)
         stderr = stderr_events(workdir / "eventgrid" / "journal.jsonl")
-        completion = "task_finished" if events else "poll"
+        # What enqueued the completion: the event's task_finished, or its delayed re-check when Batch did not say
+        # `completed` yet at the event; without events, the poll.
+        enqueuers = ("task_finished", "recheck_task") if events else ("poll",)
+        completion = sorted(at for function in enqueuers for at in invoked.get(function, []))
         per_file = []
         for name in names:
             manifest = _manifest(reader, name)
@@ -336,9 +339,7 @@ def run_batchdrop(system: str, config: LatencyConfig, workdir: Path) -> dict[str
                 # stamps endTime a moment after the log upload that raised the event).
                 ends = [at for at in (stamps["task_ended"], stamps.get("stderr_event")) if at is not None]
                 finished_at = min(ends) if ends else None
-                stamps["completion_invoked"] = _latest(
-                    invoked.get(completion, []), stamps["collect_started"], finished_at
-                )
+                stamps["completion_invoked"] = _latest(completion, stamps["collect_started"], finished_at)
             per_file.append(_row(system, name, arrivals.uploaded[name], stamps))
         grid_state = stack.eventgrid.subscriptions()
     extra = {"poll_schedule": poll, "finished": finished, "warm_up_seconds": round(warm, 2),
