@@ -91,7 +91,8 @@ def _run_latency(args: argparse.Namespace) -> dict[str, object]:
         named = ", ".join(unknown) or "(none given)"
         raise SystemExit(f"--systems: unknown {named}; choose of {', '.join(LATENCY_SYSTEMS)}")
     config = LatencyConfig(interval_seconds=args.arrival_seconds, duration_seconds=args.duration,
-                           task_seconds=args.task_seconds, systems=systems)  # fmt: skip
+                           task_seconds=args.task_seconds, systems=systems,
+                           completion_lag_seconds=args.completion_lag)  # fmt: skip
     print(f"running latency ({', '.join(systems)}): {config.files} files, 1 every {config.interval_seconds:g} s, "
           f"tasks of {config.task_seconds:g} s ...", file=sys.stderr, flush=True)  # fmt: skip
     return run_latency(config)
@@ -141,6 +142,9 @@ def main(argv: list[str] | None = None) -> int:
     latency.add_argument("--duration", type=float, default=30.0, metavar="SECONDS",
                          help="seconds of arrivals (the documented run: 120)")  # fmt: skip
     latency.add_argument("--task-seconds", type=float, default=3.0, help="each task's fixed work (a sleep)")
+    latency.add_argument("--completion-lag", type=float, default=0.0, metavar="SECONDS",
+                         help="the emulator keeps each finished task `running` this long after its log uploads "
+                         "(Batch marks tasks completed late); default 0")  # fmt: skip
     latency.add_argument("--systems", default=",".join(LATENCY_SYSTEMS),
                          help=f"comma-separated, of {', '.join(LATENCY_SYSTEMS)}")  # fmt: skip
     parser.add_argument("--combine", type=Path, nargs="+", metavar="REPORT",

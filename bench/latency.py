@@ -84,6 +84,8 @@ class LatencyConfig:
     nodes: int = 2
     slots: int = 4
     watch_seconds: float = 0.2  # how often the consumer lists the results for manifests
+    # The emulator keeps a finished task `running` this long after its log uploads (Batch's late `completed`).
+    completion_lag_seconds: float = 0.0
     workdir: str = ""
 
     @property
@@ -253,6 +255,10 @@ def summarise(
     }
 
 
+def _emulator_args(config: LatencyConfig) -> list[str]:
+    return ["--completion-lag-seconds", f"{config.completion_lag_seconds:g}"] if config.completion_lag_seconds else []
+
+
 def _pipelines(config: LatencyConfig, path: Path) -> Path:
     path.write_text(json.dumps({"pipelines": [{
         "name": "latency", "command": config.command("{input}"), "outputs": ["**/*"], "app_files": [],
@@ -271,13 +277,15 @@ def _subscriptions(events: bool, path: Path) -> Path:
 
 
 @contextmanager
-def local_stack_with(workdir: Path, pipelines: Path, subscriptions: Path, poll: str) -> Iterator[local_stack.Stack]:
+def local_stack_with(
+    workdir: Path, pipelines: Path, subscriptions: Path, poll: str, emulator_args: list[str]
+) -> Iterator[local_stack.Stack]:
     """The stack as `batchdrop up` starts it (local/cli/lifecycle.py), with this run's poll, sweep, subscriptions."""
     started: list[local_stack.Service] = []
     try:
         azurite = local_stack.start_azurite(workdir, in_memory=True)
         started.append(azurite)
-        emulator = local_stack.start_emulator(workdir)
+        emulator = local_stack.start_emulator(workdir, emulator_args)
         started.append(emulator)
         overrides = {"BATCHDROP_PIPELINES_FILE": str(pipelines), "BATCHDROP_POLL_SCHEDULE": poll,
                      "BATCHDROP_SWEEP_SCHEDULE": SWEEP}  # fmt: skip
@@ -299,7 +307,8 @@ def run_batchdrop(system: str, config: LatencyConfig, workdir: Path) -> dict[str
     events = system == "a_events"
     poll = POLL_EVENTS if events else POLL_ONLY
     pipelines = _pipelines(config, workdir / "pipelines.json")
-    with local_stack_with(workdir, pipelines, _subscriptions(events, workdir / "subscriptions.json"), poll) as stack:
+    subscriptions = _subscriptions(events, workdir / "subscriptions.json")
+    with local_stack_with(workdir, pipelines, subscriptions, poll, _emulator_args(config)) as stack:
         assert stack.eventgrid is not None and stack.host is not None
         writer = BlobServiceClient.from_connection_string(stack.eventgrid.connection_string)  # uploads raise events
         reader = BlobServiceClient.from_connection_string(stack.azurite.connection_string)
@@ -385,7 +394,7 @@ def run_baseline(config: LatencyConfig, workdir: Path) -> dict[str, Any]:
     azurite = local_stack.start_azurite(workdir, in_memory=True)
     emulator = None
     try:
-        emulator = local_stack.start_emulator(workdir)
+        emulator = local_stack.start_emulator(workdir, _emulator_args(config))
         service = BlobServiceClient.from_connection_string(azurite.connection_string)
         containers = {"input": "input", "staging": "staging", "results": RESULTS}
         for container in containers.values():
