@@ -7,6 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 FILES ?=
 BURST_FILES ?=
+LATENCY_SECONDS ?=
 
 .PHONY: install tools run test lint typecheck unit bench chaos clean
 
@@ -51,9 +52,12 @@ run: install
 	$(BIN)/batchdrop demo
 
 # BURST_FILES: uploads of the burst scenario (Event Grid batches into the bulk endpoint's use case), default 1,000.
+# LATENCY_SECONDS: seconds of steady arrivals (1 file every 2 s, 3 s tasks) in the latency scenario, default 30
+# (docs/benchmark.md's figures: 120; more knobs: python -m bench --help).
 bench: install
 	$(BIN)/python -m bench $(if $(FILES),--files $(FILES),)
 	$(BIN)/python -m bench --only burst --files $(or $(BURST_FILES),1000) --out bench/results/burst.json
+	$(BIN)/python -m bench --only latency --duration $(or $(LATENCY_SECONDS),30) --out bench/results/latency.json
 
 chaos: install
 	$(BIN)/python -m pytest -m chaos tests/chaos

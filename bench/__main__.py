@@ -15,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.latency import SYSTEMS as LATENCY_SYSTEMS
+from bench.latency import LatencyConfig, latency_table, run_latency
 from bench.scenarios import SCENARIOS, ScenarioConfig, run_in_child
 from local.stack import start_azurite, start_emulator
 
@@ -77,7 +79,23 @@ def table(report: dict[str, dict[str, float]]) -> str:
         lines.append(f"ratio {ratio:28}{value:>18.1f}")
     if "burst" in report:
         lines.append(burst_table(report["burst"]))
+    if "latency" in report:
+        lines.append(latency_table(report["latency"]))  # type: ignore[arg-type]
     return "\n".join(lines)
+
+
+def _run_latency(args: argparse.Namespace) -> dict[str, object]:
+    systems = tuple(name.strip() for name in args.systems.split(",") if name.strip())
+    unknown = [name for name in systems if name not in LATENCY_SYSTEMS]
+    if unknown or not systems:
+        named = ", ".join(unknown) or "(none given)"
+        raise SystemExit(f"--systems: unknown {named}; choose of {', '.join(LATENCY_SYSTEMS)}")
+    config = LatencyConfig(interval_seconds=args.arrival_seconds, duration_seconds=args.duration,
+                           task_seconds=args.task_seconds, systems=systems,
+                           completion_lag_seconds=args.completion_lag)  # fmt: skip
+    print(f"running latency ({', '.join(systems)}): {config.files} files, 1 every {config.interval_seconds:g} s, "
+          f"tasks of {config.task_seconds:g} s ...", file=sys.stderr, flush=True)  # fmt: skip
+    return run_latency(config)
 
 
 def run_isolated(name: str, args: argparse.Namespace) -> dict[str, float]:
@@ -115,9 +133,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stop-after", type=float, metavar="SECONDS",
                         help="stop waiting for manifests this long after the first submission; report the figures "
                         "so far (seconds_to_all_manifests null, manifests_when_stopped)")  # fmt: skip
-    parser.add_argument("--only", choices=sorted(SCENARIOS), action="append",
+    parser.add_argument("--only", choices=sorted([*SCENARIOS, "latency"]), action="append",
                         help="run these scenarios only (default: batchdrop, batchdrop_sweep, baseline; the burst "
-                        "scenario runs with --only burst, as `make bench` does)")  # fmt: skip
+                        "and latency scenarios run with --only burst / --only latency, as `make bench` does)",
+                        )  # fmt: skip
+    latency = parser.add_argument_group("latency scenario (--only latency)")
+    latency.add_argument("--arrival-seconds", type=float, default=2.0, help="one file every this many seconds")
+    latency.add_argument("--duration", type=float, default=30.0, metavar="SECONDS",
+                         help="seconds of arrivals (the documented run: 120)")  # fmt: skip
+    latency.add_argument("--task-seconds", type=float, default=3.0, help="each task's fixed work (a sleep)")
+    latency.add_argument("--completion-lag", type=float, default=0.0, metavar="SECONDS",
+                         help="the emulator keeps each finished task `running` this long after its log uploads "
+                         "(Batch marks tasks completed late); default 0")  # fmt: skip
+    latency.add_argument("--systems", default=",".join(LATENCY_SYSTEMS),
+                         help=f"comma-separated, of {', '.join(LATENCY_SYSTEMS)}")  # fmt: skip
     parser.add_argument("--combine", type=Path, nargs="+", metavar="REPORT",
                         help="merge reports of scenarios run separately (--only) into --out; runs nothing")  # fmt: skip
     args = parser.parse_args(argv)
@@ -128,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
             loaded = json.loads(path.read_text())
             report.update({name: figures for name, figures in loaded.items() if name in SCENARIOS})
     for name in [] if args.combine else args.only or ["batchdrop", "batchdrop_sweep", "baseline"]:
+        if name == "latency":
+            report["latency"] = _run_latency(args)  # type: ignore[assignment]  # its own shape (latency_table)
+            continue
         started = time.monotonic()
         print(f"running {name} with {args.files} files ...", file=sys.stderr, flush=True)
         try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -32,6 +33,8 @@ class Baseline:
     collected: set[str] = field(default_factory=set)
     output_bytes: int = 0
     stopping: threading.Event = field(default_factory=threading.Event)  # the bench's --stop-after, not the sample's
+    # The latency scenario's observation, not the sample's: per source name, when its collection started and ended.
+    collect_times: dict[str, tuple[float, float]] = field(default_factory=dict)
 
     def on_event(self, name: str) -> None:
         """One event: make sure the job exists, then add a task with a fresh random id."""
@@ -84,6 +87,7 @@ class Baseline:
             if task.state != "completed" or task.id in self.collected:
                 continue
             source = next((env.value for env in task.environment_settings or [] if env.name == "SOURCE_NAME"), task.id)
+            collect_started = time.time()
             staging = self.blob_service.get_container_client(self.containers["staging"])
             results = self.blob_service.get_container_client(self.containers["results"])
             outputs = []
@@ -98,5 +102,6 @@ class Baseline:
                         "outputs": outputs}  # fmt: skip
             results.upload_blob(f"{source}/_manifest.json", json.dumps(manifest), overwrite=True)
             self.collected.add(task.id)
+            self.collect_times.setdefault(str(source), (collect_started, time.time()))
             published += 1
         return published
