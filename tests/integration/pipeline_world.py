@@ -84,18 +84,9 @@ class PipelineWorld:
         return found
 
 
-def make_pipeline_world(
-    tmp_path: Path, azurite: Azurite, emulator: Emulator, namespace: str, **settings: object
-) -> PipelineWorld:
-    names = {
-        "input": f"input-{namespace}",
-        "apps": f"apps-{namespace}",
-        "staging": f"st{namespace}",
-        "results": f"results-{namespace}",
-        "queue": f"completions-{namespace}",
-        "table": f"ledger{namespace}",
-    }
-    pipelines = {
+def echo_pipelines(namespace: str) -> dict[str, object]:
+    """A pipelines file with one pipeline running the echo app (APP) on its own one-node pool."""
+    return {
         "pipelines": [
             {
                 "name": f"echo-{namespace}",
@@ -108,6 +99,20 @@ def make_pipeline_world(
             }
         ]
     }
+
+
+def make_pipeline_world(
+    tmp_path: Path, azurite: Azurite, emulator: Emulator, namespace: str, **settings: object
+) -> PipelineWorld:
+    names = {
+        "input": f"input-{namespace}",
+        "apps": f"apps-{namespace}",
+        "staging": f"st{namespace}",
+        "results": f"results-{namespace}",
+        "queue": f"completions-{namespace}",
+        "table": f"ledger{namespace}",
+    }
+    pipelines = echo_pipelines(namespace)
     pipelines_file = tmp_path / "pipelines.json"
     pipelines_file.write_text(json.dumps(pipelines))
     values: dict[str, object] = {

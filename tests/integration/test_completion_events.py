@@ -33,7 +33,7 @@ from shared.messages import decode_check, decode_completion
 from shared.models import InputState
 from shared.submit import submit_blob
 from tests.eventgrid import AZURITE_ACCOUNT, blob_created, post_events
-from tests.integration.pipeline_world import APP, make_pipeline_world
+from tests.integration.pipeline_world import APP, echo_pipelines, make_pipeline_world
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -117,19 +117,7 @@ def host_world(tmp_path_factory: pytest.TempPathFactory, azurite: Azurite, emula
         "results": f"results-{namespace}",
         "table": f"finished{namespace}",
     }
-    pipelines = {
-        "pipelines": [
-            {
-                "name": f"echo-{namespace}",
-                "command": "python3 {app_dir}/echo/app.py {input} {output_dir}",
-                "app_files": ["echo/app.py"],
-                "outputs": ["**/*"],
-                "pool": {"id": f"pool-{namespace}", "dedicated_nodes": 1, "task_slots_per_node": 4},
-                "max_retries": 0,
-                "max_wall_clock_seconds": 120,
-            }
-        ]
-    }
+    pipelines = echo_pipelines(namespace)
     pipelines_file = workdir / "pipelines.json"
     pipelines_file.write_text(json.dumps(pipelines))
     service = BlobServiceClient.from_connection_string(azurite.connection_string)
