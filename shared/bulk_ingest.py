@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.errors import RejectedInput, TransientError
-from shared.events import BlobCreated, check_account, parse_blob_created, storage_account
+from shared.events import BLOB_CREATED, BlobCreated, check_account, parse_blob_created, storage_account
 from shared.gateways import Gateways
 from shared.models import BlobRef, InputRecord, InputState
 from shared.pipelines import PipelineSpec
@@ -27,7 +27,6 @@ from shared.redact import redact
 from shared.submit import SubmitAction, SubmitOutcome, claim, find_input, submit_claimed
 
 logger = logging.getLogger(__name__)
-BLOB_CREATED = "Microsoft.Storage.BlobCreated"
 SUBSCRIPTION_VALIDATION = "Microsoft.EventGrid.SubscriptionValidationEvent"
 # Storage round trips per input (blob properties, ledger claim) overlap this many at a time.
 CLAIM_THREADS = 8

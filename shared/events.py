@@ -13,6 +13,7 @@ from shared.settings import STORAGE_CONNECTION, Settings
 from shared.storage import parse_connection_string
 from shared.submit import SubmitOutcome, submit_blob
 
+BLOB_CREATED = "Microsoft.Storage.BlobCreated"
 # What `UseDevelopmentStorage=true` stands for (the SDKs expand it to Azurite's well-known account).
 DEVELOPMENT_ACCOUNT = "devstoreaccount1"
 # A storage account's resource id, as Event Grid puts it in `topic` (or CloudEvents `source`).

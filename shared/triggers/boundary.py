@@ -6,7 +6,10 @@ import logging
 from collections.abc import Callable
 from typing import TypeVar
 
-from shared.errors import ConfigError, PermanentError, TransientError
+import azure.functions as func
+
+from shared.errors import ConfigError, PermanentError, RejectedInput, TransientError
+from shared.events import BLOB_CREATED, BlobCreated, parse_blob_created
 from shared.gateways import Gateways, gateways
 from shared.redact import install_log_redaction, redact
 
@@ -40,3 +43,18 @@ def run(subject: str, use_case: Callable[[Gateways], T]) -> T | None:
     except Exception:
         logger.exception("%s: unexpected failure", subject)
         raise
+
+
+def run_blob_created(event: func.EventGridEvent, use_case: Callable[[Gateways, BlobCreated], T]) -> T | None:
+    """An Event Grid trigger's event: BlobCreated goes to `use_case`; other types are ignored; an event naming no
+    blob, or another storage account, is refused and recorded."""
+    if event.event_type != BLOB_CREATED:
+        logger.info("ignored Event Grid event %s of type %s", event.id, event.event_type)
+        return None
+    subject = f"event {event.id}"
+    try:
+        created = parse_blob_created(event.id, event.get_json(), event.subject, event.topic)
+    except RejectedInput as rejection:
+        reject(subject, rejection)
+        return None
+    return run(subject, lambda gw: use_case(gw, created))

@@ -7,12 +7,10 @@ import logging
 import azure.functions as func
 
 from shared.errors import RejectedInput
-from shared.events import parse_blob_created
 from shared.finished import recheck, task_finished
 from shared.messages import decode_check
 from shared.settings import STORAGE_CONNECTION
-from shared.triggers.boundary import reject, run
-from shared.triggers.ingest import BLOB_CREATED
+from shared.triggers.boundary import reject, run, run_blob_created
 
 bp = func.Blueprint()
 logger = logging.getLogger("batchdrop.finished")
@@ -23,16 +21,7 @@ logger = logging.getLogger("batchdrop.finished")
 def task_finished_event(event: func.EventGridEvent) -> None:
     """BlobCreated for `<staging prefix>-…/logs/stderr.txt`: the task's completion message, or a delayed re-check.
     Other event types are ignored; events for another account or an unknown container are refused and recorded."""
-    if event.event_type != BLOB_CREATED:
-        logger.info("ignored Event Grid event %s of type %s", event.id, event.event_type)
-        return
-    subject = f"event {event.id}"
-    try:
-        created = parse_blob_created(event.id, event.get_json(), event.subject, event.topic)
-    except RejectedInput as rejection:
-        reject(subject, rejection)
-        return
-    run(subject, lambda gw: task_finished(gw, created))
+    run_blob_created(event, task_finished)
 
 
 @bp.function_name("recheck_task")

@@ -7,15 +7,13 @@ import logging
 import azure.functions as func
 import azurefunctions.extensions.bindings.blob as blob_types
 
-from shared.errors import RejectedInput
-from shared.events import parse_blob_created, submit_event
+from shared.events import submit_event
 from shared.settings import STORAGE_CONNECTION
 from shared.submit import submit_blob
-from shared.triggers.boundary import reject, run
+from shared.triggers.boundary import run, run_blob_created
 
 bp = func.Blueprint()
 logger = logging.getLogger("batchdrop.ingest")
-BLOB_CREATED = "Microsoft.Storage.BlobCreated"
 
 
 @bp.function_name("ingest")
@@ -34,13 +32,4 @@ def ingest(client: blob_types.BlobClient) -> None:
 def ingest_event(event: func.EventGridEvent) -> None:
     """Event Grid trigger: BlobCreated events for our account's input container are submitted; others are
     ignored (other types) or refused and recorded (no blob named, another storage account)."""
-    if event.event_type != BLOB_CREATED:
-        logger.info("ignored Event Grid event %s of type %s", event.id, event.event_type)
-        return
-    subject = f"event {event.id}"
-    try:
-        created = parse_blob_created(event.id, event.get_json(), event.subject, event.topic)
-    except RejectedInput as rejection:
-        reject(subject, rejection)
-        return
-    run(subject, lambda gw: submit_event(gw, created))
+    run_blob_created(event, submit_event)
