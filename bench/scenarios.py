@@ -21,11 +21,12 @@ from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueClient
 
 from bench.baseline import Baseline
+from bench.storage_counts import StorageRequests, counting_gateways
 from local.stack import Emulator
 from shared.batch import AzureBatch
 from shared.collect import collect
 from shared.errors import TransientError
-from shared.gateways import Gateways, build_gateways
+from shared.gateways import Gateways
 from shared.messages import decode_completion
 from shared.pipelines import PoolSpec
 from shared.poll import poll
@@ -74,22 +75,6 @@ class ScenarioConfig:
     timeout_seconds: float = 6 * 3600
     # Stop waiting for manifests this long after the first submission and report what was measured so far.
     stop_after_seconds: float | None = None
-
-
-class CountingBlobs:
-    """Wraps the BlobPort and counts bytes that pass through this process (downloads)."""
-
-    def __init__(self, inner: AzureBlobs) -> None:
-        self.inner = inner
-        self.bytes_read = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    def read_tail(self, container: str, name: str, max_bytes: int) -> str:
-        text = self.inner.read_tail(container, name, max_bytes)
-        self.bytes_read += len(text.encode())
-        return text
 
 
 def _emulator(config: ScenarioConfig) -> Emulator:
@@ -160,10 +145,10 @@ def pipelines_settings(config: ScenarioConfig, names: dict[str, str], workdir: P
     }
 
 
-def _gateways(config: ScenarioConfig, names: dict[str, str], workdir: Path) -> Gateways:
-    gw = build_gateways(load_settings(**pipelines_settings(config, names, workdir)))
-    gw.blobs = CountingBlobs(gw.blobs)  # type: ignore[arg-type]
-    return gw
+def _gateways(config: ScenarioConfig, names: dict[str, str], workdir: Path, counter: StorageRequests) -> Gateways:
+    """The app's gateways with the storage request counter on every storage client."""
+    settings = load_settings(**pipelines_settings(config, names, workdir))
+    return counting_gateways(config.connection_string, settings, counter)
 
 
 def _drain(gw: Gateways, queue: QueueClient, pool: ThreadPoolExecutor) -> int:
@@ -252,23 +237,27 @@ def _run_batchdrop(
     names = _names(tag)
     workdir = Path(config.workdir)
     inputs = _upload(config, names["input"], config.files)
-    gw = _gateways(config, names, workdir)
+    counter = StorageRequests(f"st{names['pool'][5:]}")
+    gw = _gateways(config, names, workdir, counter)
     emulator = _emulator(config)
     service = BlobServiceClient.from_connection_string(config.connection_string)
     queue = QueueClient.from_connection_string(config.connection_string, names["queue"])
     gw.queue.ensure()  # type: ignore[attr-defined]  # the Functions host creates a trigger's queue
     published = [0]
-    with ThreadPoolExecutor(WORKERS) as pool:
+    # The collector's own threads (queue trigger instances) run collect only.
+    with ThreadPoolExecutor(WORKERS, initializer=counter.enter, initargs=("collect",)) as pool:
 
         def collect_all() -> None:
-            published[0] += _drain(gw, queue, pool)
+            with counter.phase("collect"):
+                published[0] += _drain(gw, queue, pool)
+
+        def poll_once() -> None:
+            with counter.phase("poll"):
+                _redelivered(lambda: poll(gw))
 
         emulator.reset_stats()
         started = time.monotonic()
-        loops = [
-            Loop("poll", lambda: _redelivered(lambda: poll(gw)), config.poll_seconds),
-            Loop("collect", collect_all, COLLECT_IDLE_SECONDS),
-        ]
+        loops = [Loop("poll", poll_once, config.poll_seconds), Loop("collect", collect_all, COLLECT_IDLE_SECONDS)]
         for loop in loops:
             loop.start()
         submit_all(gw, inputs)
@@ -277,6 +266,7 @@ def _run_batchdrop(
         manifests_done = time.monotonic() - started
         for loop in loops:
             loop.stop()
+    storage = counter.per_file(config.files)  # before the steady-state poll below
     stats = emulator.stats()
     total = int(stats["total"])  # type: ignore[call-overload]
     print(f"  {tag}: requests by operation {stats['requests']}", flush=True)
@@ -289,6 +279,7 @@ def _run_batchdrop(
                      gw.blobs.bytes_read)  # type: ignore[attr-defined]  # fmt: skip
     _stopped(report, finished, manifests)  # type: ignore[arg-type]
     report["completion_messages"] = published[0]  # > files when a poll re-emitted within its overlap
+    report.update(storage)
     # Collect leaves staging to the job's end (the poll clears it after termination, past this run's window).
     report["staging_containers_left_for_job_end"] = sum(
         1 for _ in service.list_containers(name_starts_with=f"{gw.settings.staging_prefix}-")

@@ -106,3 +106,25 @@ def test_a_run_stopped_early_still_reports_requests_and_duplicates(tmp_path: Pat
     assert stopped["batchdrop"]["duplicate_tasks"] == 0
     assert stopped["baseline"]["duplicate_tasks"] == FILES
     assert stopped["baseline"]["batch_requests_total"] >= 4 * FILES  # two requests per delivery, two deliveries
+
+
+def test_batchdrop_reports_storage_requests_per_file_by_phase_and_operation(
+    report: dict[str, dict[str, float]],
+) -> None:
+    """Issue 16's measurement: every storage request of the app's clients, filed by phase and by operation."""
+    for system in ("batchdrop", "batchdrop_sweep"):
+        figures = report[system]
+        phases = {key: value for key, value in figures.items() if key.startswith("storage_requests_per_file_")}
+        assert set(phases) == {f"storage_requests_per_file_{p}" for p in ("claim", "sas", "staging", "collect",
+                                                                          "manifest", "poll")}, system  # fmt: skip
+        # Every input is claimed, gets a staging container, is collected and gets one manifest written.
+        for phase in ("claim", "staging", "collect", "manifest"):
+            assert figures[f"storage_requests_per_file_{phase}"] >= 1, (system, phase, figures)
+        assert figures["storage_requests_per_file_poll"] > 0, system
+        total = round(sum(phases.values()), 3)
+        assert abs(figures["storage_requests_per_file"] - total) < 0.01, (system, figures)
+        operations = {key: value for key, value in figures.items() if key.startswith("storage_operation_per_file ")}
+        assert abs(sum(operations.values()) - total) < 0.05, (system, operations)
+        # The manifest is a block blob upload; the ledger claim a table write.
+        assert any(key.startswith("storage_operation_per_file blob PUT") for key in operations), operations
+        assert any(key.startswith("storage_operation_per_file table ") for key in operations), operations
