@@ -91,7 +91,8 @@ class StorageRequests:
                 phase = use_case
             with self._lock:
                 self.counts[phase] += 1
-                self.operations[f"{service} {request.method} {_what(service, path, query)}"] += 1
+                what = "copy" if "x-ms-copy-source" in request.headers else _what(service, path, query)
+                self.operations[f"{service} {request.method} {what}"] += 1
 
         return count
 
