@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import random
-import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -19,11 +18,8 @@ from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueClient
 
 from bench.scenarios import (
-    COLLECT_IDLE_SECONDS,
     WORKERS,
-    Loop,
     ScenarioConfig,
-    _drain,
     _duplicates,
     _emulator,
     _manifests,
@@ -32,12 +28,11 @@ from bench.scenarios import (
     _retries,
     _stopped,
     _upload,
-    _wait_until,
     pipelines_settings,
+    run_app,
 )
 from bench.storage_counts import StorageRequests, counting_gateways
 from shared.bulk_ingest import ingest_delivery, parse_delivery
-from shared.poll import poll
 from shared.settings import load_settings
 from shared.storage import parse_connection_string
 
@@ -80,34 +75,17 @@ def burst(config: ScenarioConfig) -> dict[str, float]:
     service = BlobServiceClient.from_connection_string(config.connection_string)
     queue = QueueClient.from_connection_string(config.connection_string, names["queue"])
     gw.queue.ensure()  # type: ignore[attr-defined]  # the Functions host creates a trigger's queue
-    published = [0]
-    # The collector's own threads (queue trigger instances) run collect only.
-    with ThreadPoolExecutor(WORKERS, initializer=counter.enter, initargs=("collect",)) as pool:
 
-        def collect_all() -> None:
-            with counter.phase("collect"):
-                published[0] += _drain(gw, queue, pool)
+    def deliver(body: bytes) -> None:
+        with counter.phase("ingest"):
+            _redelivered(lambda: ingest_delivery(gw, parse_delivery(body)))
 
-        def poll_once() -> None:
-            with counter.phase("poll"):
-                _redelivered(lambda: poll(gw))
-
-        def deliver(body: bytes) -> None:
-            with counter.phase("ingest"):
-                _redelivered(lambda: ingest_delivery(gw, parse_delivery(body)))
-
-        emulator.reset_stats()
-        started = time.monotonic()
-        loops = [Loop("poll", poll_once, config.poll_seconds), Loop("collect", collect_all, COLLECT_IDLE_SECONDS)]
-        for loop in loops:
-            loop.start()
+    def deliver_all() -> None:
         with ThreadPoolExecutor(WORKERS) as senders:
             list(senders.map(deliver, bodies))
-        tasks_done = time.monotonic() - started
-        finished = _wait_until(lambda: published[0] >= config.files, loops, config, started)
-        manifests_done = time.monotonic() - started
-        for loop in loops:
-            loop.stop()
+
+    emulator.reset_stats()
+    tasks_done, manifests_done, finished, _ = run_app(gw, counter, queue, config, deliver_all)
     stats = emulator.stats()
     requests: dict[str, int] = stats["requests"]  # type: ignore[assignment]
     print(f"  burst: Batch requests by operation {requests}", flush=True)

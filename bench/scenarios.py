@@ -231,18 +231,12 @@ def _stopped(report: dict[str, float | None], finished: bool, manifests: int) ->
         report["manifests_when_stopped"] = manifests
 
 
-def _run_batchdrop(
-    config: ScenarioConfig, submit_all: Callable[[Gateways, list[str]], None], tag: str
-) -> dict[str, float]:
-    names = _names(tag)
-    workdir = Path(config.workdir)
-    inputs = _upload(config, names["input"], config.files)
-    counter = StorageRequests(f"st{names['pool'][5:]}")
-    gw = _gateways(config, names, workdir, counter)
-    emulator = _emulator(config)
-    service = BlobServiceClient.from_connection_string(config.connection_string)
-    queue = QueueClient.from_connection_string(config.connection_string, names["queue"])
-    gw.queue.ensure()  # type: ignore[attr-defined]  # the Functions host creates a trigger's queue
+def run_app(
+    gw: Gateways, counter: StorageRequests, queue: QueueClient, config: ScenarioConfig, submit: Callable[[], None]
+) -> tuple[float, float, bool, int]:
+    """`submit` with the poll timer and the collect queue trigger running beside it, as the Functions host runs
+    them (their storage requests filed under poll and collect), until every file has a manifest or the run is
+    cut short: (seconds to all tasks, seconds to all manifests, finished, completion messages collected)."""
     published = [0]
     # The collector's own threads (queue trigger instances) run collect only.
     with ThreadPoolExecutor(WORKERS, initializer=counter.enter, initargs=("collect",)) as pool:
@@ -255,17 +249,35 @@ def _run_batchdrop(
             with counter.phase("poll"):
                 _redelivered(lambda: poll(gw))
 
-        emulator.reset_stats()
         started = time.monotonic()
         loops = [Loop("poll", poll_once, config.poll_seconds), Loop("collect", collect_all, COLLECT_IDLE_SECONDS)]
         for loop in loops:
             loop.start()
-        submit_all(gw, inputs)
+        submit()
         tasks_done = time.monotonic() - started
         finished = _wait_until(lambda: published[0] >= config.files, loops, config, started)
         manifests_done = time.monotonic() - started
         for loop in loops:
             loop.stop()
+    return tasks_done, manifests_done, finished, published[0]
+
+
+def _run_batchdrop(
+    config: ScenarioConfig, submit_all: Callable[[Gateways, list[str]], None], tag: str
+) -> dict[str, float]:
+    names = _names(tag)
+    workdir = Path(config.workdir)
+    inputs = _upload(config, names["input"], config.files)
+    counter = StorageRequests(f"st{names['pool'][5:]}")
+    gw = _gateways(config, names, workdir, counter)
+    emulator = _emulator(config)
+    service = BlobServiceClient.from_connection_string(config.connection_string)
+    queue = QueueClient.from_connection_string(config.connection_string, names["queue"])
+    gw.queue.ensure()  # type: ignore[attr-defined]  # the Functions host creates a trigger's queue
+    emulator.reset_stats()
+    tasks_done, manifests_done, finished, published = run_app(
+        gw, counter, queue, config, lambda: submit_all(gw, inputs)
+    )
     storage = counter.per_file(config.files)  # before the steady-state poll below
     stats = emulator.stats()
     total = int(stats["total"])  # type: ignore[call-overload]
@@ -278,7 +290,7 @@ def _run_batchdrop(
     report = _report(config, total, poll_requests, _duplicates(config, gw, names), tasks_done, manifests_done,
                      gw.blobs.bytes_read)  # type: ignore[attr-defined]  # fmt: skip
     _stopped(report, finished, manifests)  # type: ignore[arg-type]
-    report["completion_messages"] = published[0]  # > files when a poll re-emitted within its overlap
+    report["completion_messages"] = published  # > files when a poll re-emitted within its overlap
     report.update(storage)
     # Collect leaves staging to the job's end (the poll clears it after termination, past this run's window).
     report["staging_containers_left_for_job_end"] = sum(
