@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 
+from shared.models import JobRecord
 from shared.pipelines import PipelineSet, load_pipelines
 from shared.ports import BatchPort, BlobPort, LedgerPort, QueuePort
 from shared.settings import Settings, get_settings
@@ -27,6 +28,9 @@ class Gateways:
     queue: QueuePort
     ledger: LedgerPort
     clock: Callable[[], datetime] = field(default=utc_now)
+    # Job rows this process has seen active, by job id (shared/submit.py): read again only once their window may
+    # be closing.
+    known_jobs: dict[str, JobRecord] = field(default_factory=dict, repr=False)
 
 
 def build_gateways(settings: Settings) -> Gateways:

@@ -8,10 +8,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
@@ -60,16 +62,20 @@ from shared.models import (
     JobRecord,
     JobState,
     LedgerCounts,
+    RowVersion,
     ScheduleRecord,
 )
 from shared.ports import FINAL_STATES
-from shared.recent import RECENT, RecentEntry, recent_entity, recent_entry
+from shared.recent import RECENT_PREFIX, RecentEntry, recent_entity, recent_entry
 
 logger = logging.getLogger(__name__)
 
 TRANSACTION_SIZE = 100  # Table storage's limit per entity group transaction
-# Input rows per transaction in a bulk save: each may bring its job's counter row along, and 50 + 50 <= 100.
-GROUP_SIZE = TRANSACTION_SIZE // 2
+# Input rows per transaction in a bulk save: each may bring its recent-inputs index row and its job's counter row
+# along, and 33 * 3 <= 100.
+GROUP_SIZE = TRANSACTION_SIZE // 3
+# Inputs per transaction in a bulk claim: the row, its staging and recent-inputs index rows, maybe a counter row.
+CLAIM_GROUP = TRANSACTION_SIZE // 4
 SAVE_ATTEMPTS = 8
 READ_THREADS = 8
 # An entity group transaction refused because a row changed, appeared or went after it was read.
@@ -95,6 +101,7 @@ class TableLedger:
     def __init__(self, table: TableClient) -> None:
         self._table = table
         self._ensured = False
+        self._counters = _Counters()
 
     def _ready(self) -> TableClient:
         if not self._ensured:
@@ -118,24 +125,50 @@ class TableLedger:
 
     def _claim(self, table: TableClient, record: InputRecord) -> tuple[InputRecord, bool]:
         partition = input_partition(record.task_id)
-        writes: list[_Write] = [("create", input_entity(record), {})]
-        if record.staging:
-            index = staging_index_entity(record)
-            if index["PartitionKey"] == partition:  # always, for a container named by shared/ids.py
-                writes.append(("upsert", index, {}))
-            else:  # a staging name of another shape: its index row first, in a request of its own
-                table.upsert_entity(index)
+        writes = _claim_writes(table, record, datetime.now(UTC))
         for attempt in range(SAVE_ATTEMPTS):
             try:
-                _submit(table, partition, writes, _delta(None, record))
-                _note_recent(table, [record])
-                return replace(record), True
+                etags = self._submit(table, partition, writes, _delta(None, record))
+                return _written(record, etags[0]), True
             except _Conflict:
                 existing = _read_input(table, record.task_id)
                 if existing is not None:
                     return existing, False
                 _backoff(attempt)  # the row went meanwhile, or its counter row changed: claim again
         raise TransientError(f"ledger claim {record.task_id}: rows kept changing; retry later")
+
+    def claim_inputs(self, records: Sequence[InputRecord]) -> list[tuple[InputRecord, bool]]:
+        """claim_input for many rows, in order: one entity group transaction per partition (per CLAIM_GROUP rows of
+        one), each row created with its index rows; a transaction refused (a row exists already) is claimed again
+        one row at a time, which reads the rows that exist."""
+        return self._guarded(f"claim {len(records)} inputs", lambda table: self._claim_many(table, records))
+
+    def _claim_many(self, table: TableClient, records: Sequence[InputRecord]) -> list[tuple[InputRecord, bool]]:
+        now = datetime.now(UTC)
+        results: dict[str, tuple[InputRecord, bool]] = {}
+        groups: dict[str, list[InputRecord]] = defaultdict(list)
+        for record in {record.task_id: record for record in records}.values():
+            groups[input_partition(record.task_id)].append(record)
+        for partition, group in groups.items():
+            for start in range(0, len(group), CLAIM_GROUP):
+                chunk = group[start : start + CLAIM_GROUP]
+                writes: list[_Write] = []
+                firsts: list[int] = []  # where each record's own row is in `writes`
+                deltas: _Deltas = defaultdict(Counter)
+                for record in chunk:
+                    firsts.append(len(writes))
+                    writes.extend(_claim_writes(table, record, now))
+                    for job_id, change in _delta(None, record).items():
+                        deltas[job_id].update(change)
+                try:
+                    etags = self._submit(table, partition, writes, deltas)
+                except _Conflict:
+                    for record in chunk:
+                        results[record.task_id] = self._claim(table, record)
+                    continue
+                for record, index in zip(chunk, firsts, strict=True):
+                    results[record.task_id] = (_written(record, etags[index]), True)
+        return [results[record.task_id] for record in records]
 
     def get_input(self, task_id: str) -> InputRecord | None:
         return self._guarded(f"read {task_id}", lambda table: _read_input(table, task_id))
@@ -153,26 +186,28 @@ class TableLedger:
         it was checked against (If-Match, or create-only), reading again on conflict; a write that moves the
         row into or between final states updates its job's counter row in the same transaction, so the counters
         count each input once however collectors interleave.
+
+        A record read or written by this ledger carries the version it was read or written at: its save writes
+        over that version without reading the row first, and reads only when that version is gone.
         """
         return self._guarded(f"save {record.task_id}", lambda table: self._save(table, record))
 
     def _save(self, table: TableClient, record: InputRecord) -> InputRecord:
         for attempt in range(SAVE_ATTEMPTS):
             write, stored, deltas = _planned_write(table, record)
-            if write is None:
+            if not write:
                 assert stored is not None
                 return stored
             try:
-                _submit(table, input_partition(record.task_id), [write], deltas)
-                if _became_final(record, deltas):
-                    _note_recent(table, [record])
-                return replace(record)
+                etags = self._submit(table, input_partition(record.task_id), write, deltas)
+                return _written(record, etags[0])
             except _Conflict:
+                record.version = None  # that version is gone: read the row next time
                 _backoff(attempt)
         raise TransientError(f"ledger save {record.task_id}: the row kept changing; retry later")
 
     def save_inputs(self, records: Sequence[InputRecord]) -> None:
-        """save_input for many rows: one entity group transaction per partition (per 50 rows of one)."""
+        """save_input for many rows: one entity group transaction per partition (per GROUP_SIZE rows of one)."""
         latest = {record.task_id: record for record in records}  # a row twice in one transaction is refused
         groups: dict[str, list[InputRecord]] = defaultdict(list)
         for record in latest.values():
@@ -188,25 +223,44 @@ class TableLedger:
     def _save_chunk(self, table: TableClient, *, partition: str, chunk: Sequence[InputRecord]) -> None:
         for attempt in range(SAVE_ATTEMPTS):
             writes: list[_Write] = []
+            written: list[tuple[InputRecord, int]] = []  # each record written, and the index of its row's write
             deltas: _Deltas = defaultdict(Counter)
-            finished: list[InputRecord] = []
             for record in chunk:
-                write, _, delta = _planned_write(table, record)
-                if write is not None:
-                    writes.append(write)
+                planned, _, delta = _planned_write(table, record)
+                if planned:
+                    written.append((record, len(writes)))
+                    writes.extend(planned)
                     for job_id, change in delta.items():
                         deltas[job_id].update(change)
-                    if _became_final(record, delta):
-                        finished.append(record)
             if not writes:
                 return
             try:
-                _submit(table, partition, writes, deltas)
-                _note_recent(table, finished)
-                return
+                etags = self._submit(table, partition, writes, deltas)
             except _Conflict:
-                _backoff(attempt)  # nothing of the transaction was written; one of its rows changed after we read it
+                for record in chunk:
+                    record.version = None  # one of the rows changed after we read it: read them all again
+                _backoff(attempt)  # nothing of the transaction was written
+                continue
+            for record, index in written:
+                _written(record, etags[index])
+            return
         raise TransientError(f"ledger save {len(chunk)} inputs: rows kept changing; retry later")
+
+    def _submit(self, table: TableClient, partition: str, writes: list[_Write], deltas: _Deltas) -> list[str]:
+        """Make `writes` (rows of one partition) and their counter changes, all or nothing; the etag each write
+        left, in order. _Conflict if refused. Counter rows are written over the version this ledger last read or
+        wrote (kept per process, read when unknown): a finished input costs no counter read while no other
+        process wrote its counter row since; if one did, the transaction is refused and the row read again."""
+        counted = any(any(change.values()) for change in deltas.values())
+        with self._counters.lock(partition) if counted else nullcontext():
+            counter_writes = self._counters.writes(table, partition, deltas)
+            try:
+                etags = _submit(table, writes + counter_writes)
+            except _Conflict:
+                self._counters.forget(partition, deltas)
+                raise
+            self._counters.written(partition, counter_writes, etags[len(writes) :])
+        return etags[: len(writes)]
 
     def inputs(self, state: InputState | None = None, job_id: str | None = None) -> list[InputRecord]:
         query = INPUT_ROWS
@@ -311,18 +365,24 @@ class TableLedger:
 
     # the recent-inputs index (shared/recent.py)
     def recent(self, limit: int, after: str | None = None) -> tuple[list[RecentEntry], str | None]:
-        """Up to `limit` index rows, newest first, older than the cursor `after`; one range read."""
+        """Up to `limit` index rows, newest first, older than the cursor `after`: one range read per input
+        partition (in parallel), merged."""
+        low = RECENT_PREFIX + after if after else RECENT_PREFIX
+        query = f"RowKey gt '{quote(low)}' and RowKey lt '{RECENT_PREFIX}~'"
 
         def read(table: TableClient) -> tuple[list[RecentEntry], str | None]:
-            query = f"PartitionKey eq '{RECENT}'"
-            if after:
-                query += f" and RowKey gt '{quote(after)}'"
-            found: list[RecentEntry] = []
-            for entity in table.query_entities(query, results_per_page=limit):
-                found.append(recent_entry(entity))
-                if len(found) >= limit:
-                    break
-            return found, (found[-1].key if len(found) >= limit else None)
+            def partition_rows(partition: str) -> list[RecentEntry]:
+                found: list[RecentEntry] = []
+                rows = table.query_entities(f"PartitionKey eq '{partition}' and {query}", results_per_page=limit)
+                for entity in rows:
+                    found.append(recent_entry(entity))
+                    if len(found) >= limit:
+                        break
+                return found
+
+            merged = sorted((entry for rows in _parallel(partition_rows, input_partitions()) for entry in rows),
+                            key=lambda entry: entry.key)[:limit]  # fmt: skip
+            return merged, (merged[-1].key if len(merged) >= limit else None)
 
         return self._guarded("list recent inputs", read)
 
@@ -376,9 +436,42 @@ def _save_schedule(table: TableClient, record: ScheduleRecord) -> ScheduleRecord
 
 def _read_input(table: TableClient, task_id: str) -> InputRecord | None:
     try:
-        return input_record(table.get_entity(input_partition(task_id), task_id))
+        return _versioned(table.get_entity(input_partition(task_id), task_id))
     except ResourceNotFoundError:
         return None
+
+
+def _versioned(entity: Any) -> InputRecord:
+    """The input row an entity holds, carrying the version it was read at."""
+    record = input_record(entity)
+    record.version = _version(record, str(entity.metadata["etag"]))
+    return record
+
+
+def _version(record: InputRecord, etag: str) -> RowVersion:
+    return RowVersion(etag, record.job_id, record.state, FinalKey.of(record))
+
+
+def _written(record: InputRecord, etag: str) -> InputRecord:
+    """`record` now stored at `etag`: the caller's object carries the new version too (its next save writes over
+    it without a read), and a copy is returned as the row as stored."""
+    record.version = _version(record, etag)
+    return replace(record)
+
+
+def _claim_writes(table: TableClient, record: InputRecord, now: datetime) -> list[_Write]:
+    """The rows a claim creates in the input's partition: the row itself (first), its staging index row and its
+    recent-inputs index row."""
+    partition = input_partition(record.task_id)
+    writes: list[_Write] = [("create", input_entity(record), {})]
+    if record.staging:
+        index = staging_index_entity(record)
+        if index["PartitionKey"] == partition:  # always, for a container named by shared/ids.py
+            writes.append(("upsert", index, {}))
+        else:  # a staging name of another shape: its index row first, in a request of its own
+            table.upsert_entity(index)
+    writes.append(("upsert", recent_entity(record, now), {}))
+    return writes
 
 
 def _read_staging(table: TableClient, staging: str) -> InputRecord | None:
@@ -432,9 +525,9 @@ def _read_job(table: TableClient, job_id: str) -> JobRecord | None:
     return None
 
 
-def _delta(before: InputRecord | None, after: InputRecord) -> _Deltas:
-    """How the counters change when the row goes from `before` to `after`."""
-    old = FinalKey.of(before) if before is not None else None
+def _delta(before: RowVersion | None, after: InputRecord) -> _Deltas:
+    """How the counters change when the row goes from the stored version `before` (None: no row) to `after`."""
+    old = before.final if before is not None else None
     new = FinalKey.of(after)
     deltas: _Deltas = defaultdict(Counter)
     if before is not None and old is not None and (before.job_id, old) != (after.job_id, new):
@@ -444,82 +537,102 @@ def _delta(before: InputRecord | None, after: InputRecord) -> _Deltas:
     return deltas
 
 
-def _planned_write(table: TableClient, record: InputRecord) -> tuple[_Write | None, InputRecord | None, _Deltas]:
-    """The one write that saves `record` without moving a final row back, decided against the stored row:
-    (write, None, counter changes), or (None, the stored row, {}) when that row is final and keeps its state."""
-    entity = input_entity(record)
-    try:
-        current = table.get_entity(entity["PartitionKey"], record.task_id)
-    except ResourceNotFoundError:
-        return ("create", entity, {}), None, _delta(None, record)
-    stored = input_record(current)
-    if stored.state in FINAL_STATES and (record.state not in FINAL_STATES or stored.state is InputState.RERUN):
-        return None, stored, {}
-    condition = {"etag": current.metadata["etag"], "match_condition": MatchConditions.IfNotModified}
-    return ("update", entity, {"mode": UpdateMode.REPLACE, **condition}), None, _delta(stored, record)
+def _planned_write(table: TableClient, record: InputRecord) -> tuple[list[_Write], InputRecord | None, _Deltas]:
+    """The writes that save `record` without moving a final row back, decided against the stored row:
+    (the row's write first, then its recent-inputs index row if it becomes final; None; counter changes), or
+    ([], the stored row, {}) when that row is final and keeps its state.
 
-
-def _became_final(record: InputRecord, deltas: _Deltas) -> bool:
-    """Whether a write of `record` with these counter changes moved it into (or between) final states."""
-    return record.state in FINAL_STATES and any(any(change.values()) for change in deltas.values())
-
-
-def _note_recent(table: TableClient, records: Sequence[InputRecord]) -> None:
-    """Add the records' events to the recent-inputs index: one request per 100 records.
-
-    The index is a view for the status page, written after the input's own transaction: if this write fails
-    the input is still recorded (and counted) correctly, so the failure is logged, not raised into a retry.
+    The stored row is the version the record carries when that version was not final (no read), else read.
     """
-    now = datetime.now(UTC)
-    entities = [recent_entity(record, now) for record in records]
-    try:
-        for start in range(0, len(entities), TRANSACTION_SIZE):
-            chunk = entities[start : start + TRANSACTION_SIZE]
-            if len(chunk) == 1:
-                table.upsert_entity(chunk[0])
-            else:
-                table.submit_transaction([("upsert", entity) for entity in chunk])
-    except AzureError as error:
-        logger.warning("recent-inputs index: %d event(s) not written: %s", len(entities), type(error).__name__)
-
-
-def _counter_writes(table: TableClient, partition: str, deltas: _Deltas) -> list[_Write]:
-    """The counter rows of `partition` with `deltas` applied, each written over the version read."""
-    writes: list[_Write] = []
-    for job_id, delta in deltas.items():
-        if not any(delta.values()):
-            continue
+    entity = input_entity(record)
+    version = record.version
+    if version is None or version.state in FINAL_STATES:
         try:
-            current = table.get_entity(partition, counter_key(job_id))
+            current = table.get_entity(entity["PartitionKey"], record.task_id)
         except ResourceNotFoundError:
-            counts: Counter[FinalKey] = Counter()
+            created = _delta(None, record)
+            return [("create", entity, {}), *_recent_write(record, created)], None, created
+        stored = _versioned(current)
+        if stored.state in FINAL_STATES and (record.state not in FINAL_STATES or stored.state is InputState.RERUN):
+            return [], stored, {}
+        version = stored.version
+        assert version is not None
+    condition = {"etag": version.etag, "match_condition": MatchConditions.IfNotModified}
+    deltas = _delta(version, record)
+    return [("update", entity, {"mode": UpdateMode.REPLACE, **condition}), *_recent_write(record, deltas)], None, deltas
+
+
+def _recent_write(record: InputRecord, deltas: _Deltas) -> list[_Write]:
+    """The recent-inputs index row of a write that moves the row into (or between) final states."""
+    final = record.state in FINAL_STATES and any(any(change.values()) for change in deltas.values())
+    return [("upsert", recent_entity(record, datetime.now(UTC)), {})] if final else []
+
+
+class _Counters:
+    """The counter rows this ledger last read or wrote, per partition and job: (counts, etag)."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[str, str], tuple[Counter[FinalKey], str]] = {}
+        self._guard = threading.Lock()
+        self._locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
+
+    def lock(self, partition: str) -> threading.Lock:
+        """Held while a partition's counter rows are written: this process's writers take turns, not conflicts."""
+        with self._guard:
+            return self._locks[partition]
+
+    def writes(self, table: TableClient, partition: str, deltas: _Deltas) -> list[_Write]:
+        """The counter rows of `partition` with `deltas` applied, each written over the version known (or read)."""
+        writes: list[_Write] = []
+        for job_id, delta in deltas.items():
+            if not any(delta.values()):
+                continue
+            with self._guard:
+                known = self._known.get((partition, job_id))
+            if known is None:
+                try:
+                    current = table.get_entity(partition, counter_key(job_id))
+                except ResourceNotFoundError:
+                    counts: Counter[FinalKey] = Counter()
+                    counts.update(delta)
+                    writes.append(("create", counter_entity(partition, job_id, counts), {}))
+                    continue
+                known = decode_counts(current.get("counts")), str(current.metadata["etag"])
+            counts = Counter(known[0])
             counts.update(delta)
-            writes.append(("create", counter_entity(partition, job_id, counts), {}))
-            continue
-        counts = decode_counts(current.get("counts"))
-        counts.update(delta)
-        condition = {"etag": current.metadata["etag"], "match_condition": MatchConditions.IfNotModified}
-        writes.append(("update", counter_entity(partition, job_id, counts), {"mode": UpdateMode.REPLACE, **condition}))
-    return writes
+            options = {"mode": UpdateMode.REPLACE, "etag": known[1], "match_condition": MatchConditions.IfNotModified}
+            writes.append(("update", counter_entity(partition, job_id, counts), options))
+        return writes
+
+    def written(self, partition: str, writes: list[_Write], etags: list[str]) -> None:
+        with self._guard:
+            for (_, entity, _), etag in zip(writes, etags, strict=True):
+                self._known[(partition, str(entity["job_id"]))] = decode_counts(entity["counts"]), etag
+
+    def forget(self, partition: str, deltas: _Deltas) -> None:
+        """A transaction with these counter rows was refused: read them again next time."""
+        with self._guard:
+            for job_id in deltas:
+                self._known.pop((partition, job_id), None)
 
 
-def _submit(table: TableClient, partition: str, writes: list[_Write], deltas: _Deltas) -> None:
-    """Make `writes` (rows of one partition) and their counter changes, all or nothing; _Conflict if refused."""
-    operations = writes + _counter_writes(table, partition, deltas)
+def _submit(table: TableClient, operations: list[_Write]) -> list[str]:
+    """Make `operations` (rows of one partition), all or nothing; the etag each left. _Conflict if refused."""
     if len(operations) == 1:  # one row: a plain request, cheaper than a transaction
         kind, entity, options = operations[0]
         single = {"create": table.create_entity, "update": table.update_entity, "upsert": table.upsert_entity}
         try:
-            single[kind](entity, **options)
+            result = single[kind](entity, **options)
         except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
             raise _Conflict from None
-        return
+        return [str(result.get("etag", ""))]
     try:
-        table.submit_transaction(operations)  # type: ignore[arg-type]
+        results = table.submit_transaction(operations)  # type: ignore[arg-type]
     except TableTransactionError as error:
         if error.status_code not in _CONFLICTS:
             raise
         raise _Conflict from None
+    return [str(result.get("etag", "")) for result in results]
 
 
 def _parallel(read: Callable[[str], _T], keys: list[str]) -> list[_T]:
@@ -574,7 +687,7 @@ def _retire(table: TableClient, record: JobRecord) -> None:
             entity = deleted_total_entity(int(current.get("jobs") or 0) + 1, summed)
             total = ("update", entity, {"mode": UpdateMode.REPLACE, **condition})
         try:
-            _submit(table, DELETED_JOBS, [("create", deleted, {}), total], {})
+            _submit(table, [("create", deleted, {}), total])
             break
         except _Conflict:
             if _exists(table, DELETED_JOBS, record.job_id):

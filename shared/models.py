@@ -66,6 +66,19 @@ class InputRecord:
     # A group's task (shared/groups.py): `name` is the group key, `members` the (name, etag) of each member it ran on.
     group_key: str = ""
     members: tuple[tuple[str, str], ...] = ()
+    # The stored row this record was read or written as (set by the Table ledger, never stored): a later save of
+    # the record writes over that version (If-Match) without reading the row again. Not part of equality.
+    version: RowVersion | None = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class RowVersion:
+    """An input row as stored at one etag: what a write over that version needs to know of it."""
+
+    etag: str
+    job_id: str
+    state: InputState
+    final: FinalKey | None  # what the counters count the stored row under
 
 
 class GroupState(StrEnum):

@@ -122,6 +122,9 @@ class LedgerPort(Protocol):
     def claim_input(self, record: InputRecord) -> tuple[InputRecord, bool]:
         """Create the input's row if absent; return the stored row and whether this call created it."""
 
+    def claim_inputs(self, records: Sequence[InputRecord]) -> list[tuple[InputRecord, bool]]:
+        """claim_input for each record, in order, in bulk (a record twice: the later one is claimed)."""
+
     def get_input(self, task_id: str) -> InputRecord | None: ...
 
     def input_for_staging(self, staging: str) -> InputRecord | None:

@@ -1,13 +1,13 @@
 """The recent-inputs index: one small row per input event, newest first, for the status page's listing.
 
 The input rows are spread over 16 partitions by a hash of the task id, so "the newest inputs" cannot be read
-from them without reading them all. The ledger therefore also writes one row to the `recent` partition when an
-input row is created (claimed, or refused at once) and when it moves into a final state (collected, skipped,
-rejected). Row keys start with the inverted time, so a range read of the partition's first rows is the newest
-events: a page of the listing reads a bounded number of rows whatever the inputs ever processed.
+from them without reading them all. The ledger therefore also writes one index row beside the input's row, in the
+same partition and the same entity group transaction (no request of its own), when an input row is created
+(claimed, or refused at once) and when it moves into a final state (collected, skipped, rejected). Index row keys
+are `~recent~` and the inverted time, so a range read of each partition's first index rows, merged, is the newest
+events: a page of the listing reads a bounded number of rows (16 range reads) whatever the inputs ever processed.
 
-A row is a view, written after the input's own transaction: the input row stays the truth. An older event of
-an input that has a newer one (its claim once it is collected) is dropped by the reader.
+An older event of an input that has a newer one (its claim once it is collected) is dropped by the reader.
 """
 
 from __future__ import annotations
@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from shared.ledger_rows import input_partition
 from shared.models import InputRecord, InputState
 
-RECENT = "recent"
+# Index rows sort after every task id, the staging index and the counter rows of their partition.
+RECENT_PREFIX = "~recent~"
 # Milliseconds since the epoch, inverted and zero-padded so that row keys sort newest first until the year 2286.
 _INVERT_FROM = 10**13
 # shared.ports.FINAL_STATES (no import cycle)
@@ -29,7 +31,7 @@ _FINAL = (InputState.COLLECTED, InputState.SKIPPED, InputState.REJECTED, InputSt
 class RecentEntry:
     """One event of one input in the recent-inputs index."""
 
-    key: str  # the row key: the cursor of the next, older page
+    key: str  # the row key less RECENT_PREFIX: the cursor of the next, older page
     task_id: str
     container: str
     name: str
@@ -49,9 +51,10 @@ def recent_key(record: InputRecord, at: datetime) -> str:
 
 
 def recent_entity(record: InputRecord, at: datetime) -> dict[str, Any]:
+    """The index row, in the input row's own partition."""
     return {
-        "PartitionKey": RECENT,
-        "RowKey": recent_key(record, at),
+        "PartitionKey": input_partition(record.task_id),
+        "RowKey": RECENT_PREFIX + recent_key(record, at),
         "task_id": record.task_id,
         "container": record.container,
         "name": record.name,
@@ -67,7 +70,7 @@ def recent_entity(record: InputRecord, at: datetime) -> dict[str, Any]:
 def recent_entry(entity: Any) -> RecentEntry:
     at = entity.get("at")
     return RecentEntry(
-        key=str(entity["RowKey"]),
+        key=str(entity["RowKey"]).removeprefix(RECENT_PREFIX),
         task_id=str(entity.get("task_id", "")),
         container=str(entity.get("container", "")),
         name=str(entity.get("name", "")),

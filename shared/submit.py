@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import defaultdict
-from collections.abc import Sequence
+from collections import Counter, defaultdict
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -29,6 +29,7 @@ from shared.pipelines import APP_DIR, OUTPUT_DIR, PipelineSpec, RoutingConflict,
 
 logger = logging.getLogger(__name__)
 CLAIM_FRESH = timedelta(minutes=2)
+JOB_CLOCK_MARGIN = timedelta(minutes=1)  # how far the clocks of two instances may disagree
 SWEEP_CHUNK = 100  # Batch's limit of tasks in one add-collection request
 SPEC_THREADS = 8
 # One job creation at a time per process: concurrent first events for a new job make one Batch call.
@@ -106,33 +107,42 @@ def sweep(gw: Gateways) -> SweepReport:
     sweep takes over only what this one had claimed and not yet submitted.
     """
     known = gw.ledger.known_task_ids()
-    listed = skipped = rejected = submitted = 0
-    by_job: dict[str, list[tuple[InputRecord, PipelineSpec]]] = defaultdict(list)
+    counts: Counter[str] = Counter()
+    by_job: dict[str, list[Claimed]] = defaultdict(list)
     open_jobs: set[str] = set()
     container = gw.settings.input_container
+    new: list[BlobRef] = []
+
+    def claim_new() -> None:
+        """Claim the new inputs listed so far (their rows in bulk) and submit each job's full chunks."""
+        for blob, outcome in zip(new, claim_many(gw, new, take_over=True), strict=True):
+            if isinstance(outcome, RejectedInput):
+                gw.ledger.record_rejection(f"{container}/{blob.name}", str(outcome))
+                counts["rejected"] += 1
+            elif isinstance(outcome, SubmitOutcome):
+                counts["skipped"] += outcome.action is SubmitAction.SKIPPED
+                counts["rejected"] += outcome.action is SubmitAction.REJECTED
+            else:
+                record, pipeline = outcome
+                if record.job_id not in open_jobs:  # one ledger read per job per sweep, not one per input
+                    record = _ensure_job(gw, record, pipeline)
+                    open_jobs.add(record.job_id)
+                by_job[record.job_id].append((record, pipeline))
+                if len(by_job[record.job_id]) == SWEEP_CHUNK:
+                    counts["submitted"] += _submit_chunk(gw, record.job_id, by_job.pop(record.job_id))
+        new.clear()
+
     for blob in gw.blobs.list_blobs(container):
-        listed += 1
+        counts["listed"] += 1
         if ids.task_id(container, blob.name, blob.etag) in known:
             continue
-        try:
-            prepared = claim(gw, blob, take_over=True)
-        except RejectedInput as rejection:
-            gw.ledger.record_rejection(f"{container}/{blob.name}", str(rejection))
-            rejected += 1
-            continue
-        if isinstance(prepared, SubmitOutcome):
-            skipped += prepared.action is SubmitAction.SKIPPED
-            rejected += prepared.action is SubmitAction.REJECTED
-            continue
-        record, pipeline = prepared
-        if record.job_id not in open_jobs:  # one ledger read per job per sweep, not one per input
-            record = _ensure_job(gw, record, pipeline)
-            open_jobs.add(record.job_id)
-        by_job[record.job_id].append((record, pipeline))
-        if len(by_job[record.job_id]) == SWEEP_CHUNK:
-            submitted += _submit_chunk(gw, record.job_id, by_job.pop(record.job_id))
+        new.append(blob)
+        if len(new) == SWEEP_CHUNK:
+            claim_new()
+    claim_new()
     for job_id, entries in by_job.items():
-        submitted += _submit_chunk(gw, job_id, entries)
+        counts["submitted"] += _submit_chunk(gw, job_id, entries)
+    listed, submitted, skipped, rejected = (counts[key] for key in ("listed", "submitted", "skipped", "rejected"))
     expired = groups.expire_groups(gw)  # the sweep decides group timeouts (and submits a group whose submitter died)
     logger.info("sweep listed %d, submitted %d, skipped %d, rejected %d", listed, submitted, skipped, rejected)
     return SweepReport(listed, submitted, skipped, rejected, len(expired.failed))
@@ -181,6 +191,41 @@ def claim(gw: Gateways, blob: BlobRef, take_over: bool = False) -> tuple[InputRe
 
     `take_over` (the sweep) also finishes inputs that another submitter claimed but has not confirmed.
     """
+    outcome = claim_many(gw, [blob], take_over)[0]
+    if isinstance(outcome, RejectedInput):
+        raise outcome
+    return outcome
+
+
+Claimed = tuple[InputRecord, PipelineSpec]
+
+
+def claim_many(
+    gw: Gateways, blobs: Sequence[BlobRef], take_over: bool = False
+) -> list[Claimed | SubmitOutcome | RejectedInput]:
+    """claim() for many inputs, in order: their ledger rows claimed in bulk (one request per partition for those
+    of one partition), a grouped pipeline's members one at a time (a member its group refuses: the refusal, for
+    the caller to record)."""
+    prepared = [_prepare(gw, blob) for blob in blobs]
+    rows = [entry[0] for entry in prepared if isinstance(entry, tuple)]
+    stored = iter(gw.ledger.claim_inputs(rows) if len(rows) > 1 else [gw.ledger.claim_input(row) for row in rows])
+    return [_decide(gw, entry, *next(stored), take_over) if isinstance(entry, tuple) else _member(gw, entry)
+            for entry in prepared]  # fmt: skip
+
+
+def _member(gw: Gateways, add: Callable[[Gateways], SubmitOutcome]) -> SubmitOutcome | RejectedInput:
+    try:
+        return add(gw)
+    except RejectedInput as rejection:
+        return rejection
+
+
+_Prepared = tuple[InputRecord, PipelineSpec | None, BlobRef] | Callable[[Gateways], SubmitOutcome]
+
+
+def _prepare(gw: Gateways, blob: BlobRef) -> _Prepared:
+    """The row to claim for `blob` (with its pipeline; None when it is refused or skipped), or, for a grouped
+    pipeline's member, the step that records it in its group."""
     task_id = ids.task_id(blob.container, blob.name, blob.etag)
     base = InputRecord(task_id, blob.container, blob.name, ids.normalise_etag(blob.etag), "", "", InputState.CLAIMED)
     reason = ids.check_blob_name(blob.name)
@@ -191,25 +236,36 @@ def claim(gw: Gateways, blob: BlobRef, take_over: bool = False) -> tuple[InputRe
         except RoutingConflict as conflict:
             reason = str(conflict)
     if reason is not None:
-        stored, created = gw.ledger.claim_input(replace(base, state=InputState.REJECTED, reason=reason))
-        if created:
-            gw.ledger.record_rejection(f"{blob.container}/{blob.name}", reason)
-            logger.warning("rejected %r: %s", blob.name, reason, extra={"task_id": task_id})
-        return SubmitOutcome(blob.name, SubmitAction.REJECTED, task_id, reason=reason)
+        return replace(base, state=InputState.REJECTED, reason=reason), None, blob
     if pipeline is None:
-        why = "no pipeline matches this name"
-        gw.ledger.claim_input(replace(base, state=InputState.SKIPPED, reason=why))
-        return SubmitOutcome(blob.name, SubmitAction.SKIPPED, task_id, reason=why)
-    if pipeline.group is not None:
-        return groups.add_member(gw, blob, pipeline, base)
-    window = gw.settings.job_window_minutes
-    job_id = ids.job_id(pipeline.name, blob.created_on, window)
+        return replace(base, state=InputState.SKIPPED, reason="no pipeline matches this name"), None, blob
+    group = pipeline
+    if group.group is not None:
+        return lambda gw: groups.add_member(gw, blob, group, base)
+    job_id = ids.job_id(pipeline.name, blob.created_on, gw.settings.job_window_minutes)
     # The staging container goes on the row (and the ledger's index of them): completion events name only it.
     staging = ids.staging_container(gw.settings.staging_prefix, task_id)
     # A scheduled pipeline's input is claimed as waiting: its schedule's firing moves it to claimed and submits it.
     state = InputState.CLAIMED if pipeline.schedule is None else InputState.WAITING
-    claimed = replace(base, pipeline=pipeline.name, job_id=job_id, staging=staging, state=state)
-    stored, created = gw.ledger.claim_input(claimed)
+    return replace(base, pipeline=pipeline.name, job_id=job_id, staging=staging, state=state), pipeline, blob
+
+
+def _decide(
+    gw: Gateways,
+    prepared: tuple[InputRecord, PipelineSpec | None, BlobRef],
+    stored: InputRecord,
+    created: bool,
+    take_over: bool,
+) -> Claimed | SubmitOutcome:
+    """What a claim came to: the row to submit, or the outcome when there is nothing to submit."""
+    record, pipeline, blob = prepared
+    if record.state is InputState.REJECTED:
+        if created:
+            gw.ledger.record_rejection(f"{blob.container}/{blob.name}", record.reason)
+            logger.warning("rejected %r: %s", blob.name, record.reason, extra={"task_id": record.task_id})
+        return SubmitOutcome(blob.name, SubmitAction.REJECTED, record.task_id, reason=record.reason)
+    if pipeline is None:
+        return SubmitOutcome(blob.name, SubmitAction.SKIPPED, record.task_id, reason=record.reason)
     if stored.state is InputState.WAITING:
         return SubmitOutcome(blob.name, SubmitAction.WAITING, stored.task_id, stored.job_id)
     if not created and stored.state is not InputState.CLAIMED:
@@ -225,7 +281,15 @@ def _claim_is_fresh(gw: Gateways, record: InputRecord) -> bool:
 
 
 def _ensure_job(gw: Gateways, record: InputRecord, pipeline: PipelineSpec) -> InputRecord:
-    """Make sure the record's job exists in Batch and the ledger; late inputs move to an open job."""
+    """Make sure the record's job exists in Batch and the ledger; late inputs move to an open job.
+
+    A job row seen active is kept in the process and not read again while its window plus the close grace, less
+    a margin for clocks that disagree, has not passed: until then no poll closes it or begins its summary
+    (shared/poll.py _close_if_done), so the row could not say otherwise. A job ended in Batch by other means
+    still refuses the task (JobClosed), and the input moves on as before.
+    """
+    if _still_open(gw, gw.known_jobs.get(record.job_id)):
+        return record
     job = gw.ledger.get_job(record.job_id)
     if job is None:
         with _job_creation:
@@ -236,8 +300,18 @@ def _ensure_job(gw: Gateways, record: InputRecord, pipeline: PipelineSpec) -> In
                 window_end = _window_end_of(gw, record.job_id, pipeline)
                 job, _ = gw.ledger.claim_job(JobRecord(record.job_id, pipeline.name, window_end))
     if job.state is JobState.ACTIVE and not job.summary:  # a job whose summary has begun takes no new input
+        if _still_open(gw, job):
+            gw.known_jobs[job.job_id] = job
         return record
     return _move_to_open_job(gw, record, pipeline)
+
+
+def _still_open(gw: Gateways, job: JobRecord | None) -> bool:
+    """Whether no poll can have begun to close `job` (a row read active) by now."""
+    if job is None:
+        return False
+    closing = job.window_end + timedelta(minutes=gw.settings.job_close_grace_minutes) - JOB_CLOCK_MARGIN
+    return gw.clock() < closing
 
 
 def _window_end_of(gw: Gateways, job_id: str, pipeline: PipelineSpec) -> datetime:

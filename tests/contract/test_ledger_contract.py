@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 import pytest
 from azure.data.tables import TableClient
 
+from shared import ids
 from shared.errors import TransientError
 from shared.ledger import TableLedger
 from shared.ledger_rows import input_partition
@@ -207,6 +208,7 @@ def unavailable_fake() -> FakeLedger:
 
 CALLS: dict[str, Callable[[LedgerPort], object]] = {
     "claim_input": lambda store: store.claim_input(row(InputState.CLAIMED)),
+    "claim_inputs": lambda store: store.claim_inputs([row(InputState.CLAIMED), row(InputState.CLAIMED, "t-2")]),
     "get_input": lambda store: store.get_input("t-1"),
     "save_input": lambda store: store.save_input(row(InputState.COLLECTED, outcome="succeeded")),
     "save_inputs": lambda store: store.save_inputs([row(InputState.SUBMITTED)]),
@@ -368,3 +370,32 @@ def test_group_member_and_group_task_rows_keep_their_fields(ledger: LedgerPort) 
     stored = ledger.get_input("t-g")
     assert stored is not None and (stored.group_key, stored.members) == ("pairs/k", (("pairs/k_R1.txt", "0x1"),))
     assert ledger.counts().by_job[""] == Counter({FinalKey(InputState.GROUPED, "report"): 1})
+
+
+def test_claim_inputs_claims_in_bulk_in_order_and_tells_which_rows_it_created(ledger: LedgerPort) -> None:
+    ledger.claim_input(row(InputState.SUBMITTED, "t-2", job_id="job-0"))  # claimed before: its partition's
+    staging = ids.staging_container("st", "t-3")  # transaction is refused and claimed again one row at a time
+    records = [
+        row(InputState.CLAIMED, "t-1"),
+        row(InputState.CLAIMED, "t-2"),
+        row(InputState.REJECTED, "r-1", job_id="", reason="bad name"),
+        row(InputState.CLAIMED, "t-3", staging=staging),
+        *(row(InputState.CLAIMED, f"t-{index}") for index in range(10, 70)),  # several rows per partition
+    ]
+
+    results = ledger.claim_inputs(records)
+
+    assert [created for _, created in results] == [True, False, True, True] + [True] * 60
+    assert [stored.task_id for stored, _ in results] == [record.task_id for record in records]
+    assert (results[1][0].state, results[1][0].job_id) == (InputState.SUBMITTED, "job-0")  # as stored
+    assert results[0][0] == records[0]
+    found = ledger.input_for_staging(staging)
+    assert found is not None and found.task_id == "t-3"
+    assert {record.task_id: record.state for record in ledger.inputs()} == {
+        record.task_id: InputState.SUBMITTED if record.task_id == "t-2" else record.state for record in records
+    }
+    assert ledger.counts().by_job[""] == Counter({FinalKey(InputState.REJECTED, "report"): 1})
+    events, _ = ledger.recent(100)
+    assert sorted(entry.task_id for entry in events) == sorted(record.task_id for record in records)  # t-2: once
+    [(again, created)] = ledger.claim_inputs([row(InputState.CLAIMED, "t-1", job_id="job-9")])
+    assert not created and replace(again, updated_at=None) == records[0]

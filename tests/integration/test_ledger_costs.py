@@ -18,9 +18,11 @@ from azure.core.pipeline.policies import SansIOHTTPPolicy
 from azure.data.tables import TableClient
 
 from local.stack import Azurite
+from shared import ids
 from shared.gateways import Gateways
 from shared.ledger import TableLedger
-from shared.models import InputRecord, InputState, JobRecord, JobState
+from shared.ledger_rows import input_partition
+from shared.models import FinalKey, InputRecord, InputState, JobRecord, JobState
 from shared.pipelines import PipelineSet
 from shared.poll import poll
 from shared.status import status
@@ -176,3 +178,79 @@ def test_a_deleted_job_leaves_the_poll_and_the_status_reads(ledgers: Any) -> Non
 # The live jobs (1), the counter rows of the 16 input partitions (16), the deleted jobs' sum (1), rejections (1),
 # the groups' rows (1: one range read of partition `group`, shared/status.py `groups`).
 EXPECTED_STATUS_REQUESTS = 20
+
+
+def same_partition(count: int, partition: str = "input-0") -> list[str]:
+    """`count` task ids whose rows share one input partition (and so one counter row per job)."""
+    found = (f"t-{index}" for index in range(10_000))
+    return [task_id for task_id in found if input_partition(task_id) == partition][:count]
+
+
+def claimed(task_id: str) -> InputRecord:
+    staging = ids.staging_container("st", task_id)
+    return InputRecord(task_id, "input", f"{task_id}.txt", "0x1", "report", JOB, InputState.CLAIMED, staging=staging)
+
+
+JOB = "report-20261127T0900Z-w60"
+
+
+def test_an_inputs_ledger_writes_are_one_request_each_with_no_read_before_them(ledgers: Any) -> None:
+    ledger = ledgers("writes")
+    table = ledger.gw.ledger
+    table.jobs()  # the table exists: its creation is not the input's
+    first, second = same_partition(2)
+    for task_id in (first, second):  # the first input of a job in a partition reads its counter row once
+        ledger.counted.reset()
+        record, created = table.claim_input(claimed(task_id))  # its row, staging index and recent rows
+        assert created and ledger.counted.requests == 1
+        record.state = InputState.SUBMITTED
+        table.save_input(record)  # over the version the claim left: no read
+        assert ledger.counted.requests == 2
+        read = table.get_input(task_id)  # what collect reads
+        assert read is not None and read.state is InputState.SUBMITTED and ledger.counted.requests == 3
+        read.state, read.outcome = InputState.COLLECTED, "succeeded"
+        table.save_input(read)  # the row, its recent row and the job's counter row in one transaction
+        assert ledger.counted.requests == (5 if task_id == first else 4)  # the counter row: read once, then known
+
+    assert table.counts().by_job[JOB][FinalKey(InputState.COLLECTED, "report", "succeeded")] == 2
+    events, _ = table.recent(10)
+    assert [(entry.task_id, entry.state) for entry in events] == [
+        (second, "collected"), (second, "claimed"), (first, "collected"), (first, "claimed"),
+    ]  # fmt: skip
+
+
+def test_processes_that_finish_inputs_of_one_job_in_turn_keep_its_counts_exact(ledgers: Any, azurite: Azurite) -> None:
+    ledger = ledgers("turns")
+    mine = ledger.gw.ledger
+    theirs = TableLedger(TableClient.from_connection_string(azurite.connection_string, mine._table.table_name))  # type: ignore[attr-defined]
+    task_ids = same_partition(6)
+    for task_id in task_ids:
+        mine.claim_input(claimed(task_id))
+    for index, task_id in enumerate(task_ids):  # each process's known counter row is stale every other time
+        process = (mine, theirs)[index % 2]
+        record = process.get_input(task_id)
+        assert record is not None
+        record.state, record.outcome = InputState.COLLECTED, "succeeded"
+        process.save_input(record)
+
+    assert mine.counts().by_job[JOB] == theirs.counts().by_job[JOB] == {
+        FinalKey(InputState.COLLECTED, "report", "succeeded"): 6
+    }
+
+
+def test_a_bulk_claim_is_one_request_per_partition(ledgers: Any) -> None:
+    ledger = ledgers("bulk")
+    table = ledger.gw.ledger
+    table.jobs()  # the table exists: its creation is not the claim's
+    records = [claimed(f"t-{index}") for index in range(60)]
+    ledger.counted.reset()
+
+    results = table.claim_inputs(records)
+
+    assert all(created for _, created in results)
+    partitions = {input_partition(record.task_id) for record in records}
+    assert len(partitions) == 16 and ledger.counted.requests == len(partitions)
+    records[0].state = InputState.SUBMITTED
+    ledger.counted.reset()
+    table.save_inputs([record for record, _ in results])  # over the versions the claim left: no reads
+    assert ledger.counted.requests == len(partitions)

@@ -21,6 +21,7 @@ from local.stack import Azurite
 from shared import ids
 from shared.gateways import Gateways
 from shared.ledger import TableLedger
+from shared.ledger_rows import input_partitions
 from shared.models import InputRecord, InputState
 from shared.pipelines import PipelineSet
 from shared.status_page import RecentQuery, recent_inputs
@@ -32,9 +33,9 @@ pytestmark = pytest.mark.integration
 
 PAGE = 20
 PENDING = 3
-# One range read of the index; one point read per pending input on the page (are they final by now?);
-# one manifest read per collected input on the page.
-EXPECTED_REQUESTS = 1 + PENDING + (PAGE - PENDING)
+# One range read of the index per input partition (its rows live beside the inputs'); one point read per pending
+# input on the page (are they final by now?); one manifest read per collected input on the page.
+EXPECTED_REQUESTS = len(input_partitions()) + PENDING + (PAGE - PENDING)
 
 
 @dataclass

@@ -448,6 +448,12 @@ class FakeLedger:
         self.recent_rows.append(recent_entry_of(record, self._recent_at()))
         return replace(record), True
 
+    def claim_inputs(self, records: Sequence[InputRecord]) -> list[tuple[InputRecord, bool]]:
+        self._check()
+        self.transactions += 1
+        claimed = {record.task_id: self.claim_input(record) for record in {r.task_id: r for r in records}.values()}
+        return [claimed[record.task_id] for record in records]
+
     def _recent_at(self) -> datetime:
         # Milliseconds that always advance (the index's resolution), so "newest first" is exact in unit tests.
         self._recent_ms = max(self._recent_ms + 1, int(datetime.now(UTC).timestamp() * 1000))
