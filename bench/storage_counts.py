@@ -3,7 +3,8 @@
 A `raw_response_hook` on each of the app's storage clients (blob, queue, table) sees every request sent, retries
 included. The phase is the use case the calling thread runs (`phase()`), refined by what the request names: a
 staging container during ingest is `staging`, a user delegation key `sas`, a `_manifest.json` during collect
-`manifest`. The operation is the service, the HTTP method and what the query names (`comp=`, `restype=`, a table
+`manifest`, a queue message from a thread no use case marked (the poll sends completions from a pool of its own)
+`poll`. The operation is the service, the HTTP method and what the query names (`comp=`, `restype=`, a table
 batch), e.g. `blob PUT comp=blocklist`, `table POST $batch`.
 """
 
@@ -83,6 +84,8 @@ class StorageRequests:
             use_case = getattr(self._local, "phase", None) or "ingest"
             if query.get("comp") == ["userdelegationkey"]:
                 phase = "sas"
+            elif use_case == "ingest" and service == "queue":
+                phase = "poll"  # a completion message the poll sends from a thread of its own (AzureQueue.send)
             elif use_case == "ingest":
                 phase = "staging" if f"/{self.staging_prefix}-" in path else "claim"
             elif use_case == "collect":
