@@ -475,6 +475,8 @@ def app_settings(azurite: Azurite, emulator: Emulator, overrides: Mapping[str, s
         "BATCHDROP_POLL_SCHEDULE": "*/2 * * * * *",
         "BATCHDROP_SCHEDULES_SCHEDULE": "*/5 * * * * *",
     }
+    if eventgrid is not None:  # it delivers the tasks' completion events to task_finished: the poll is the net
+        settings["BATCHDROP_COMPLETION_EVENTS"] = "true"
     settings.update(overrides or {})
     return settings
 

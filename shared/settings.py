@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     completion_checks_queue: str = Field("completion-checks", alias="BATCHDROP_COMPLETION_CHECKS_QUEUE")
     completion_rechecks: int = Field(6, alias="BATCHDROP_COMPLETION_RECHECKS", ge=0, le=50)
     completion_recheck_seconds: int = Field(2, alias="BATCHDROP_COMPLETION_RECHECK_SECONDS", ge=0, le=3600)
+    # Whether completion events reach task_finished (the deployment subscribes it to the staging containers' stderr
+    # logs): then the poll, the safety net, enqueues only completions whose input is not collected yet (one point
+    # read each) instead of a second message for every task.
+    completion_events: bool = Field(False, alias="BATCHDROP_COMPLETION_EVENTS")
     # A queue message can be hidden for at most 7 days.
     completion_recheck_max_seconds: int = Field(
         60, alias="BATCHDROP_COMPLETION_RECHECK_MAX_SECONDS", ge=0, le=7 * 24 * 3600

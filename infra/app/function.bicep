@@ -157,6 +157,8 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     BATCHDROP_APPS_CONTAINER: appsContainer
     BATCHDROP_RESULTS_CONTAINER: resultsContainer
     BATCHDROP_STAGING_PREFIX: stagingPrefix
+    // The postdeploy hook subscribes task_finished to the staging containers' stderr logs: the poll is the net.
+    BATCHDROP_COMPLETION_EVENTS: 'true'
     // What the pipelines file's pools leave out (shared/pools.py PoolDefaults): main.bicep's pool parameters.
     BATCHDROP_POOL_VM_SIZE: poolVmSize
     BATCHDROP_POOL_MAX_NODES: string(poolMaxNodes)
