@@ -319,6 +319,7 @@ def _report(config: ScenarioConfig, total: int, poll_requests: int, duplicates: 
         "seconds_to_all_manifests": round(manifests_done, 2),
         "output_bytes_through_functions": output_bytes,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "cpu_seconds_app": round(sum(resource.getrusage(resource.RUSAGE_SELF)[:2]), 1),  # user + system
         "redeliveries_after_transient_errors": _retries["count"],
     }
 

@@ -268,7 +268,7 @@ class TableLedger:
             query += f" and state eq '{quote(state.value)}'"
         if job_id is not None:
             query += f" and job_id eq '{quote(job_id)}'"
-        return self._guarded("list inputs", lambda table: [input_record(e) for e in table.query_entities(query)])
+        return self._guarded("list inputs", lambda table: [_versioned(e) for e in table.query_entities(query)])
 
     def known_task_ids(self) -> set[str]:
         def read(table: TableClient) -> set[str]:
@@ -449,7 +449,7 @@ def _versioned(entity: Any) -> InputRecord:
 
 
 def _version(record: InputRecord, etag: str) -> RowVersion:
-    return RowVersion(etag, record.job_id, record.state, FinalKey.of(record))
+    return RowVersion(record.task_id, etag, record.job_id, record.state, FinalKey.of(record))
 
 
 def _written(record: InputRecord, etag: str) -> InputRecord:
@@ -546,7 +546,7 @@ def _planned_write(table: TableClient, record: InputRecord) -> tuple[list[_Write
     """
     entity = input_entity(record)
     version = record.version
-    if version is None or version.state in FINAL_STATES:
+    if version is None or version.task_id != record.task_id or version.state in FINAL_STATES:
         try:
             current = table.get_entity(entity["PartitionKey"], record.task_id)
         except ResourceNotFoundError:

@@ -75,6 +75,7 @@ class InputRecord:
 class RowVersion:
     """An input row as stored at one etag: what a write over that version needs to know of it."""
 
+    task_id: str  # the row's own key: a record made from another row's (a re-run's) does not write over it
     etag: str
     job_id: str
     state: InputState

@@ -399,3 +399,14 @@ def test_claim_inputs_claims_in_bulk_in_order_and_tells_which_rows_it_created(le
     assert sorted(entry.task_id for entry in events) == sorted(record.task_id for record in records)  # t-2: once
     [(again, created)] = ledger.claim_inputs([row(InputState.CLAIMED, "t-1", job_id="job-9")])
     assert not created and replace(again, updated_at=None) == records[0]
+
+
+def test_a_record_made_from_another_rows_read_is_saved_as_a_row_of_its_own(ledger: LedgerPort) -> None:
+    ledger.claim_input(row(InputState.SUBMITTED))
+    read = ledger.get_input("t-1")
+    assert read is not None
+    ledger.save_input(replace(read, task_id="t-2", state=InputState.COLLECTED, outcome="failed"))  # a re-run's row
+    first, second = ledger.get_input("t-1"), ledger.get_input("t-2")
+    assert first is not None and first.state is InputState.SUBMITTED
+    assert second is not None and (second.state, second.outcome) == (InputState.COLLECTED, "failed")
+    assert ledger.counts().by_job["job-1"] == Counter({collected("failed"): 1})
