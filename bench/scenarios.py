@@ -25,9 +25,11 @@ from bench.storage_counts import StorageRequests, counting_gateways
 from local.stack import Emulator
 from shared.batch import AzureBatch
 from shared.collect import collect
+from shared.collect_batch import collect_message
 from shared.errors import TransientError
 from shared.gateways import Gateways
-from shared.messages import decode_completion
+from shared.messages import decode_completions
+from shared.models import CompletionEvent
 from shared.pipelines import PoolSpec
 from shared.poll import poll
 from shared.settings import load_settings
@@ -152,7 +154,8 @@ def _gateways(config: ScenarioConfig, names: dict[str, str], workdir: Path, coun
 
 
 def _drain(gw: Gateways, queue: QueueClient, pool: ThreadPoolExecutor) -> int:
-    """Collect every message now on the queue, WORKERS at a time, as the queue trigger would."""
+    """Collect every message now on the queue, WORKERS at a time, as the queue trigger would (shared/triggers/
+    collector.py: a lone completion, or the poll's many collected each on its own); the completions collected."""
     handled = 0
     while True:
         messages = _redelivered(
@@ -161,15 +164,22 @@ def _drain(gw: Gateways, queue: QueueClient, pool: ThreadPoolExecutor) -> int:
         if not messages:
             return handled
 
-        def handle(message: Any) -> None:
-            _redelivered(lambda: collect(gw, decode_completion(message.content)))
+        def handle(message: Any) -> int:
+            completions = decode_completions(message.content)
+            if len(completions) == 1:
+                [only] = completions
+                assert isinstance(only, CompletionEvent), only
+                _redelivered(lambda: collect(gw, only))
+                collected = 1
+            else:  # those that fail are sent again one to a message: a later drain collects them
+                collected = len(_redelivered(lambda: collect_message(gw, message.id, completions)).collected)
             try:
                 _redelivered(lambda: queue.delete_message(message))
             except ResourceNotFoundError:
                 pass  # its visibility ran out (or a retried delete had landed): delivered again, collect is idempotent
+            return collected
 
-        list(pool.map(handle, messages))
-        handled += len(messages)
+        handled += sum(pool.map(handle, messages))
 
 
 def _manifests(service: BlobServiceClient, container: str) -> int:
@@ -290,7 +300,7 @@ def _run_batchdrop(
     report = _report(config, total, poll_requests, _duplicates(config, gw, names), tasks_done, manifests_done,
                      gw.blobs.bytes_read)  # type: ignore[attr-defined]  # fmt: skip
     _stopped(report, finished, manifests)  # type: ignore[arg-type]
-    report["completion_messages"] = published  # > files when a poll re-emitted within its overlap
+    report["completion_messages"] = published  # completions collected: > files when a poll re-emitted one
     report.update(storage)
     # Collect leaves staging to the job's end (the poll clears it after termination, past this run's window).
     report["staging_containers_left_for_job_end"] = sum(

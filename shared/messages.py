@@ -1,16 +1,70 @@
-"""The queue messages: one JSON object per finished task (completions), per delayed re-check (completion checks)."""
+"""The queue messages: finished tasks (completions: one, or many in one message), delayed re-checks (checks)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
 from shared.errors import RejectedInput
 from shared.models import CompletionCheck, CompletionEvent, TaskResult
 
+# A message holds at most this many completions and this many bytes (a queue message's limit is 64 KiB).
+COMPLETIONS_PER_MESSAGE = 32
+MESSAGE_BYTES = 48 * 1024
+
 
 def encode_completion(event: CompletionEvent) -> str:
+    return json.dumps(_completion_document(event))
+
+
+def encode_completions(events: Sequence[CompletionEvent]) -> list[str]:
+    """The message bodies that carry `events`: a lone completion as its own object (what task_finished sends),
+    several as `{"completions": [...]}` of at most COMPLETIONS_PER_MESSAGE and MESSAGE_BYTES each."""
+    bodies: list[str] = []
+    batch: list[dict[str, Any]] = []
+    size = 0
+    for event in events:
+        document = _completion_document(event)
+        length = len(json.dumps(document)) + 2
+        if batch and (len(batch) == COMPLETIONS_PER_MESSAGE or size + length > MESSAGE_BYTES):
+            bodies.append(_batch_body(batch))
+            batch, size = [], 0
+        batch.append(document)
+        size += length
+    if batch:
+        bodies.append(_batch_body(batch))
+    return bodies
+
+
+def _batch_body(batch: list[dict[str, Any]]) -> str:
+    return json.dumps(batch[0] if len(batch) == 1 else {"completions": batch})
+
+
+def decode_completions(body: str) -> list[CompletionEvent | RejectedInput]:
+    """The completions a message carries, each decoded or the reason it is not (a malformed one does not keep the
+    others of its message from being collected); RejectedInput when the body itself is not a message."""
+    try:
+        document = json.loads(body)
+    except json.JSONDecodeError as error:
+        raise RejectedInput(f"completion message is not JSON: {error}") from None
+    if isinstance(document, dict) and "completions" in document:
+        batch = document["completions"]
+        if not isinstance(batch, list) or not batch:
+            raise RejectedInput("completion message field completions must be a non-empty list")
+        return [_decoded(item) for item in batch]
+    return [_completion(document)]
+
+
+def _decoded(document: object) -> CompletionEvent | RejectedInput:
+    try:
+        return _completion(document)
+    except RejectedInput as rejection:
+        return rejection
+
+
+def _completion_document(event: CompletionEvent) -> dict[str, Any]:
     document: dict[str, Any] = {"job_id": event.job_id, "task_id": event.task_id}
     if event.task is not None:
         task = event.task
@@ -23,15 +77,19 @@ def encode_completion(event: CompletionEvent) -> str:
             "finished_at": task.finished_at.isoformat() if task.finished_at else None,
             "retries": task.retries,
         }
-    return json.dumps(document)
+    return document
 
 
 def decode_completion(body: str) -> CompletionEvent:
-    """A completions-queue message body, or RejectedInput naming what is wrong with it."""
+    """A completions-queue message body of one completion, or RejectedInput naming what is wrong with it."""
     try:
         document = json.loads(body)
     except json.JSONDecodeError as error:
         raise RejectedInput(f"completion message is not JSON: {error}") from None
+    return _completion(document)
+
+
+def _completion(document: object) -> CompletionEvent:
     if not isinstance(document, dict):
         raise RejectedInput("completion message must be a JSON object with job_id and task_id")
     job_id, task_id = document.get("job_id"), document.get("task_id")

@@ -110,7 +110,9 @@ class BlobPort(Protocol):
 
 
 class QueuePort(Protocol):
-    def send(self, events: Iterable[CompletionEvent]) -> None: ...
+    def send(self, events: Iterable[CompletionEvent], separately: bool = False) -> None:
+        """Put the completions on the completions queue: several to a message (messages.encode_completions), or
+        with `separately` one message each (so that one that keeps failing goes to the poison queue alone)."""
 
     def schedule_check(self, check: CompletionCheck, delay_seconds: int) -> None:
         """Put `check` on the completion-checks queue, invisible for `delay_seconds`."""

@@ -30,7 +30,7 @@ from azure.storage.blob import (
 from azure.storage.queue import QueueClient, QueueServiceClient
 
 from shared.errors import ConfigError, PermanentError, TransientError
-from shared.messages import encode_check, encode_completion
+from shared.messages import encode_check, encode_completion, encode_completions
 from shared.models import BlobRef, CompletionCheck, CompletionEvent
 
 logger = logging.getLogger(__name__)
@@ -276,24 +276,26 @@ class AzureQueue:
                 pass
         self._ensured = True
 
-    def send(self, events: Iterable[CompletionEvent]) -> None:
-        """Enqueue every event; returns only when all are stored (a poll moves its watermark after this)."""
+    def send(self, events: Iterable[CompletionEvent], separately: bool = False) -> None:
+        """Enqueue every event, several to a message unless `separately`; returns only when all are stored (a poll
+        moves its watermark after this)."""
         self.ensure()
-
-        def put(event: CompletionEvent) -> None:
-            try:
-                self._queue.send_message(encode_completion(event))
-            except AzureError as error:
-                raise TransientError(f"enqueue completion of {event.task_id}: {type(error).__name__}") from None
-
         pending = list(events)
-        if len(pending) <= 1:
-            for event in pending:
-                put(event)
+        bodies = [encode_completion(event) for event in pending] if separately else encode_completions(pending)
+
+        def put(body: str) -> None:
+            try:
+                self._queue.send_message(body)
+            except AzureError as error:
+                raise TransientError(f"enqueue {len(pending)} completion(s): {type(error).__name__}") from None
+
+        if len(bodies) <= 1:
+            for body in bodies:
+                put(body)
             return
-        # A poll after a busy spell can have thousands of completions: send them several at a time.
+        # A poll after a busy spell can have thousands of completions: send their messages several at a time.
         with ThreadPoolExecutor(SEND_THREADS) as pool:
-            for _ in pool.map(put, pending):
+            for _ in pool.map(put, bodies):
                 pass
 
     def schedule_check(self, check: CompletionCheck, delay_seconds: int) -> None:

@@ -13,7 +13,7 @@ from azure.storage.queue import QueueClient, QueueServiceClient
 
 from local.stack import Azurite
 from shared.errors import PermanentError
-from shared.messages import decode_check
+from shared.messages import decode_check, decode_completions
 from shared.models import CompletionCheck, CompletionEvent
 from shared.ports import BlobPort, QueuePort
 from shared.storage import AzureBlobs, AzureQueue
@@ -113,8 +113,8 @@ def queue(request: pytest.FixtureRequest) -> Queue:
     service = QueueServiceClient.from_connection_string(azurite.connection_string)
     client = QueueClient.from_connection_string(azurite.connection_string, name)
 
-    def count() -> int:
-        return len(client.peek_messages(max_messages=32))
+    def count() -> int:  # completions, whether one or many to a message
+        return sum(len(decode_completions(message.content)) for message in client.peek_messages(max_messages=32))
 
     return Queue(AzureQueue.from_service(service, name), count)
 
@@ -124,6 +124,8 @@ def test_a_queue_that_was_never_created_has_no_poison_and_takes_messages(queue: 
     queue.port.send([])
     queue.port.send(CompletionEvent("job", f"task-{n}") for n in range(3))
     assert queue.count() == 3
+    queue.port.send([CompletionEvent("job", "task-a"), CompletionEvent("job", "task-b")], separately=True)
+    assert queue.count() == 5
 
 
 @dataclass

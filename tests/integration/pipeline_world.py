@@ -57,11 +57,14 @@ class PipelineWorld:
         collected = 0
         poll(self.gw)
         for message in queue.receive_messages(messages_per_page=32, visibility_timeout=30):
-            from shared.messages import decode_completion
+            from shared.messages import decode_completions  # the poll's: many completions to a message
+            from shared.models import CompletionEvent
 
-            collect(self.gw, decode_completion(message.content))
+            for event in decode_completions(message.content):
+                assert isinstance(event, CompletionEvent), event
+                collect(self.gw, event)
+                collected += 1
             queue.delete_message(message)
-            collected += 1
         return collected
 
     @property

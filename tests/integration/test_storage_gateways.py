@@ -14,6 +14,7 @@ from azure.storage.queue import QueueServiceClient
 
 from local.stack import Azurite
 from shared.ledger import TableLedger
+from shared.messages import COMPLETIONS_PER_MESSAGE, decode_completions, encode_completion
 from shared.models import CompletionEvent, InputRecord, InputState, JobRecord
 from shared.storage import AzureBlobs, AzureQueue
 
@@ -117,6 +118,24 @@ def test_queue_sends_json_and_counts_poison(azurite: Azurite, namespace: str) ->
     assert message is not None and message.content == '{"job_id": "job-1", "task_id": "t-1"}'
     service.get_queue_client(f"c{namespace}-poison").send_message("x")
     assert queue.poison_count() == 1
+
+
+def test_completions_go_several_to_a_message_unless_sent_separately(azurite: Azurite, namespace: str) -> None:
+    service = QueueServiceClient.from_connection_string(azurite.connection_string)
+    queue = AzureQueue.from_service(service, f"b{namespace}")
+    client = service.get_queue_client(f"b{namespace}")
+    events = [CompletionEvent("job-1", f"t-{index}") for index in range(COMPLETIONS_PER_MESSAGE + 8)]
+
+    queue.send(events)
+    bodies = [message.content for message in client.receive_messages(max_messages=32)]
+    assert len(bodies) == 2  # 32 + 8
+    carried = sorted((event for body in bodies for event in decode_completions(body)), key=str)
+    assert carried == sorted(events, key=str)
+
+    queue.send(events[:3], separately=True)  # a message's failures, each to its own retries and poison
+    assert sorted(message.content for message in client.receive_messages(max_messages=32)) == sorted(
+        encode_completion(event) for event in events[:3]
+    )
 
 
 def test_a_task_write_url_reaches_only_its_own_staging_container(

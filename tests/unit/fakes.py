@@ -380,9 +380,13 @@ class FakeQueue:
         self.messages: list[CompletionEvent] = []
         self.poison: list[str] = []
         self.checks: list[tuple[CompletionCheck, int]] = []  # (check, delay in seconds), in the order sent
+        self.sent_separately: list[CompletionEvent] = []  # those sent one to a message
 
-    def send(self, events: Iterable[CompletionEvent]) -> None:
-        self.messages.extend(events)
+    def send(self, events: Iterable[CompletionEvent], separately: bool = False) -> None:
+        sent = list(events)
+        self.messages.extend(sent)
+        if separately:
+            self.sent_separately.extend(sent)
 
     def schedule_check(self, check: CompletionCheck, delay_seconds: int) -> None:
         self.checks.append((check, delay_seconds))
