@@ -171,8 +171,10 @@ def _drain(gw: Gateways, queue: QueueClient, pool: ThreadPoolExecutor) -> int:
                 assert isinstance(only, CompletionEvent), only
                 _redelivered(lambda: collect(gw, only))
                 collected = 1
-            else:  # those that fail are sent again one to a message: a later drain collects them
-                collected = len(_redelivered(lambda: collect_message(gw, message.id, completions)).collected)
+            else:  # those that fail are sent again one to a message: a later drain collects them. In this thread:
+                # the WORKERS threads are the collector's concurrency, and their requests are filed under collect.
+                report = _redelivered(lambda: collect_message(gw, message.id, completions, threads=1))
+                collected = len(report.collected)
             try:
                 _redelivered(lambda: queue.delete_message(message))
             except ResourceNotFoundError:

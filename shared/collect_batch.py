@@ -34,9 +34,10 @@ class MessageReport:
 
 
 def collect_message(
-    gw: Gateways, subject: str, completions: Sequence[CompletionEvent | RejectedInput]
+    gw: Gateways, subject: str, completions: Sequence[CompletionEvent | RejectedInput], threads: int = COLLECT_THREADS
 ) -> MessageReport:
-    """Collect every completion of one message (`subject` names the message in what is recorded)."""
+    """Collect every completion of one message (`subject` names the message in what is recorded), `threads` at a
+    time (1: in the calling thread)."""
     report = MessageReport()
     retry: list[CompletionEvent] = []
 
@@ -52,8 +53,11 @@ def collect_message(
                              item.task_id)  # fmt: skip
             return item
 
-    with ThreadPoolExecutor(min(COLLECT_THREADS, len(completions) or 1)) as pool:
-        results = list(pool.map(one, completions))
+    if threads <= 1:
+        results = [one(item) for item in completions]
+    else:
+        with ThreadPoolExecutor(min(threads, len(completions) or 1)) as pool:
+            results = list(pool.map(one, completions))
     for result in results:
         if isinstance(result, CollectOutcome):
             report.collected.append(result)

@@ -122,7 +122,7 @@ def test_batchdrop_reports_storage_requests_per_file_by_phase_and_operation(
         for phase in ("staging", "collect", "manifest"):
             assert figures[f"storage_requests_per_file_{phase}"] >= 1, (system, phase, figures)
         assert figures["storage_requests_per_file_claim"] >= (1 if system == "batchdrop" else 0.01), figures
-        assert figures["storage_requests_per_file_poll"] >= 1, system  # a completion message per input
+        assert figures["storage_requests_per_file_poll"] > 0, system  # completion messages, up to 32 inputs each
         total = round(sum(phases.values()), 3)
         assert abs(figures["storage_requests_per_file"] - total) < 0.01, (system, figures)
         operations = {key: value for key, value in figures.items() if key.startswith("storage_operation_per_file ")}
