@@ -76,7 +76,9 @@ def collect(gw: Gateways, event: CompletionEvent) -> CollectOutcome:
     # Before any copy: an earlier upload's task never copies over the outputs of a newer upload's.
     newer = _newer_group_version(gw, record) if record.group_key else _newer_version(gw, record)
     if newer is not None:
-        return _supersede(gw, record, newer, manifest_name)
+        # Rare, so it may read: a repeat whose manifest went out before the input was replaced keeps its word.
+        published_before = None if read_first else _published_before(gw, record, manifest_name)
+        return published_before or _supersede(gw, record, newer, manifest_name)
     task = event.task if event.task is not None and event.task.completed else None
     task = task or gw.batch.get_task(event.job_id, event.task_id)
     if task is None:

@@ -180,3 +180,22 @@ def test_a_rerun_reads_the_manifest_it_replaces_before_copying_anything(world: W
     assert world.blobs.text("results", "a.txt/_history/1/report.json") == '{"v": 1}'
     assert manifest(world)["task_id"] == again.task_id and manifest(world)["run"] == 2
     assert world.blobs.text("results", "a.txt/report.json") == '{"v": 2}'
+
+
+def test_a_repeat_after_a_crash_keeps_its_word_when_the_input_was_replaced_meanwhile(world: World) -> None:
+    first = submit(world.gw, world.blobs.put("input", "a.txt", b"v1"))
+    run_task(world, first, b'{"v": 1}')
+    crash_before_the_ledger_write(world)
+    with pytest.raises(Crash):
+        collect(world.gw, CompletionEvent(first.job_id, first.task_id))
+    second = submit(world.gw, world.blobs.put("input", "a.txt", b"v2"))
+
+    again = collect(world.gw, CompletionEvent(first.job_id, first.task_id))
+
+    # Its manifest is out: the ledger says what it says until the newer upload's task replaces it.
+    assert again.action == "already-published" and again.status == "succeeded"
+    assert world.ledger.input_rows[first.task_id].outcome == "succeeded"
+    run_task(world, second, b'{"v": 2}')
+    assert collect(world.gw, CompletionEvent(second.job_id, second.task_id)).action == "published"
+    assert manifest(world)["task_id"] == second.task_id
+    assert world.blobs.text("results", "a.txt/report.json") == '{"v": 2}'
