@@ -40,7 +40,8 @@ def crash_before_the_ledger_write(world: World) -> None:
 
 
 def published_logs(caplog: pytest.LogCaptureFixture, name: str) -> int:
-    return sum(1 for r in caplog.records if r.name == "shared.collect" and r.getMessage().startswith(f"published {name}:"))
+    said = [record.getMessage() for record in caplog.records if record.name == "shared.collect"]
+    return sum(1 for message in said if message.startswith(f"published {name}:"))
 
 
 def test_a_first_publication_reads_no_manifest(world: World) -> None:
@@ -95,9 +96,8 @@ def test_a_reuploaded_inputs_new_task_replaces_the_old_manifest_reading_it_once(
     assert result.action == "published"
     assert world.blobs.json_reads == [MANIFEST_PATH]  # once: after the create-only write met the old manifest
     published = manifest(world)
-    assert published["task_id"] == second.task_id and published["input_etag"] == world.ledger.input_rows[
-        second.task_id
-    ].etag
+    assert published["task_id"] == second.task_id
+    assert published["input_etag"] == world.ledger.input_rows[second.task_id].etag
     assert world.blobs.text("results", "a.txt/report.json") == '{"v": 2}'
 
 
