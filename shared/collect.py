@@ -64,19 +64,37 @@ def collect(gw: Gateways, event: CompletionEvent) -> CollectOutcome:
         return CollectOutcome(record.task_id, CollectAction.SUPERSEDED, "superseded", manifest_name)
     if record.state is InputState.COLLECTED:
         return CollectOutcome(record.task_id, CollectAction.ALREADY_PUBLISHED, record.outcome, manifest_name)
-    existing = gw.blobs.read_json_version(gw.settings.results_container, manifest_name)
+    # The manifest is read before publishing only where its content is needed then: a re-run keeps the run it
+    # replaces (_keep_history). A first publication, the common case, reads nothing: the create-only write in
+    # _write_manifest is the check, and a conflict there is read (this task's: published before; another's: an
+    # earlier upload's, replaced at the version read). A repeat then copies again, the same bytes from the same
+    # staging container, before it learns that it is one.
+    read_first = record.run > 1
+    existing = _read_manifest(gw, manifest_name) if read_first else None
     if existing is not None and existing[0].get("task_id") == record.task_id:
         return _already_published(gw, record, existing[0], manifest_name)
+    # Before any copy: an earlier upload's task never copies over the outputs of a newer upload's.
     newer = _newer_group_version(gw, record) if record.group_key else _newer_version(gw, record)
     if newer is not None:
-        return _supersede(gw, record, newer, manifest_name)
+        # Rare, so it may read: a repeat whose manifest went out before the input was replaced keeps its word.
+        published_before = None if read_first else _published_before(gw, record, manifest_name)
+        return published_before or _supersede(gw, record, newer, manifest_name)
     task = event.task if event.task is not None and event.task.completed else None
     task = task or gw.batch.get_task(event.job_id, event.task_id)
     if task is None:
+        # A repeat of a completion published before its ledger write can find the job gone from Batch.
+        published_before = None if read_first else _published_before(gw, record, manifest_name)
+        if published_before is not None:
+            return published_before
         raise RejectedInput(f"Batch has no task {event.task_id} in job {event.job_id}")
     if not task.completed:
         raise TransientError(f"task {event.task_id} is {task.state}, not completed yet")
     if task.infrastructure_failure and record.reactivations < MAX_REACTIVATIONS:
+        # Running the task again would rewrite the staging outputs that a manifest of this task (published before
+        # a crash kept the ledger from saying so) names: look for one first. Only this rare path pays the read.
+        published_before = None if read_first else _published_before(gw, record, manifest_name)
+        if published_before is not None:
+            return published_before
         stored = _count_reactivation(gw, record)
         if stored.state is InputState.COLLECTED:
             # Another delivery published this input after we read its row: its manifest is the last word,
@@ -118,13 +136,26 @@ def _already_published(
     return CollectOutcome(record.task_id, CollectAction.ALREADY_PUBLISHED, status, manifest_name)
 
 
+def _read_manifest(gw: Gateways, manifest_name: str) -> tuple[dict[str, object], str] | None:
+    return gw.blobs.read_json_version(gw.settings.results_container, manifest_name)
+
+
+def _published_before(gw: Gateways, record: InputRecord, manifest_name: str) -> CollectOutcome | None:
+    """ALREADY_PUBLISHED (and the ledger told) if the manifest there is this task's, else None."""
+    found = _read_manifest(gw, manifest_name)
+    if found is None or found[0].get("task_id") != record.task_id:
+        return None
+    return _already_published(gw, record, found[0], manifest_name)
+
+
 def _write_manifest(
     gw: Gateways, record: InputRecord, manifest_name: str, manifest: dict[str, object], version: str | None
 ) -> dict[str, object] | None:
     """Write the manifest unless this task's is already there; None when written, else the one found.
 
-    Create-only when there was none, etag-conditional over an earlier version's manifest: two deliveries of
-    one completion cannot both write, and a replaced input's new task still replaces the old task's manifest.
+    Create-only unless a version was read before (`version`), else etag-conditional over the version read on a
+    conflict: two deliveries of one completion cannot both write (the later one finds the first one's), and a
+    replaced input's new task still replaces the old task's manifest (or one that is not JSON).
     """
     container = gw.settings.results_container
     for _ in range(MANIFEST_WRITE_ATTEMPTS):

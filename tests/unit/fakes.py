@@ -293,6 +293,7 @@ class FakeBlobs:
         self.containers: dict[str, dict[str, tuple[bytes, str, datetime]]] = {}
         self.copies = 0
         self.bytes_read_by_client = 0
+        self.json_reads: list[str] = []  # "container/name" of each read_json or read_json_version, in order
         self._etag = 0
         # operation -> what another worker does just before this one performs it (once): races, made exact
         self.interleave: dict[str, Callable[[], None]] = {}
@@ -339,6 +340,7 @@ class FakeBlobs:
 
     def _json(self, container: str, name: str) -> tuple[dict[str, object] | None, str] | None:
         """As AzureBlobs: (the JSON object, or None when the blob holds anything else, etag); None if absent."""
+        self.json_reads.append(f"{container}/{name}")
         found = self.containers.get(container, {}).get(name)
         if not found:
             return None
