@@ -117,7 +117,7 @@ def _upload(config: ScenarioConfig, container: str, count: int) -> list[Uploaded
 
     def put(name: str) -> Uploaded:
         payload = f"payload of {name}\n".encode() * 4
-        response = client.upload_blob(name, payload)
+        response = client.get_blob_client(name).upload_blob(payload)  # the response headers, as a dict
         return Uploaded(name, str(response["etag"]), response["last_modified"], len(payload))
 
     with ThreadPoolExecutor(16) as pool:

@@ -22,7 +22,7 @@ BLOB_CREATED = "Microsoft.Storage.BlobCreated"
 DEVELOPMENT_ACCOUNT = "devstoreaccount1"
 # A storage account's resource id, as Event Grid puts it in `topic` (or CloudEvents `source`).
 _TOPIC_ACCOUNT = re.compile(r"/storageAccounts/([^/]+)", re.IGNORECASE)
-# Azure Storage etags are about 20 characters; a longer data.eTag is not one (and would not fit a ledger row).
+# Azure Storage etags are about 20 characters: a much longer data.eTag is not one, and goes to no ledger row.
 MAX_ETAG = 128
 # An event time later than the app's clock by more than this is not a time storage wrote a blob at: the job window
 # it would pick may not have begun (a job that stays open till then), so the blob's own properties are read instead.

@@ -240,7 +240,7 @@ def test_an_event_time_in_the_future_is_not_trusted_for_the_job(world: World) ->
 
 
 def test_an_event_without_etag_for_a_missing_blob_is_refused(world: World) -> None:
-    with pytest.raises(RejectedInput, match="input/ghost.txt: no such blob"):
+    with pytest.raises(RejectedInput, match=r"input/ghost\.txt: no such blob"):
         submit_event(world.gw, local_event("ghost.txt"))
     assert world.blobs.property_reads == 1
     assert world.batch.all_tasks() == []
@@ -248,7 +248,7 @@ def test_an_event_without_etag_for_a_missing_blob_is_refused(world: World) -> No
 
 def test_an_event_with_etag_for_another_container_is_refused_without_a_read(world: World) -> None:
     world.blobs.put("other", "a.txt")
-    with pytest.raises(RejectedInput, match="other/a.txt: not in the input container 'input'"):
+    with pytest.raises(RejectedInput, match=r"other/a\.txt: not in the input container 'input'"):
         submit_event(world.gw, local_event("a.txt", "0x1", WRITTEN, container="other"))
     assert world.blobs.property_reads == 0 and world.batch.all_tasks() == []
 
