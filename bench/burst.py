@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import random
-import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
 from pathlib import Path
 
 from azure.storage.blob import BlobServiceClient
@@ -20,6 +18,7 @@ from azure.storage.queue import QueueClient
 from bench.scenarios import (
     WORKERS,
     ScenarioConfig,
+    Uploaded,
     _duplicates,
     _emulator,
     _manifests,
@@ -28,34 +27,24 @@ from bench.scenarios import (
     _retries,
     _stopped,
     _upload,
+    blob_created_event,
     pipelines_settings,
     run_app,
 )
 from bench.storage_counts import StorageRequests, counting_gateways
 from shared.bulk_ingest import ingest_delivery, parse_delivery
 from shared.settings import load_settings
-from shared.storage import parse_connection_string
 
 BATCH_EVENTS = 100  # the subscription's maxEventsPerBatch
 # Batch operations of the event path (submission): pool and job made sure of, tasks added.
 EVENT_PATH_OPERATIONS = ("Pool_", "Job_Add", "Task_Add")
-def blob_created_event(blob_endpoint: str, container: str, name: str, event_id: str) -> dict[str, object]:
-    """A BlobCreated event (Event Grid schema) as Event Grid raises it for an Azurite blob."""
-    account = urllib.parse.urlparse(blob_endpoint).path.strip("/")
-    return {
-        "id": event_id,
-        "eventType": "Microsoft.Storage.BlobCreated",
-        "subject": f"/blobServices/default/containers/{container}/blobs/{name}",
-        "eventTime": datetime.now(UTC).isoformat(),
-        "dataVersion": "",
-        "topic": f"/subscriptions/bench/resourceGroups/bench/providers/Microsoft.Storage/storageAccounts/{account}",
-        "data": {"url": f"{blob_endpoint}/{container}/{urllib.parse.quote(name)}", "api": "PutBlob"},
-    }
 
 
-def deliveries(blob_endpoint: str, container: str, inputs: list[str]) -> list[bytes]:
-    """Every upload's event twice (at-least-once), shuffled, cut into Event Grid batches of BATCH_EVENTS."""
-    events = [blob_created_event(blob_endpoint, container, name, f"evt-{index}") for index, name in enumerate(inputs)]
+def deliveries(connection_string: str, container: str, inputs: list[Uploaded]) -> list[bytes]:
+    """Every upload's event (with its eTag and time, as Event Grid raises it) twice (at-least-once), shuffled, cut
+    into Event Grid batches of BATCH_EVENTS."""
+    events = [blob_created_event(connection_string, container, upload, f"evt-{index}")
+              for index, upload in enumerate(inputs)]  # fmt: skip
     doubled = events * 2
     random.Random(7).shuffle(doubled)
     starts = range(0, len(doubled), BATCH_EVENTS)
@@ -69,8 +58,7 @@ def burst(config: ScenarioConfig) -> dict[str, float]:
     counter = StorageRequests(f"st{names['pool'][5:]}")
     settings = load_settings(**pipelines_settings(config, names, workdir))
     gw = counting_gateways(config.connection_string, settings, counter)
-    blob_endpoint = parse_connection_string(config.connection_string)["BlobEndpoint"].rstrip("/")
-    bodies = deliveries(blob_endpoint, names["input"], inputs)
+    bodies = deliveries(config.connection_string, names["input"], inputs)
     emulator = _emulator(config)
     service = BlobServiceClient.from_connection_string(config.connection_string)
     queue = QueueClient.from_connection_string(config.connection_string, names["queue"])

@@ -11,8 +11,10 @@ import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlparse
 
 from azure.batch import BatchClient
 from azure.core.credentials import AzureNamedKeyCredential
@@ -22,19 +24,21 @@ from azure.storage.queue import QueueClient
 
 from bench.baseline import Baseline
 from bench.storage_counts import StorageRequests, counting_gateways
+from local.eventgrid.events import BlobWrite, blob_created
 from local.stack import Emulator
 from shared.batch import AzureBatch
 from shared.collect import collect
 from shared.collect_batch import collect_message
 from shared.errors import TransientError
+from shared.events import parse_blob_created, submit_event
 from shared.gateways import Gateways
 from shared.messages import decode_completions
 from shared.models import CompletionEvent
 from shared.pipelines import PoolSpec
 from shared.poll import poll
 from shared.settings import load_settings
-from shared.storage import AzureBlobs
-from shared.submit import submit_blob, sweep
+from shared.storage import AzureBlobs, parse_connection_string
+from shared.submit import SubmitOutcome, sweep
 
 # Trivial work: the input, copied. {input} is batchdrop's own sanitised path, never a blob name.
 COMMAND = "/bin/sh -c 'mkdir -p out && cp {input} out/copy'"
@@ -98,17 +102,47 @@ def _names(tag: str) -> dict[str, str]:
     }
 
 
-def _upload(config: ScenarioConfig, container: str, count: int) -> list[str]:
+@dataclass(frozen=True)
+class Uploaded:
+    """One bench input as its upload's response describes it: what Event Grid's BlobCreated event carries."""
+
+    name: str
+    etag: str
+    last_modified: datetime
+    size: int
+
+
+def _upload(config: ScenarioConfig, container: str, count: int) -> list[Uploaded]:
     service = BlobServiceClient.from_connection_string(config.connection_string)
     client = service.create_container(container)
     names = [f"batch-{index // 1000:02}/file-{index:06}.txt" for index in range(count)]
 
-    def put(name: str) -> None:
-        client.upload_blob(name, f"payload of {name}\n".encode() * 4)
+    def put(name: str) -> Uploaded:
+        payload = f"payload of {name}\n".encode() * 4
+        response = client.get_blob_client(name).upload_blob(payload)  # the response headers, as a dict
+        return Uploaded(name, str(response["etag"]), response["last_modified"], len(payload))
 
     with ThreadPoolExecutor(16) as pool:
-        list(pool.map(put, names))
-    return names
+        return list(pool.map(put, names))
+
+
+def blob_created_event(connection_string: str, container: str, upload: Uploaded, event_id: str) -> dict[str, Any]:
+    """The BlobCreated event (Event Grid schema) the local Event Grid raises for an upload, with the upload's time
+    as its eventTime (Azure Storage raises it when the blob is committed)."""
+    blob_endpoint = parse_connection_string(connection_string)["BlobEndpoint"].rstrip("/")
+    account = urlparse(blob_endpoint).path.strip("/")  # Azurite: path-style URLs
+    write = BlobWrite(account, container, upload.name, "PutBlob", upload.etag, "application/octet-stream", upload.size)
+    event = blob_created(write, blob_endpoint)
+    event["id"] = event_id
+    event["eventTime"] = upload.last_modified.isoformat().replace("+00:00", "Z")
+    return event
+
+
+def deliver_event(gw: Gateways, event: dict[str, Any]) -> SubmitOutcome:
+    """One BlobCreated event through the single-event trigger's use case (shared/triggers/boundary.py)."""
+    topic = event.get("topic", event.get("source"))
+    created = parse_blob_created(event["id"], event.get("data"), event.get("subject"), topic, event.get("eventTime"))
+    return submit_event(gw, created)
 
 
 def pipelines_settings(config: ScenarioConfig, names: dict[str, str], workdir: Path) -> dict[str, object]:
@@ -275,7 +309,7 @@ def run_app(
 
 
 def _run_batchdrop(
-    config: ScenarioConfig, submit_all: Callable[[Gateways, list[str]], None], tag: str
+    config: ScenarioConfig, submit_all: Callable[[Gateways, list[Uploaded]], None], tag: str
 ) -> dict[str, float]:
     names = _names(tag)
     workdir = Path(config.workdir)
@@ -336,7 +370,7 @@ def _report(config: ScenarioConfig, total: int, poll_requests: int, duplicates: 
     }
 
 
-def _events(inputs: list[str]) -> Iterator[str]:
+def _events(inputs: list[T]) -> Iterator[T]:
     """Every event delivered twice, shuffled: at-least-once delivery."""
     doubled = inputs * 2
     random.Random(7).shuffle(doubled)
@@ -344,16 +378,18 @@ def _events(inputs: list[str]) -> Iterator[str]:
 
 
 def batchdrop_events(config: ScenarioConfig) -> dict[str, float]:
-    def submit_all(gw: Gateways, inputs: list[str]) -> None:
+    def submit_all(gw: Gateways, inputs: list[Uploaded]) -> None:
         input_container = gw.settings.input_container
+        events = [blob_created_event(config.connection_string, input_container, upload, f"evt-{index}")
+                  for index, upload in enumerate(inputs)]  # fmt: skip
         with ThreadPoolExecutor(WORKERS) as pool:
-            list(pool.map(lambda name: _redelivered(lambda: submit_blob(gw, input_container, name)), _events(inputs)))
+            list(pool.map(lambda event: _redelivered(lambda: deliver_event(gw, event)), _events(events)))
 
     return _run_batchdrop(config, submit_all, "ev")
 
 
 def batchdrop_sweep(config: ScenarioConfig) -> dict[str, float]:
-    def submit_all(gw: Gateways, inputs: list[str]) -> None:
+    def submit_all(gw: Gateways, inputs: list[Uploaded]) -> None:
         report = _redelivered(lambda: sweep(gw))
         assert report.submitted == len(inputs), report
 
@@ -362,7 +398,7 @@ def batchdrop_sweep(config: ScenarioConfig) -> dict[str, float]:
 
 def baseline(config: ScenarioConfig) -> dict[str, float]:
     names = _names("bl")
-    inputs = _upload(config, names["input"], config.files)
+    inputs = [upload.name for upload in _upload(config, names["input"], config.files)]
     service = BlobServiceClient.from_connection_string(config.connection_string)
     for role in ("staging", "results"):
         service.create_container(names[role])

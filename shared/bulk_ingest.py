@@ -19,16 +19,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.errors import RejectedInput, TransientError
-from shared.events import BLOB_CREATED, BlobCreated, check_account, parse_blob_created, storage_account
+from shared.events import BLOB_CREATED, BlobCreated, check_account, input_blob, parse_blob_created, storage_account
 from shared.gateways import Gateways
-from shared.models import BlobRef, InputRecord, InputState
+from shared.models import InputRecord, InputState
 from shared.pipelines import PipelineSpec
 from shared.redact import redact
-from shared.submit import SubmitAction, SubmitOutcome, claim, find_input, submit_claimed
+from shared.submit import SubmitAction, SubmitOutcome, claim, submit_claimed
 
 logger = logging.getLogger(__name__)
 SUBSCRIPTION_VALIDATION = "Microsoft.EventGrid.SubscriptionValidationEvent"
-# Storage round trips per input (blob properties, ledger claim) overlap this many at a time.
+# Storage round trips per input (the ledger claim; blob properties too for an event without an etag) overlap this
+# many at a time.
 CLAIM_THREADS = 8
 # Pauses (s) before each re-read of rows another submitter holds, before asking Event Grid to deliver again.
 CONFIRM_WAITS = (0.2, 0.4, 0.8, 1.6)
@@ -119,7 +120,7 @@ def ingest_delivery(gw: Gateways, events: Sequence[ParsedEvent | RejectedInput])
     """
     counts: Counter[str] = Counter(events=len(events))
     created: list[BlobCreated] = []
-    seen: set[tuple[str, str]] = set()
+    seen: set[tuple[str, str, str | None]] = set()
     ours = storage_account(gw.settings)
     for event in events:
         if isinstance(event, RejectedInput):
@@ -131,16 +132,21 @@ def ingest_delivery(gw: Gateways, events: Sequence[ParsedEvent | RejectedInput])
             continue
         document = event.document
         try:
-            topic = document.get("topic", document.get("source"))  # CloudEvents name the topic `source`
-            blob = parse_blob_created(event.event_id, document.get("data"), document.get("subject"), topic)
+            # CloudEvents name the topic `source` and the event time `time`
+            topic = document.get("topic", document.get("source"))
+            event_time = document.get("eventTime", document.get("time"))
+            blob = parse_blob_created(event.event_id, document.get("data"), document.get("subject"), topic, event_time)
             check_account(blob, ours)
         except RejectedInput as rejection:
             _record(gw, f"event {event.event_id}", rejection, counts)
             continue
-        if (blob.container, blob.name) in seen:
+        # Two uploads of one name in a delivery are two versions, each its own task (as the sweep would list
+        # them); an event without an etag is looked up, so it stands for whatever version is there.
+        version = (blob.container, blob.name, blob.etag)
+        if version in seen:
             counts["repeated"] += 1
             continue
-        seen.add((blob.container, blob.name))
+        seen.add(version)
         created.append(blob)
     claimed: list[tuple[InputRecord, PipelineSpec]] = []
     held: list[str] = []  # task ids another submitter has freshly claimed
@@ -203,10 +209,10 @@ Claimed = tuple[InputRecord, PipelineSpec]
 
 
 def _claim_event(gw: Gateways, created: BlobCreated) -> Claimed | SubmitOutcome | RejectedInput:
-    """The input's blob looked up and its ledger row claimed; a refusal is recorded here, an outage raises."""
+    """The input's ledger row claimed, for the blob as the event describes it (else as storage has it: one Get Blob
+    Properties); a refusal is recorded here, an outage raises."""
     try:
-        blob: BlobRef = find_input(gw, created.container, created.name)
-        return claim(gw, blob)
+        return claim(gw, input_blob(gw, created))
     except RejectedInput as rejection:
         _record(gw, f"event {created.event_id}", rejection)
         return rejection

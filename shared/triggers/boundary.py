@@ -53,7 +53,7 @@ def run_blob_created(event: func.EventGridEvent, use_case: Callable[[Gateways, B
         return None
     subject = f"event {event.id}"
     try:
-        created = parse_blob_created(event.id, event.get_json(), event.subject, event.topic)
+        created = parse_blob_created(event.id, event.get_json(), event.subject, event.topic, event.event_time)
     except RejectedInput as rejection:
         reject(subject, rejection)
         return None

@@ -1,18 +1,23 @@
-"""The bulk Event Grid endpoint `ingest_events` called with real azure.functions requests, over the fakes."""
+"""The bulk Event Grid endpoint `ingest_events` called with real azure.functions requests, over the fakes; and
+both Event Grid paths (bulk and `ingest_event`) taking the blob's version from the event."""
 
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import azure.functions as func
 import pytest
+from azure.functions import meta
+from azure.functions.eventgrid import EventGridEventInConverter
 
-from shared.triggers import boundary, bulk
+from shared import ids
+from shared.triggers import boundary, bulk, ingest
 from tests.functions.test_blueprints import user_function
 from tests.unit.fakes import World, make_world
-from tests.unit.test_bulk_ingest import event
+from tests.unit.test_bulk_ingest import as_uploaded, event
 
 
 @pytest.fixture
@@ -78,3 +83,33 @@ def test_a_batch_outage_is_a_503_so_event_grid_delivers_again(world: World) -> N
     response = call([event("a.txt")])
     assert response.status_code == 503
     assert world.ledger.rejections() == []
+
+
+def trigger_event(document: dict[str, Any]) -> func.EventGridEvent:
+    """What the Functions worker hands `ingest_event` for an Event Grid schema event (its own converter)."""
+    datum = meta.Datum(json.dumps(document), "json")
+    converted: func.EventGridEvent = EventGridEventInConverter.decode(datum, trigger_metadata=None)
+    return converted
+
+
+@pytest.mark.parametrize("path", ["ingest_event", "ingest_events"])
+def test_both_event_paths_take_the_version_from_the_event_not_from_storage(world: World, path: str) -> None:
+    blob = world.blobs.put("input", "a.txt")
+    window = world.gw.settings.job_window_minutes
+    earlier = world.clock() - timedelta(minutes=2 * window)
+    document = as_uploaded(world, "a.txt")
+    document["eventTime"] = earlier.isoformat().replace("+00:00", "Z")
+    if path == "ingest_event":
+        user_function(ingest.bp, "ingest_event")(trigger_event(document))
+    else:
+        assert call([document]).status_code == 200
+    assert world.blobs.property_reads == 0
+    task = ids.task_id("input", "a.txt", blob.etag)
+    assert world.batch.all_tasks() == [(ids.job_id("report", earlier, window), task)]
+
+
+def test_the_single_event_trigger_without_an_etag_reads_the_blob_and_records_a_missing_one(world: World) -> None:
+    user_function(ingest.bp, "ingest_event")(trigger_event(event("ghost.txt")))
+    assert world.blobs.property_reads == 1
+    assert "input/ghost.txt: no such blob" in world.ledger.rejections()[0]["reason"]
+    assert world.batch.all_tasks() == []

@@ -9,6 +9,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from azure.batch import BatchClient
 from azure.core.credentials import AzureNamedKeyCredential
 
 from local.stack import Azurite, Emulator, Service, start_host
+from shared import ids
 from shared.models import InputState
 from tests.eventgrid import blob_created
 from tests.integration.pipeline_world import PipelineWorld, make_pipeline_world
@@ -179,7 +181,7 @@ def test_foreign_and_collected_inputs_cost_no_batch_request(world: PipelineWorld
     world.run_until_manifests(["run/done.txt"])
     before = task_requests(world)
     foreign = events_for(world, ["a/theirs.txt"], account="elsewhere")
-    missing = events_for(world, ["a/never-uploaded.txt"])
+    missing = events_for(world, ["a/never-uploaded.txt"])  # no eTag: looked up, and refused
     deleted = [{**events_for(world, ["a/gone.txt"])[0], "eventType": "Microsoft.Storage.BlobDeleted"}]
     status, report, _ = post(host, events_for(world, ["run/done.txt"]) * 2 + foreign + missing + deleted)
     assert status == 200, report
@@ -205,3 +207,31 @@ def test_a_single_event_reaches_batch_when_its_delivery_returns(world: PipelineW
     assert status == 200 and report["submitted"] == 1
     assert requests_since(world, before) == {"Task_Add": 0, "Task_AddCollection": 1}
     assert any(task.startswith("alone-txt-") for task in tasks_of(world, "b"))
+
+
+def with_version(event: dict[str, Any], etag: str, written: datetime) -> dict[str, Any]:
+    """The event as Event Grid raises it: data.eTag (bare, as Azure sends it) and eventTime."""
+    event["data"] = {**event["data"], "eTag": etag.strip('"'), "contentLength": 1}
+    return {**event, "eventTime": written.isoformat().replace("+00:00", "Z")}
+
+
+def test_an_event_with_an_etag_is_trusted_and_a_blob_gone_meanwhile_gets_a_failed_manifest(
+    world: PipelineWorld, host: Service
+) -> None:
+    """The event's eTag and time stand for the blob (no Get Blob Properties): a blob that exists runs as usual,
+    under the task the sweep derives from its listing; one that does not is not refused at ingest, its task fails
+    downloading the input, and collect publishes that failure."""
+    drop(world, ["run/versioned.txt"])
+    properties = world.container("input").get_blob_client("run/versioned.txt").get_blob_properties()
+    present = with_version(events_for(world, ["run/versioned.txt"])[0], properties.etag, properties.creation_time)
+    gone = with_version(events_for(world, ["run/never-uploaded.txt"])[0], "0x8DDEADBEEF00000", datetime.now(UTC))
+    status, report, _ = post(host, [present, gone])
+    assert status == 200 and (report["submitted"], report["rejected"]) == (2, 0), report
+    manifests = world.run_until_manifests(["run/versioned.txt", "run/never-uploaded.txt"])
+    ok, failed = manifests["run/versioned.txt"], manifests["run/never-uploaded.txt"]
+    assert ok["status"] == "succeeded" and ok["input_etag"] == properties.etag.strip('"')
+    # The sweep's task for it: ids.task_id of the listed (quoted) etag; the event's bare one maps to the same.
+    assert ok["task_id"] == ids.task_id(world.names["input"], "run/versioned.txt", properties.etag)
+    assert failed["status"] == "failed" and failed["input_etag"] == "0x8DDEADBEEF00000"
+    failure = failed["failure"]
+    assert isinstance(failure, dict) and failure["code"] == "BlobNotFound", failure

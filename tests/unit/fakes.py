@@ -294,6 +294,7 @@ class FakeBlobs:
         self.copies = 0
         self.bytes_read_by_client = 0
         self.json_reads: list[str] = []  # "container/name" of each read_json or read_json_version, in order
+        self.property_reads = 0  # get_blob calls: on Azure, one Get Blob Properties (HEAD) each
         self._etag = 0
         # operation -> what another worker does just before this one performs it (once): races, made exact
         self.interleave: dict[str, Callable[[], None]] = {}
@@ -315,6 +316,7 @@ class FakeBlobs:
                 yield BlobRef(container, name, etag, created, len(data))
 
     def get_blob(self, container: str, name: str) -> BlobRef | None:
+        self.property_reads += 1
         found = self.containers.get(container, {}).get(name)
         return BlobRef(container, name, found[1], found[2], len(found[0])) if found else None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -15,21 +16,34 @@ from shared.bulk_ingest import BadDelivery, ParsedEvent, ingest_delivery, parse_
 from shared.errors import RejectedInput, TransientError
 from shared.models import InputRecord, InputState
 from shared.submit import submit_blob, sweep
-from tests.unit.fakes import PIPELINE, World, make_world
+from tests.unit.fakes import PIPELINE, START, World, make_world
 
 TOPIC = "/subscriptions/x/resourceGroups/y/providers/Microsoft.Storage/storageAccounts/{}"
 
 
 def event(name: str, event_id: str = "", account: str = "devstoreaccount1", container: str = "input",
-          event_type: str = "Microsoft.Storage.BlobCreated") -> dict[str, Any]:  # fmt: skip
-    """A BlobCreated event in the Event Grid schema, for Azurite's path-style URLs (the world's account)."""
-    return {
+          event_type: str = "Microsoft.Storage.BlobCreated", etag: str | None = None,
+          event_time: datetime | None = None) -> dict[str, Any]:  # fmt: skip
+    """A BlobCreated event in the Event Grid schema, for Azurite's path-style URLs (the world's account); with
+    data.eTag and eventTime as Event Grid sends them when `etag` is given (else a lookup is what tells the version)."""
+    data: dict[str, object] = {"url": f"http://127.0.0.1:10000/{account}/{container}/{quote(name)}", "api": "PutBlob"}
+    document: dict[str, Any] = {
         "id": event_id or f"evt-{name}",
         "eventType": event_type,
         "subject": f"/blobServices/default/containers/{container}/blobs/{name}",
         "topic": TOPIC.format(account),
-        "data": {"url": f"http://127.0.0.1:10000/{account}/{container}/{quote(name)}", "api": "PutBlob"},
+        "data": data,
     }
+    if etag is not None:
+        data.update(eTag=etag, contentLength=1)
+        document["eventTime"] = (event_time or START).isoformat().replace("+00:00", "Z")
+    return document
+
+
+def as_uploaded(world: World, name: str, event_id: str = "") -> dict[str, Any]:
+    """The event Event Grid raises for the blob `name` as it is in the world now: its etag and creation time."""
+    _, etag, created_on = world.blobs.containers["input"][name]
+    return event(name, event_id, etag=etag, event_time=created_on)
 
 
 def deliver(world: World, events: list[dict[str, Any]]) -> dict[str, int]:
@@ -104,21 +118,86 @@ def test_foreign_missing_and_badly_named_inputs_are_refused_and_recorded(world: 
     world.blobs.put("other", "x.txt")
     world.blobs.put("input", "theirs.txt")  # a blob of that name is ours: the event still names their account
     report = deliver(world, [
-        event("ok.txt"),
-        event("theirs.txt", "evt-foreign", account="elsewhere"),
-        event("x.txt", "evt-container", container="other"),
-        event("ghost.txt", "evt-ghost"),
-        event("trailing.", "evt-name"),
-        event("gone.txt", "evt-deleted", event_type="Microsoft.Storage.BlobDeleted"),
+        as_uploaded(world, "ok.txt"),
+        event("theirs.txt", "evt-foreign", account="elsewhere", etag="0x1"),
+        event("x.txt", "evt-container", container="other", etag="0x2"),
+        event("ghost.txt", "evt-ghost"),  # no eTag: looked up, and there is no such blob
+        as_uploaded(world, "trailing.", "evt-name"),
+        event("gone.txt", "evt-deleted", event_type="Microsoft.Storage.BlobDeleted", etag="0x3"),
     ])  # fmt: skip
     assert (report["submitted"], report["rejected"], report["ignored"]) == (1, 4, 1)
     assert len(world.batch.all_tasks()) == 1
     reasons = {row["input"]: row["reason"] for row in world.ledger.rejections()}
     assert "storage account 'elsewhere'" in reasons["event evt-foreign"]
     assert "not in the input container 'input'" in reasons["event evt-container"]
-    assert "no such blob" in reasons["event evt-ghost"]
+    assert "input/ghost.txt: no such blob" in reasons["event evt-ghost"]
     assert "ends with '/' or '.'" in reasons["input/trailing."]
     assert not any("gone.txt" in subject for subject in reasons)
+    assert world.blobs.property_reads == 1  # the ghost's lookup alone
+
+
+def test_an_event_with_etag_for_a_blob_gone_before_the_claim_is_submitted_not_refused(world: World) -> None:
+    """The event is trusted: its task fails downloading the input, and collect publishes that (test_events.py)."""
+    report = deliver(world, [event("ghost.txt", "evt-ghost", etag="0x8DDEAD")])
+    assert report["submitted"] == 1 and report["rejected"] == 0
+    assert world.ledger.rejections() == []
+    (row,) = world.ledger.inputs()
+    assert (row.name, row.etag) == ("ghost.txt", "0x8DDEAD")
+    assert row.task_id == ids.task_id("input", "ghost.txt", "0x8DDEAD")
+
+
+def test_events_with_etags_are_claimed_without_reading_a_blob(world: World) -> None:
+    names = [f"f{index:03}.txt" for index in range(120)]
+    for name in names:
+        world.blobs.put("input", name)
+    events = [as_uploaded(world, name) for name in names] * 2
+    random.Random(8).shuffle(events)  # noqa: S311  (a fixed order to repeat)
+    first = deliver(world, events)
+    assert (first["submitted"], first["repeated"]) == (120, 120)
+    again = deliver(world, events)
+    assert (again["submitted"], again["duplicate"]) == (0, 120)
+    assert world.blobs.property_reads == 0
+    # The sweep derives the same tasks from its listing: nothing is left for it to submit.
+    assert sweep(world.gw).submitted == 0
+    assert len(world.batch.all_tasks()) == 120
+
+
+def test_the_event_time_picks_the_job_and_a_quoted_etag_the_same_task(world: World) -> None:
+    blob = world.blobs.put("input", "a.txt")
+    window = world.gw.settings.job_window_minutes
+    earlier = START - timedelta(minutes=2 * window)
+    deliver(world, [event("a.txt", etag=f'"{blob.etag}"', event_time=earlier)])  # quoted, as the local Event Grid
+    task = ids.task_id("input", "a.txt", blob.etag)
+    assert world.batch.all_tasks() == [(ids.job_id("report", earlier, window), task)]
+    assert world.blobs.property_reads == 0
+
+
+def test_a_cloud_event_gives_its_time_as_time(world: World) -> None:
+    blob = world.blobs.put("input", "a.txt")
+    window = world.gw.settings.job_window_minutes
+    earlier = START - timedelta(minutes=3 * window)
+    cloud_event = {
+        "specversion": "1.0", "id": "ce-1", "type": "Microsoft.Storage.BlobCreated", "source": TOPIC.format(
+            "devstoreaccount1"), "subject": "/blobServices/default/containers/input/blobs/a.txt",
+        "time": earlier.isoformat(),
+        "data": {"url": "http://127.0.0.1:10000/devstoreaccount1/input/a.txt", "eTag": blob.etag},
+    }  # fmt: skip
+    assert ingest_delivery(world.gw, parse_delivery(json.dumps(cloud_event).encode())).submitted == 1
+    assert world.blobs.property_reads == 0
+    task = ids.task_id("input", "a.txt", blob.etag)
+    assert world.batch.all_tasks() == [(ids.job_id("report", earlier, window), task)]
+
+
+def test_two_uploads_of_one_name_in_a_delivery_are_two_versions(world: World) -> None:
+    """Not `repeated`: each version is its own task, as the blob trigger and the sweep see them; collect publishes
+    the newest (an older version's task is superseded)."""
+    first = world.blobs.put("input", "a.txt", b"v1")
+    first_event = as_uploaded(world, "a.txt")
+    world.clock.advance(seconds=1)
+    second = world.blobs.put("input", "a.txt", b"v2")
+    report = deliver(world, [first_event, as_uploaded(world, "a.txt"), as_uploaded(world, "a.txt")])
+    assert (report["submitted"], report["repeated"]) == (2, 1)
+    assert sorted(row.etag for row in world.ledger.inputs()) == sorted([first.etag, second.etag])
 
 
 def test_malformed_events_are_refused_alone_and_the_rest_still_runs(world: World) -> None:

@@ -1,11 +1,18 @@
-"""Event Grid BlobCreated events: the blob they name, and refusal of events about another storage account."""
+"""Event Grid BlobCreated events: the blob they name, the version they are about, and refusal of events about
+another storage account."""
 
+import json
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
+from shared import ids
+from shared.collect import collect
 from shared.errors import ConfigError, RejectedInput
-from shared.events import BlobCreated, parse_blob_created, storage_account, submit_event
+from shared.events import MAX_CLOCK_SKEW, BlobCreated, parse_blob_created, storage_account, submit_event
+from shared.poll import poll
+from shared.submit import sweep
 from tests.unit.fakes import World, make_settings, make_world
 
 AZURE_TOPIC = "/subscriptions/s/resourceGroups/g/providers/Microsoft.Storage/storageAccounts/{}"
@@ -118,3 +125,143 @@ def test_azurite_event_is_ours_locally(tmp_path: Path) -> None:
     foreign = parse_blob_created("evt-2", {"url": "http://127.0.0.1:10000/otheraccount/input/a.txt"}, "", "")
     with pytest.raises(RejectedInput, match="'otheraccount'"):
         submit_event(world.gw, foreign)
+
+
+# The event's version of the blob: data.eTag and the event time, used instead of a Get Blob Properties (issue 16).
+AZURITE_TOPIC = "/subscriptions/x/resourceGroups/y/providers/Microsoft.Storage/storageAccounts/devstoreaccount1"
+WRITTEN = datetime(2026, 3, 4, 5, 6, 7, 891234, tzinfo=UTC)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    return make_world(tmp_path)  # UseDevelopmentStorage=true: account devstoreaccount1
+
+
+def local_event(name: str, etag: object = None, event_time: object = WRITTEN, container: str = "input",
+                size: object = 12) -> BlobCreated:  # fmt: skip
+    """A BlobCreated event for an Azurite blob, with data.eTag when `etag` is given."""
+    data: dict[str, object] = {"url": f"http://127.0.0.1:10000/devstoreaccount1/{container}/{name}",
+                               "api": "PutBlob", "contentLength": size}  # fmt: skip
+    if etag is not None:
+        data["eTag"] = etag
+    return parse_blob_created("evt-1", data, "", AZURITE_TOPIC, event_time)
+
+
+def test_the_event_carries_the_blobs_etag_time_and_size() -> None:
+    created = local_event("a.txt", '"0x8DC0FFEE"', "2026-03-04T05:06:07.8912345Z")
+    assert (created.etag, created.event_time, created.size) == ("0x8DC0FFEE", WRITTEN, 12)
+    assert created.event_time is not None and created.event_time.utcoffset() == timedelta(0)
+
+
+@pytest.mark.parametrize(
+    ("event_time", "expected"),
+    [
+        (WRITTEN, WRITTEN),
+        (WRITTEN.replace(tzinfo=None), WRITTEN),  # the Functions worker's parse of a time without an offset
+        (WRITTEN.astimezone(timezone(timedelta(hours=2))), WRITTEN),
+        ("2026-03-04T07:06:07.891234+02:00", WRITTEN),
+        ("2026-03-04T05:06:07.891234", WRITTEN),  # Event Grid's times are UTC
+        (None, None),
+        ("", None),
+        ("yesterday", None),
+        (1767225600, None),
+        (["2026-03-04T05:06:07Z"], None),
+    ],
+)
+def test_the_event_time_is_utc_or_absent_when_malformed(event_time: object, expected: datetime | None) -> None:
+    created = local_event("a.txt", "0x1", event_time)
+    assert created.event_time == expected
+    assert created.event_time is None or created.event_time.tzinfo is UTC
+
+
+@pytest.mark.parametrize("etag", [None, 7, "", '""', " ", ["0x1"], {"value": "0x1"}, "0x" + "8" * 200])
+def test_a_missing_or_malformed_etag_is_absent_not_a_crash(etag: object) -> None:
+    assert local_event("a.txt", etag).etag is None
+
+
+@pytest.mark.parametrize("size", [None, "12", -1, True, 1.5])
+def test_a_malformed_content_length_is_zero(size: object) -> None:
+    assert local_event("a.txt", "0x1", size=size).size == 0
+
+
+def test_an_event_with_an_etag_is_submitted_without_reading_the_blob(world: World) -> None:
+    blob = world.blobs.put("input", "a.txt")
+    outcome = submit_event(world.gw, local_event("a.txt", blob.etag, world.clock()))
+    assert outcome.action == "created"
+    assert world.blobs.property_reads == 0
+    assert len(world.batch.all_tasks()) == 1
+
+
+def test_the_events_task_is_the_one_the_sweep_derives(world: World) -> None:
+    """Azure's event says `0x8D…`, a listing `"0x8D…"`: one input, one task, whichever path comes first."""
+    blob = world.blobs.put("input", "dir/a b.txt")
+    bare, quoted = blob.etag, f'"{blob.etag}"'  # the fake's etags are bare
+    outcome = submit_event(world.gw, local_event("dir/a%20b.txt", bare, world.clock()))
+    assert outcome.task_id == ids.task_id("input", "dir/a b.txt", quoted) == ids.task_id("input", "dir/a b.txt", bare)
+    assert sweep(world.gw).submitted == 0  # the sweep lists the blob and finds its task known
+    assert world.batch.all_tasks() == [(outcome.job_id, outcome.task_id)]
+    (row,) = world.ledger.inputs()
+    assert row.etag == bare
+
+
+def test_the_event_time_picks_the_job_window(world: World) -> None:
+    world.blobs.put("input", "a.txt")
+    written = world.clock() - timedelta(minutes=3 * world.gw.settings.job_window_minutes)
+    created = local_event("a.txt", "0x1", written.isoformat())
+    outcome = submit_event(world.gw, created)
+    assert outcome.job_id == ids.job_id("report", written, world.gw.settings.job_window_minutes)
+
+
+def test_a_repeated_delivery_reads_no_blob_either(world: World) -> None:
+    blob = world.blobs.put("input", "a.txt")
+    created = local_event("a.txt", blob.etag, world.clock())
+    assert submit_event(world.gw, created).action == "created"
+    requests = sum(world.batch.requests.values())
+    assert submit_event(world.gw, created).action == "duplicate"
+    assert sum(world.batch.requests.values()) == requests
+    assert world.blobs.property_reads == 0
+
+
+@pytest.mark.parametrize("missing", ["etag", "time"])
+def test_an_event_without_etag_or_time_reads_the_blob(world: World, missing: str) -> None:
+    blob = world.blobs.put("input", "a.txt")
+    created = local_event("a.txt", None if missing == "etag" else blob.etag, None if missing == "time" else WRITTEN)
+    outcome = submit_event(world.gw, created)
+    assert outcome.action == "created" and world.blobs.property_reads == 1
+    assert outcome.job_id == ids.job_id("report", blob.created_on, world.gw.settings.job_window_minutes)
+
+
+def test_an_event_time_in_the_future_is_not_trusted_for_the_job(world: World) -> None:
+    blob = world.blobs.put("input", "a.txt")
+    ahead = world.clock() + MAX_CLOCK_SKEW + timedelta(days=400)
+    outcome = submit_event(world.gw, local_event("a.txt", blob.etag, ahead))
+    assert world.blobs.property_reads == 1
+    assert outcome.job_id == ids.job_id("report", blob.created_on, world.gw.settings.job_window_minutes)
+
+
+def test_an_event_without_etag_for_a_missing_blob_is_refused(world: World) -> None:
+    with pytest.raises(RejectedInput, match=r"input/ghost\.txt: no such blob"):
+        submit_event(world.gw, local_event("ghost.txt"))
+    assert world.blobs.property_reads == 1
+    assert world.batch.all_tasks() == []
+
+
+def test_an_event_with_etag_for_another_container_is_refused_without_a_read(world: World) -> None:
+    world.blobs.put("other", "a.txt")
+    with pytest.raises(RejectedInput, match=r"other/a\.txt: not in the input container 'input'"):
+        submit_event(world.gw, local_event("a.txt", "0x1", WRITTEN, container="other"))
+    assert world.blobs.property_reads == 0 and world.batch.all_tasks() == []
+
+
+def test_a_deleted_blobs_event_runs_a_task_whose_download_failure_is_published(world: World) -> None:
+    """The cost of trusting the event: a blob gone before the claim (or a forged event) is not refused at
+    ingest; its task fails downloading the input and the manifest says so."""
+    outcome = submit_event(world.gw, local_event("gone.txt", "0x8DDEAD", world.clock()))
+    assert outcome.action == "created"
+    world.batch.fail(outcome.job_id, outcome.task_id, None, "usererror", "BlobNotFound")
+    poll(world.gw)
+    (completion,) = world.queue.drain()
+    assert collect(world.gw, completion).action == "published"
+    manifest = json.loads(world.blobs.text("results", "gone.txt/_manifest.json"))
+    assert (manifest["status"], manifest["input_etag"], manifest["task_id"]) == ("failed", "0x8DDEAD", outcome.task_id)
+    assert manifest["failure"]["code"] == "BlobNotFound"
