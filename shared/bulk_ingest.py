@@ -21,10 +21,10 @@ from typing import Any
 from shared.errors import RejectedInput, TransientError
 from shared.events import BLOB_CREATED, BlobCreated, check_account, input_blob, parse_blob_created, storage_account
 from shared.gateways import Gateways
-from shared.models import InputRecord, InputState
+from shared.models import BlobRef, InputRecord, InputState
 from shared.pipelines import PipelineSpec
 from shared.redact import redact
-from shared.submit import SubmitAction, SubmitOutcome, claim, submit_claimed
+from shared.submit import Claimed, SubmitAction, SubmitOutcome, claim_many, submit_claimed
 
 logger = logging.getLogger(__name__)
 SUBSCRIPTION_VALIDATION = "Microsoft.EventGrid.SubscriptionValidationEvent"
@@ -150,16 +150,15 @@ def ingest_delivery(gw: Gateways, events: Sequence[ParsedEvent | RejectedInput])
         created.append(blob)
     claimed: list[tuple[InputRecord, PipelineSpec]] = []
     held: list[str] = []  # task ids another submitter has freshly claimed
-    with ThreadPoolExecutor(CLAIM_THREADS) as pool:
-        for outcome in pool.map(lambda blob: _claim_event(gw, blob), created):
-            if isinstance(outcome, RejectedInput):
-                counts["rejected"] += 1
-            elif isinstance(outcome, SubmitOutcome) and outcome.action is SubmitAction.IN_PROGRESS:
-                held.append(outcome.task_id)
-            elif isinstance(outcome, SubmitOutcome):
-                counts[_COUNTED[outcome.action]] += 1
-            else:
-                claimed.append(outcome)
+    for outcome in _claim_events(gw, created):
+        if isinstance(outcome, RejectedInput):
+            counts["rejected"] += 1
+        elif isinstance(outcome, SubmitOutcome) and outcome.action is SubmitAction.IN_PROGRESS:
+            held.append(outcome.task_id)
+        elif isinstance(outcome, SubmitOutcome):
+            counts[_COUNTED[outcome.action]] += 1
+        else:
+            claimed.append(outcome)
     counts["submitted"] = submit_claimed(gw, claimed)
     still_held = _await_submitters(gw, held)
     counts["duplicate"] += len(held) - len(still_held)
@@ -205,14 +204,26 @@ _COUNTED = {
 }
 
 
-Claimed = tuple[InputRecord, PipelineSpec]
+def _claim_events(gw: Gateways, created: Sequence[BlobCreated]) -> list[Claimed | SubmitOutcome | RejectedInput]:
+    """Each event's input claimed: the blob as the event describes it (else as storage has it: one Get Blob
+    Properties each, CLAIM_THREADS at a time), then the ledger rows in bulk (one request per partition for the rows
+    of one partition). A refusal is recorded here; an outage raises."""
+    with ThreadPoolExecutor(CLAIM_THREADS) as pool:
+        found = list(pool.map(lambda event: _input_of(gw, event), created))
+    blobs = [blob for blob in found if isinstance(blob, BlobRef)]
+    claimed = iter(claim_many(gw, blobs))
+    outcomes: list[Claimed | SubmitOutcome | RejectedInput] = []
+    for event, blob in zip(created, found, strict=True):
+        outcome = next(claimed) if isinstance(blob, BlobRef) else blob
+        if isinstance(outcome, RejectedInput) and isinstance(blob, BlobRef):  # its group refused it
+            _record(gw, f"event {event.event_id}", outcome)
+        outcomes.append(outcome)
+    return outcomes
 
 
-def _claim_event(gw: Gateways, created: BlobCreated) -> Claimed | SubmitOutcome | RejectedInput:
-    """The input's ledger row claimed, for the blob as the event describes it (else as storage has it: one Get Blob
-    Properties); a refusal is recorded here, an outage raises."""
+def _input_of(gw: Gateways, created: BlobCreated) -> BlobRef | RejectedInput:
     try:
-        return claim(gw, input_blob(gw, created))
+        return input_blob(gw, created)
     except RejectedInput as rejection:
         _record(gw, f"event {created.event_id}", rejection)
         return rejection
