@@ -189,6 +189,8 @@ def _await_submitters(gw: Gateways, task_ids: list[str]) -> list[str]:
 
 
 def _still_claimed(gw: Gateways, task_id: str) -> bool:
+    if gw.submitted.job_of(task_id) is not None:  # this process submitted it meanwhile
+        return False
     record = gw.ledger.get_input(task_id)
     return record is not None and record.state is InputState.CLAIMED
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -15,6 +17,27 @@ from shared.settings import Settings, get_settings
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+class Submitted:
+    """Task ids this process has seen submitted (their rows saved `submitted`), newest last, at most `limit`: a
+    repeated delivery of one of them is a duplicate without a ledger read. Another process still reads the row."""
+
+    def __init__(self, limit: int = 100_000) -> None:
+        self._jobs: OrderedDict[str, str] = OrderedDict()
+        self._limit = limit
+        self._lock = threading.Lock()
+
+    def add(self, task_id: str, job_id: str) -> None:
+        with self._lock:
+            self._jobs[task_id] = job_id
+            self._jobs.move_to_end(task_id)
+            while len(self._jobs) > self._limit:
+                self._jobs.popitem(last=False)
+
+    def job_of(self, task_id: str) -> str | None:
+        with self._lock:
+            return self._jobs.get(task_id)
 
 
 @dataclass
@@ -31,6 +54,7 @@ class Gateways:
     # Job rows this process has seen active, by job id (shared/submit.py): read again only once their window may
     # be closing.
     known_jobs: dict[str, JobRecord] = field(default_factory=dict, repr=False)
+    submitted: Submitted = field(default_factory=Submitted, repr=False)
 
 
 def build_gateways(settings: Settings) -> Gateways:

@@ -95,6 +95,7 @@ def submit(gw: Gateways, blob: BlobRef) -> SubmitOutcome:
         gw.batch.add_task(record.job_id, _task_spec(gw, record, pipeline))
     record.state = InputState.SUBMITTED
     gw.ledger.save_input(record)
+    gw.submitted.add(record.task_id, record.job_id)
     logger.info("submitted %s", blob.name, extra={"job_id": record.job_id, "task_id": record.task_id})
     return SubmitOutcome(blob.name, SubmitAction.CREATED, record.task_id, record.job_id)
 
@@ -183,6 +184,8 @@ def _submit_chunk(gw: Gateways, job_id: str, entries: list[tuple[InputRecord, Pi
     for record in records:
         record.state = InputState.SUBMITTED
     gw.ledger.save_inputs(records)
+    for record in records:
+        gw.submitted.add(record.task_id, record.job_id)
     return len(records)
 
 
@@ -206,7 +209,7 @@ def claim_many(
     """claim() for many inputs, in order: their ledger rows claimed in bulk (one request per partition for those
     of one partition), a grouped pipeline's members one at a time (a member its group refuses: the refusal, for
     the caller to record)."""
-    prepared = [_prepare(gw, blob) for blob in blobs]
+    prepared = [_submitted_here(gw, blob) or _prepare(gw, blob) for blob in blobs]
     rows = [entry[0] for entry in prepared if isinstance(entry, tuple)]
     stored = iter(gw.ledger.claim_inputs(rows) if len(rows) > 1 else [gw.ledger.claim_input(row) for row in rows])
     return [_decide(gw, entry, *next(stored), take_over) if isinstance(entry, tuple) else _member(gw, entry)
@@ -221,6 +224,15 @@ def _member(gw: Gateways, add: Callable[[Gateways], SubmitOutcome]) -> SubmitOut
 
 
 _Prepared = tuple[InputRecord, PipelineSpec | None, BlobRef] | Callable[[Gateways], SubmitOutcome]
+
+
+def _submitted_here(gw: Gateways, blob: BlobRef) -> Callable[[Gateways], SubmitOutcome] | None:
+    """A repeat of an input this process submitted: a duplicate, known without a ledger read."""
+    task_id = ids.task_id(blob.container, blob.name, blob.etag)
+    job_id = gw.submitted.job_of(task_id)
+    if job_id is None:
+        return None
+    return lambda gw: SubmitOutcome(blob.name, SubmitAction.DUPLICATE, task_id, job_id)
 
 
 def _prepare(gw: Gateways, blob: BlobRef) -> _Prepared:
