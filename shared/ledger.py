@@ -89,6 +89,10 @@ _T = TypeVar("_T")
 class _Conflict(Exception):
     """A conditional write lost to another writer: read again and decide again."""
 
+    def __init__(self, index: int = 0) -> None:
+        super().__init__(index)
+        self.index = index  # the refused operation's place in the request, where the service names it (else 0)
+
 
 def _backoff(attempt: int) -> None:
     # Writers that collide on one counter row would collide again at once: spread their next tries.
@@ -151,24 +155,44 @@ class TableLedger:
             groups[input_partition(record.task_id)].append(record)
         for partition, group in groups.items():
             for start in range(0, len(group), CLAIM_GROUP):
-                chunk = group[start : start + CLAIM_GROUP]
-                writes: list[_Write] = []
-                firsts: list[int] = []  # where each record's own row is in `writes`
-                deltas: _Deltas = defaultdict(Counter)
-                for record in chunk:
-                    firsts.append(len(writes))
-                    writes.extend(_claim_writes(table, record, now))
-                    for job_id, change in _delta(None, record).items():
-                        deltas[job_id].update(change)
-                try:
-                    etags = self._submit(table, partition, writes, deltas)
-                except _Conflict:
-                    for record in chunk:
-                        results[record.task_id] = self._claim(table, record)
-                    continue
-                for record, index in zip(chunk, firsts, strict=True):
-                    results[record.task_id] = (_written(record, etags[index]), True)
+                results.update(self._claim_chunk(table, partition, group[start : start + CLAIM_GROUP], now))
         return [results[record.task_id] for record in records]
+
+    def _claim_chunk(
+        self, table: TableClient, partition: str, chunk: list[InputRecord], now: datetime
+    ) -> dict[str, tuple[InputRecord, bool]]:
+        """Claim rows of one partition in one transaction. A transaction refused because one row exists (another
+        submitter's, a repeated event) names that row's operation: it alone is claimed on its own (which reads
+        it), and the rest go again in one transaction."""
+        results: dict[str, tuple[InputRecord, bool]] = {}
+        pending = list(chunk)
+        for _ in range(len(chunk) + SAVE_ATTEMPTS):
+            if len(pending) <= 1:
+                break
+            writes: list[_Write] = []
+            owners: list[InputRecord] = []  # whose each write is
+            deltas: _Deltas = defaultdict(Counter)
+            for record in pending:
+                for write in _claim_writes(table, record, now):
+                    writes.append(write)
+                    owners.append(record)
+                for job_id, change in _delta(None, record).items():
+                    deltas[job_id].update(change)
+            try:
+                etags = self._submit(table, partition, writes, deltas)
+            except _Conflict as conflict:
+                # An operation past the rows is a counter row another process changed: read again and retry.
+                culprit = owners[conflict.index] if conflict.index < len(owners) else None
+                if culprit is not None:
+                    results[culprit.task_id] = self._claim(table, culprit)
+                    pending.remove(culprit)
+                continue
+            for record in pending:
+                results[record.task_id] = (_written(record, etags[owners.index(record)]), True)
+            return results
+        for record in pending:  # one left, or a partition whose counter rows kept changing: one at a time
+            results[record.task_id] = self._claim(table, record)
+        return results
 
     def get_input(self, task_id: str) -> InputRecord | None:
         return self._guarded(f"read {task_id}", lambda table: _read_input(table, task_id))
@@ -631,7 +655,7 @@ def _submit(table: TableClient, operations: list[_Write]) -> list[str]:
     except TableTransactionError as error:
         if error.status_code not in _CONFLICTS:
             raise
-        raise _Conflict from None
+        raise _Conflict(error.index) from None
     return [str(result.get("etag", "")) for result in results]
 
 

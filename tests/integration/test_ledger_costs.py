@@ -254,3 +254,20 @@ def test_a_bulk_claim_is_one_request_per_partition(ledgers: Any) -> None:
     ledger.counted.reset()
     table.save_inputs([record for record, _ in results])  # over the versions the claim left: no reads
     assert ledger.counted.requests == len(partitions)
+
+
+def test_a_bulk_claim_meeting_existing_rows_claims_the_others_in_one_transaction(ledgers: Any) -> None:
+    ledger = ledgers("meeting")
+    table = ledger.gw.ledger
+    task_ids = same_partition(20)
+    for task_id in task_ids[5:7]:  # claimed before: a repeated event, another submitter
+        table.claim_input(claimed(task_id))
+    ledger.counted.reset()
+
+    results = table.claim_inputs([claimed(task_id) for task_id in task_ids])
+
+    assert [created for _, created in results] == [index not in (5, 6) for index in range(20)]
+    # Each refused transaction names the existing row: it is claimed alone (create refused, row read), the rest
+    # go again. 3 transactions + 2 x 2, not one request per row.
+    assert ledger.counted.requests == 3 + 2 * 2
+    assert {record.task_id for record in table.inputs()} == set(task_ids)
