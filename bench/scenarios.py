@@ -27,7 +27,7 @@ from bench.storage_counts import StorageRequests, counting_gateways
 from local.eventgrid.events import BlobWrite, blob_created
 from local.stack import Emulator
 from shared.batch import AzureBatch
-from shared.collect import collect
+from shared.collect import CollectAction, CollectOutcome, collect
 from shared.collect_batch import collect_message
 from shared.errors import TransientError
 from shared.events import parse_blob_created, submit_event
@@ -187,10 +187,14 @@ def _gateways(config: ScenarioConfig, names: dict[str, str], workdir: Path, coun
     return counting_gateways(config.connection_string, settings, counter)
 
 
-def _drain(gw: Gateways, queue: QueueClient, pool: ThreadPoolExecutor) -> int:
+# What a collection that leaves an input done answers (a reactivated task is not done yet).
+DONE = (CollectAction.PUBLISHED, CollectAction.ALREADY_PUBLISHED, CollectAction.SUPERSEDED)
+
+
+def _drain(gw: Gateways, queue: QueueClient, pool: ThreadPoolExecutor) -> list[CollectOutcome]:
     """Collect every message now on the queue, WORKERS at a time, as the queue trigger would (shared/triggers/
-    collector.py: a lone completion, or the poll's many collected each on its own); the completions collected."""
-    handled = 0
+    collector.py: a lone completion, or the poll's many collected each on its own); what each collection did."""
+    handled: list[CollectOutcome] = []
     while True:
         messages = _redelivered(
             lambda: list(queue.receive_messages(messages_per_page=32, max_messages=32, visibility_timeout=60))
@@ -198,24 +202,23 @@ def _drain(gw: Gateways, queue: QueueClient, pool: ThreadPoolExecutor) -> int:
         if not messages:
             return handled
 
-        def handle(message: Any) -> int:
+        def handle(message: Any) -> list[CollectOutcome]:
             completions = decode_completions(message.content)
             if len(completions) == 1:
                 [only] = completions
                 assert isinstance(only, CompletionEvent), only
-                _redelivered(lambda: collect(gw, only))
-                collected = 1
+                collected = [_redelivered(lambda: collect(gw, only))]
             else:  # those that fail are sent again one to a message: a later drain collects them. In this thread:
                 # the WORKERS threads are the collector's concurrency, and their requests are filed under collect.
-                report = _redelivered(lambda: collect_message(gw, message.id, completions, threads=1))
-                collected = len(report.collected)
+                collected = _redelivered(lambda: collect_message(gw, message.id, completions, threads=1)).collected
             try:
                 _redelivered(lambda: queue.delete_message(message))
             except ResourceNotFoundError:
                 pass  # its visibility ran out (or a retried delete had landed): delivered again, collect is idempotent
             return collected
 
-        handled += sum(pool.map(handle, messages))
+        for outcomes in pool.map(handle, messages):
+            handled.extend(outcomes)
 
 
 def _manifests(service: BlobServiceClient, container: str) -> int:
@@ -277,19 +280,27 @@ def _stopped(report: dict[str, float | None], finished: bool, manifests: int) ->
         report["manifests_when_stopped"] = manifests
 
 
+
+
 def run_app(
     gw: Gateways, counter: StorageRequests, queue: QueueClient, config: ScenarioConfig, submit: Callable[[], None]
 ) -> tuple[float, float, bool, int]:
     """`submit` with the poll timer and the collect queue trigger running beside it, as the Functions host runs
     them (their storage requests filed under poll and collect), until every file has a manifest or the run is
-    cut short: (seconds to all tasks, seconds to all manifests, finished, completion messages collected)."""
-    published = [0]
+    cut short: (seconds to all tasks, seconds to all manifests, finished, completions collected).
+
+    Done means every file's task id answered done by a collection: a poll may emit a completion twice (inside its
+    overlap), so the number of collections is not the number of files done."""
+    collected = [0]
+    done: set[str] = set()
     # The collector's own threads (queue trigger instances) run collect only.
     with ThreadPoolExecutor(WORKERS, initializer=counter.enter, initargs=("collect",)) as pool:
 
         def collect_all() -> None:
             with counter.phase("collect"):
-                published[0] += _drain(gw, queue, pool)
+                outcomes = _drain(gw, queue, pool)
+                collected[0] += len(outcomes)
+                done.update(outcome.task_id for outcome in outcomes if outcome.action in DONE)
 
         def poll_once() -> None:
             with counter.phase("poll"):
@@ -301,11 +312,11 @@ def run_app(
             loop.start()
         submit()
         tasks_done = time.monotonic() - started
-        finished = _wait_until(lambda: published[0] >= config.files, loops, config, started)
+        finished = _wait_until(lambda: len(done) >= config.files, loops, config, started)
         manifests_done = time.monotonic() - started
         for loop in loops:
             loop.stop()
-    return tasks_done, manifests_done, finished, published[0]
+    return tasks_done, manifests_done, finished, collected[0]
 
 
 def _run_batchdrop(
