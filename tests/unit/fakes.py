@@ -36,6 +36,7 @@ from shared.pools import PoolDrift, PoolReport
 from shared.ports import FINAL_STATES
 from shared.recent import RecentEntry, recent_entry_of
 from shared.settings import Settings, load_settings
+from shared.submit import SubmitOutcome
 
 START = datetime(2026, 11, 24, 10, 0, tzinfo=UTC)
 # Batch's rule for task ids; the emulator and Batch refuse others (400 InvalidPropertyValue).
@@ -655,3 +656,18 @@ def make_world(tmp_path: Path, pipelines: list[dict[str, object]] | None = None,
     batch, blobs, queue, ledger = FakeBatch(clock), FakeBlobs(clock), FakeQueue(), FakeLedger()
     gw = Gateways(make_settings(tmp_path, **settings), pipeline_set, batch, blobs, queue, ledger, clock)
     return World(gw, clock, batch, blobs, queue, ledger)
+
+
+def finished_task(world: World, name: str) -> tuple[SubmitOutcome, str]:
+    """`name` dropped and submitted, its task run to success (an output and both logs in its staging container):
+    its submission and its staging container."""
+    from shared import ids
+    from shared.submit import submit
+
+    outcome = submit(world.gw, world.blobs.put("input", name))
+    staging = ids.staging_container("staging", outcome.task_id)
+    world.blobs.put(staging, "out/report.json", b"{}")
+    world.blobs.put(staging, "logs/stdout.txt", b"hello")
+    world.blobs.put(staging, "logs/stderr.txt", b"")
+    world.batch.finish(outcome.job_id, outcome.task_id)
+    return outcome, staging

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from shared import ids
 from shared.collect import CollectAction, collect
 from shared.collect_batch import collect_message
 from shared.errors import RejectedInput, TransientError
@@ -21,8 +20,7 @@ from shared.messages import (
 )
 from shared.models import CompletionEvent
 from shared.poll import poll
-from shared.submit import submit
-from tests.unit.fakes import World, make_world
+from tests.unit.fakes import World, finished_task, make_world
 
 
 def test_many_completions_go_32_to_a_message_and_one_alone_keeps_the_single_shape() -> None:
@@ -62,12 +60,7 @@ def test_a_malformed_completion_does_not_keep_the_rest_of_its_message_from_colle
 
 
 def finished(world: World, name: str) -> CompletionEvent:
-    outcome = submit(world.gw, world.blobs.put("input", name))
-    staging = ids.staging_container("staging", outcome.task_id)
-    world.blobs.put(staging, "out/report.json", b"{}")
-    world.blobs.put(staging, "logs/stdout.txt", b"hello")
-    world.blobs.put(staging, "logs/stderr.txt", b"")
-    world.batch.finish(outcome.job_id, outcome.task_id)
+    outcome, _ = finished_task(world, name)
     return CompletionEvent(outcome.job_id, outcome.task_id)  # no task info: collect asks Batch
 
 

@@ -4,24 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from shared import ids
 from shared.collect import CollectAction, collect
 from shared.events import BlobCreated
 from shared.finished import FinishedAction, task_finished
 from shared.models import InputState
 from shared.poll import poll
-from shared.submit import SubmitOutcome, submit
-from tests.unit.fakes import World, make_world
-
-
-def finished_task(world: World, name: str) -> tuple[SubmitOutcome, str]:
-    outcome = submit(world.gw, world.blobs.put("input", name))
-    staging = ids.staging_container("staging", outcome.task_id)
-    world.blobs.put(staging, "out/report.json", b"{}")
-    world.blobs.put(staging, "logs/stdout.txt", b"hello")
-    world.blobs.put(staging, "logs/stderr.txt", b"")
-    world.batch.finish(outcome.job_id, outcome.task_id)
-    return outcome, staging
+from tests.unit.fakes import finished_task, make_world
 
 
 def test_the_poll_sends_no_second_message_for_a_completion_the_event_had_collected(tmp_path: Path) -> None:
