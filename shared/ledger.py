@@ -1,6 +1,7 @@
 """The ledger in Table storage: one row per input (the idempotency key), per job, per rejection, plus counters.
 
-The layout (partitions, row keys, entities) is in shared/ledger_rows.py.
+The layout (partitions, row keys, entities) is in shared/ledger_rows.py; how an input's writes are planned and
+sent (versions, transactions, counter rows) in shared/ledger_writes.py.
 """
 
 from __future__ import annotations
@@ -8,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
-import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
@@ -17,11 +17,11 @@ from contextlib import nullcontext
 from dataclasses import replace
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from azure.core import MatchConditions
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError, ResourceNotFoundError
-from azure.data.tables import TableClient, TableTransactionError, UpdateMode
+from azure.data.tables import TableClient, UpdateMode
 
 from shared.errors import TransientError
 from shared.ids import group_row_key
@@ -34,24 +34,32 @@ from shared.ledger_rows import (
     JOBS,
     REJECTIONS,
     SCHEDULES,
-    counter_entity,
     counter_key,
     decode_counts,
     deleted_total_entity,
     group_entity,
     group_record,
-    input_entity,
     input_partition,
     input_partitions,
-    input_record,
     job_entity,
     job_record,
     quote,
     schedule_entity,
     schedule_record,
-    staging_index_entity,
     staging_index_key,
     staging_index_partition,
+)
+from shared.ledger_writes import (
+    Conflict,
+    Counters,
+    Deltas,
+    Write,
+    claim_writes,
+    delta,
+    planned_write,
+    submit,
+    versioned,
+    written,
 )
 from shared.models import (
     FinalKey,
@@ -62,11 +70,9 @@ from shared.models import (
     JobRecord,
     JobState,
     LedgerCounts,
-    RowVersion,
     ScheduleRecord,
 )
-from shared.ports import FINAL_STATES
-from shared.recent import RECENT_PREFIX, RecentEntry, recent_entity, recent_entry
+from shared.recent import RECENT_PREFIX, RecentEntry, recent_entry
 
 logger = logging.getLogger(__name__)
 
@@ -79,19 +85,7 @@ CLAIM_GROUP = TRANSACTION_SIZE // 4
 SAVE_ATTEMPTS = 8
 READ_THREADS = 8
 # An entity group transaction refused because a row changed, appeared or went after it was read.
-_CONFLICTS = (404, 409, 412)
-
-_Write = tuple[str, dict[str, Any], dict[str, Any]]  # (create | update | upsert, entity, options)
-_Deltas = dict[str, Counter[FinalKey]]  # job id -> change to its counters
 _T = TypeVar("_T")
-
-
-class _Conflict(Exception):
-    """A conditional write lost to another writer: read again and decide again."""
-
-    def __init__(self, index: int = 0) -> None:
-        super().__init__(index)
-        self.index = index  # the refused operation's place in the request, where the service names it (else 0)
 
 
 def _backoff(attempt: int) -> None:
@@ -105,7 +99,7 @@ class TableLedger:
     def __init__(self, table: TableClient) -> None:
         self._table = table
         self._ensured = False
-        self._counters = _Counters()
+        self._counters = Counters()
 
     def _ready(self) -> TableClient:
         if not self._ensured:
@@ -129,12 +123,12 @@ class TableLedger:
 
     def _claim(self, table: TableClient, record: InputRecord) -> tuple[InputRecord, bool]:
         partition = input_partition(record.task_id)
-        writes = _claim_writes(table, record, datetime.now(UTC))
+        writes = claim_writes(table, record, datetime.now(UTC))
         for attempt in range(SAVE_ATTEMPTS):
             try:
-                etags = self._submit(table, partition, writes, _delta(None, record))
-                return _written(record, etags[0]), True
-            except _Conflict:
+                etags = self._submit(table, partition, writes, delta(None, record))
+                return written(record, etags[0]), True
+            except Conflict:
                 existing = _read_input(table, record.task_id)
                 if existing is not None:
                     return existing, False
@@ -169,18 +163,18 @@ class TableLedger:
         for _ in range(len(chunk) + SAVE_ATTEMPTS):
             if len(pending) <= 1:
                 break
-            writes: list[_Write] = []
+            writes: list[Write] = []
             owners: list[InputRecord] = []  # whose each write is
-            deltas: _Deltas = defaultdict(Counter)
+            deltas: Deltas = defaultdict(Counter)
             for record in pending:
-                for write in _claim_writes(table, record, now):
+                for write in claim_writes(table, record, now):
                     writes.append(write)
                     owners.append(record)
-                for job_id, change in _delta(None, record).items():
+                for job_id, change in delta(None, record).items():
                     deltas[job_id].update(change)
             try:
                 etags = self._submit(table, partition, writes, deltas)
-            except _Conflict as conflict:
+            except Conflict as conflict:
                 # An operation past the rows is a counter row another process changed: read again and retry.
                 culprit = owners[conflict.index] if conflict.index < len(owners) else None
                 if culprit is not None:
@@ -188,7 +182,7 @@ class TableLedger:
                     pending.remove(culprit)
                 continue
             for record in pending:
-                results[record.task_id] = (_written(record, etags[owners.index(record)]), True)
+                results[record.task_id] = (written(record, etags[owners.index(record)]), True)
             return results
         for record in pending:  # one left, or a partition whose counter rows kept changing: one at a time
             results[record.task_id] = self._claim(table, record)
@@ -218,14 +212,14 @@ class TableLedger:
 
     def _save(self, table: TableClient, record: InputRecord) -> InputRecord:
         for attempt in range(SAVE_ATTEMPTS):
-            write, stored, deltas = _planned_write(table, record)
+            write, stored, deltas = planned_write(table, record)
             if not write:
                 assert stored is not None
                 return stored
             try:
                 etags = self._submit(table, input_partition(record.task_id), write, deltas)
-                return _written(record, etags[0])
-            except _Conflict:
+                return written(record, etags[0])
+            except Conflict:
                 record.version = None  # that version is gone: read the row next time
                 _backoff(attempt)
         raise TransientError(f"ledger save {record.task_id}: the row kept changing; retry later")
@@ -246,41 +240,41 @@ class TableLedger:
 
     def _save_chunk(self, table: TableClient, *, partition: str, chunk: Sequence[InputRecord]) -> None:
         for attempt in range(SAVE_ATTEMPTS):
-            writes: list[_Write] = []
-            written: list[tuple[InputRecord, int]] = []  # each record written, and the index of its row's write
-            deltas: _Deltas = defaultdict(Counter)
+            writes: list[Write] = []
+            saved: list[tuple[InputRecord, int]] = []  # each record written, and the index of its row's write
+            deltas: Deltas = defaultdict(Counter)
             for record in chunk:
-                planned, _, delta = _planned_write(table, record)
+                planned, _, changes = planned_write(table, record)
                 if planned:
-                    written.append((record, len(writes)))
+                    saved.append((record, len(writes)))
                     writes.extend(planned)
-                    for job_id, change in delta.items():
+                    for job_id, change in changes.items():
                         deltas[job_id].update(change)
             if not writes:
                 return
             try:
                 etags = self._submit(table, partition, writes, deltas)
-            except _Conflict:
+            except Conflict:
                 for record in chunk:
                     record.version = None  # one of the rows changed after we read it: read them all again
                 _backoff(attempt)  # nothing of the transaction was written
                 continue
-            for record, index in written:
-                _written(record, etags[index])
+            for record, index in saved:
+                written(record, etags[index])
             return
         raise TransientError(f"ledger save {len(chunk)} inputs: rows kept changing; retry later")
 
-    def _submit(self, table: TableClient, partition: str, writes: list[_Write], deltas: _Deltas) -> list[str]:
+    def _submit(self, table: TableClient, partition: str, writes: list[Write], deltas: Deltas) -> list[str]:
         """Make `writes` (rows of one partition) and their counter changes, all or nothing; the etag each write
-        left, in order. _Conflict if refused. Counter rows are written over the version this ledger last read or
+        left, in order. Conflict if refused. Counter rows are written over the version this ledger last read or
         wrote (kept per process, read when unknown): a finished input costs no counter read while no other
         process wrote its counter row since; if one did, the transaction is refused and the row read again."""
         counted = any(any(change.values()) for change in deltas.values())
         with self._counters.lock(partition) if counted else nullcontext():
             counter_writes = self._counters.writes(table, partition, deltas)
             try:
-                etags = _submit(table, writes + counter_writes)
-            except _Conflict:
+                etags = submit(table, writes + counter_writes)
+            except Conflict:
                 self._counters.forget(partition, deltas)
                 raise
             self._counters.written(partition, counter_writes, etags[len(writes) :])
@@ -292,7 +286,7 @@ class TableLedger:
             query += f" and state eq '{quote(state.value)}'"
         if job_id is not None:
             query += f" and job_id eq '{quote(job_id)}'"
-        return self._guarded("list inputs", lambda table: [_versioned(e) for e in table.query_entities(query)])
+        return self._guarded("list inputs", lambda table: [versioned(e) for e in table.query_entities(query)])
 
     def known_task_ids(self) -> set[str]:
         def read(table: TableClient) -> set[str]:
@@ -460,42 +454,9 @@ def _save_schedule(table: TableClient, record: ScheduleRecord) -> ScheduleRecord
 
 def _read_input(table: TableClient, task_id: str) -> InputRecord | None:
     try:
-        return _versioned(table.get_entity(input_partition(task_id), task_id))
+        return versioned(table.get_entity(input_partition(task_id), task_id))
     except ResourceNotFoundError:
         return None
-
-
-def _versioned(entity: Any) -> InputRecord:
-    """The input row an entity holds, carrying the version it was read at."""
-    record = input_record(entity)
-    record.version = _version(record, str(entity.metadata["etag"]))
-    return record
-
-
-def _version(record: InputRecord, etag: str) -> RowVersion:
-    return RowVersion(record.task_id, etag, record.job_id, record.state, FinalKey.of(record))
-
-
-def _written(record: InputRecord, etag: str) -> InputRecord:
-    """`record` now stored at `etag`: the caller's object carries the new version too (its next save writes over
-    it without a read), and a copy is returned as the row as stored."""
-    record.version = _version(record, etag)
-    return replace(record)
-
-
-def _claim_writes(table: TableClient, record: InputRecord, now: datetime) -> list[_Write]:
-    """The rows a claim creates in the input's partition: the row itself (first), its staging index row and its
-    recent-inputs index row."""
-    partition = input_partition(record.task_id)
-    writes: list[_Write] = [("create", input_entity(record), {})]
-    if record.staging:
-        index = staging_index_entity(record)
-        if index["PartitionKey"] == partition:  # always, for a container named by shared/ids.py
-            writes.append(("upsert", index, {}))
-        else:  # a staging name of another shape: its index row first, in a request of its own
-            table.upsert_entity(index)
-    writes.append(("upsert", recent_entity(record, now), {}))
-    return writes
 
 
 def _read_staging(table: TableClient, staging: str) -> InputRecord | None:
@@ -549,116 +510,6 @@ def _read_job(table: TableClient, job_id: str) -> JobRecord | None:
     return None
 
 
-def _delta(before: RowVersion | None, after: InputRecord) -> _Deltas:
-    """How the counters change when the row goes from the stored version `before` (None: no row) to `after`."""
-    old = before.final if before is not None else None
-    new = FinalKey.of(after)
-    deltas: _Deltas = defaultdict(Counter)
-    if before is not None and old is not None and (before.job_id, old) != (after.job_id, new):
-        deltas[before.job_id][old] -= 1
-    if new is not None and (before is None or (before.job_id, old) != (after.job_id, new)):
-        deltas[after.job_id][new] += 1
-    return deltas
-
-
-def _planned_write(table: TableClient, record: InputRecord) -> tuple[list[_Write], InputRecord | None, _Deltas]:
-    """The writes that save `record` without moving a final row back, decided against the stored row:
-    (the row's write first, then its recent-inputs index row if it becomes final; None; counter changes), or
-    ([], the stored row, {}) when that row is final and keeps its state.
-
-    The stored row is the version the record carries when that version was not final (no read), else read.
-    """
-    entity = input_entity(record)
-    version = record.version
-    if version is None or version.task_id != record.task_id or version.state in FINAL_STATES:
-        try:
-            current = table.get_entity(entity["PartitionKey"], record.task_id)
-        except ResourceNotFoundError:
-            created = _delta(None, record)
-            return [("create", entity, {}), *_recent_write(record, created)], None, created
-        stored = _versioned(current)
-        if stored.state in FINAL_STATES and (record.state not in FINAL_STATES or stored.state is InputState.RERUN):
-            return [], stored, {}
-        version = stored.version
-        assert version is not None
-    condition = {"etag": version.etag, "match_condition": MatchConditions.IfNotModified}
-    deltas = _delta(version, record)
-    return [("update", entity, {"mode": UpdateMode.REPLACE, **condition}), *_recent_write(record, deltas)], None, deltas
-
-
-def _recent_write(record: InputRecord, deltas: _Deltas) -> list[_Write]:
-    """The recent-inputs index row of a write that moves the row into (or between) final states."""
-    final = record.state in FINAL_STATES and any(any(change.values()) for change in deltas.values())
-    return [("upsert", recent_entity(record, datetime.now(UTC)), {})] if final else []
-
-
-class _Counters:
-    """The counter rows this ledger last read or wrote, per partition and job: (counts, etag)."""
-
-    def __init__(self) -> None:
-        self._known: dict[tuple[str, str], tuple[Counter[FinalKey], str]] = {}
-        self._guard = threading.Lock()
-        self._locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
-
-    def lock(self, partition: str) -> threading.Lock:
-        """Held while a partition's counter rows are written: this process's writers take turns, not conflicts."""
-        with self._guard:
-            return self._locks[partition]
-
-    def writes(self, table: TableClient, partition: str, deltas: _Deltas) -> list[_Write]:
-        """The counter rows of `partition` with `deltas` applied, each written over the version known (or read)."""
-        writes: list[_Write] = []
-        for job_id, delta in deltas.items():
-            if not any(delta.values()):
-                continue
-            with self._guard:
-                known = self._known.get((partition, job_id))
-            if known is None:
-                try:
-                    current = table.get_entity(partition, counter_key(job_id))
-                except ResourceNotFoundError:
-                    counts: Counter[FinalKey] = Counter()
-                    counts.update(delta)
-                    writes.append(("create", counter_entity(partition, job_id, counts), {}))
-                    continue
-                known = decode_counts(current.get("counts")), str(current.metadata["etag"])
-            counts = Counter(known[0])
-            counts.update(delta)
-            options = {"mode": UpdateMode.REPLACE, "etag": known[1], "match_condition": MatchConditions.IfNotModified}
-            writes.append(("update", counter_entity(partition, job_id, counts), options))
-        return writes
-
-    def written(self, partition: str, writes: list[_Write], etags: list[str]) -> None:
-        with self._guard:
-            for (_, entity, _), etag in zip(writes, etags, strict=True):
-                self._known[(partition, str(entity["job_id"]))] = decode_counts(entity["counts"]), etag
-
-    def forget(self, partition: str, deltas: _Deltas) -> None:
-        """A transaction with these counter rows was refused: read them again next time."""
-        with self._guard:
-            for job_id in deltas:
-                self._known.pop((partition, job_id), None)
-
-
-def _submit(table: TableClient, operations: list[_Write]) -> list[str]:
-    """Make `operations` (rows of one partition), all or nothing; the etag each left. _Conflict if refused."""
-    if len(operations) == 1:  # one row: a plain request, cheaper than a transaction
-        kind, entity, options = operations[0]
-        single = {"create": table.create_entity, "update": table.update_entity, "upsert": table.upsert_entity}
-        try:
-            result = single[kind](entity, **options)
-        except (ResourceExistsError, ResourceModifiedError, ResourceNotFoundError):
-            raise _Conflict from None
-        return [str(result.get("etag", ""))]
-    try:
-        results = table.submit_transaction(operations)  # type: ignore[arg-type]
-    except TableTransactionError as error:
-        if error.status_code not in _CONFLICTS:
-            raise
-        raise _Conflict(error.index) from None
-    return [str(result.get("etag", "")) for result in results]
-
-
 def _parallel(read: Callable[[str], _T], keys: list[str]) -> list[_T]:
     with ThreadPoolExecutor(READ_THREADS) as pool:
         return list(pool.map(read, keys))
@@ -703,7 +554,7 @@ def _retire(table: TableClient, record: JobRecord) -> None:
         try:
             current = table.get_entity(DELETED_JOBS, DELETED_TOTAL)
         except ResourceNotFoundError:
-            total: _Write = ("create", deleted_total_entity(1, counts), {})
+            total: Write = ("create", deleted_total_entity(1, counts), {})
         else:
             summed = decode_counts(current.get("counts"))
             summed.update(counts)
@@ -711,9 +562,9 @@ def _retire(table: TableClient, record: JobRecord) -> None:
             entity = deleted_total_entity(int(current.get("jobs") or 0) + 1, summed)
             total = ("update", entity, {"mode": UpdateMode.REPLACE, **condition})
         try:
-            _submit(table, [("create", deleted, {}), total])
+            submit(table, [("create", deleted, {}), total])
             break
-        except _Conflict:
+        except Conflict:
             if _exists(table, DELETED_JOBS, record.job_id):
                 break  # retired before: its counts are in the sum already
             _backoff(attempt)
