@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,10 +29,14 @@ def own_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def stand_in() -> Iterator[subprocess.Popen[bytes]]:
     """A live process whose command line even names the dev host (what a check of /proc looked for)."""
-    process = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(60)", "-m", "local.host"], start_new_session=True
-    )
+    argv = [sys.executable, "-c", "import time; time.sleep(60)", "-m", "local.host"]
+    process = subprocess.Popen(argv, start_new_session=True)
     try:
+        # Between fork and exec the child still shows the parent's command line: an identity read then would
+        # not be the stand-in's. Wait until the exec has happened.
+        deadline = time.monotonic() + 10
+        while psutil.Process(process.pid).cmdline()[1:] != argv[1:] and time.monotonic() < deadline:
+            time.sleep(0.01)
         yield process
     finally:
         if process.poll() is None:
