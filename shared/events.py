@@ -15,7 +15,7 @@ from shared.gateways import Gateways
 from shared.models import BlobRef
 from shared.settings import STORAGE_CONNECTION, Settings
 from shared.storage import parse_connection_string
-from shared.submit import SubmitOutcome, find_input, submit
+from shared.submit import SubmitOutcome, check_input_container, find_input, submit
 
 BLOB_CREATED = "Microsoft.Storage.BlobCreated"
 # What `UseDevelopmentStorage=true` stands for (the SDKs expand it to Azurite's well-known account).
@@ -175,9 +175,7 @@ def input_blob(gw: Gateways, created: BlobCreated) -> BlobRef:
     """
     if created.etag is None or created.event_time is None or created.event_time > gw.clock() + MAX_CLOCK_SKEW:
         return find_input(gw, created.container, created.name)
-    if created.container != gw.settings.input_container:  # as find_input refuses it
-        where = f"{created.container}/{created.name}"
-        raise RejectedInput(f"{where}: not in the input container {gw.settings.input_container!r}")
+    check_input_container(gw, created.container, created.name)
     return BlobRef(created.container, created.name, created.etag, created.event_time, created.size)
 
 

@@ -84,7 +84,6 @@ GROUP_SIZE = TRANSACTION_SIZE // 3
 CLAIM_GROUP = TRANSACTION_SIZE // 4
 SAVE_ATTEMPTS = 8
 READ_THREADS = 8
-# An entity group transaction refused because a row changed, appeared or went after it was read.
 _T = TypeVar("_T")
 
 
@@ -137,8 +136,7 @@ class TableLedger:
 
     def claim_inputs(self, records: Sequence[InputRecord]) -> list[tuple[InputRecord, bool]]:
         """claim_input for many rows, in order: one entity group transaction per partition (per CLAIM_GROUP rows of
-        one), each row created with its index rows; a transaction refused (a row exists already) is claimed again
-        one row at a time, which reads the rows that exist."""
+        one), each row created with its index rows; a row that exists already is read (see _claim_chunk)."""
         return self._guarded(f"claim {len(records)} inputs", lambda table: self._claim_many(table, records))
 
     def _claim_many(self, table: TableClient, records: Sequence[InputRecord]) -> list[tuple[InputRecord, bool]]:
@@ -160,6 +158,7 @@ class TableLedger:
         it), and the rest go again in one transaction."""
         results: dict[str, tuple[InputRecord, bool]] = {}
         pending = list(chunk)
+        rows = {record.task_id: claim_writes(table, record, now) for record in chunk}
         for _ in range(len(chunk) + SAVE_ATTEMPTS):
             if len(pending) <= 1:
                 break
@@ -167,7 +166,7 @@ class TableLedger:
             owners: list[InputRecord] = []  # whose each write is
             deltas: Deltas = defaultdict(Counter)
             for record in pending:
-                for write in claim_writes(table, record, now):
+                for write in rows[record.task_id]:
                     writes.append(write)
                     owners.append(record)
                 for job_id, change in delta(None, record).items():

@@ -23,23 +23,23 @@ def encode_completions(events: Sequence[CompletionEvent]) -> list[str]:
     """The message bodies that carry `events`: a lone completion as its own object (what task_finished sends),
     several as `{"completions": [...]}` of at most COMPLETIONS_PER_MESSAGE and MESSAGE_BYTES each."""
     bodies: list[str] = []
-    batch: list[dict[str, Any]] = []
+    batch: list[str] = []  # each completion serialised once
     size = 0
     for event in events:
-        document = _completion_document(event)
-        length = len(json.dumps(document)) + 2
-        if batch and (len(batch) == COMPLETIONS_PER_MESSAGE or size + length > MESSAGE_BYTES):
+        encoded = encode_completion(event)
+        if batch and (len(batch) == COMPLETIONS_PER_MESSAGE or size + len(encoded) + 2 > MESSAGE_BYTES):
             bodies.append(_batch_body(batch))
             batch, size = [], 0
-        batch.append(document)
-        size += length
+        batch.append(encoded)
+        size += len(encoded) + 2
     if batch:
         bodies.append(_batch_body(batch))
     return bodies
 
 
-def _batch_body(batch: list[dict[str, Any]]) -> str:
-    return json.dumps(batch[0] if len(batch) == 1 else {"completions": batch})
+def _batch_body(batch: list[str]) -> str:
+    """The same text json.dumps makes of a lone completion, or of {"completions": [...]}."""
+    return batch[0] if len(batch) == 1 else '{"completions": [' + ", ".join(batch) + "]}"
 
 
 def decode_completions(body: str) -> list[CompletionEvent | RejectedInput]:

@@ -93,6 +93,9 @@ def _not_collected(gw: Gateways, completed: list[CompletedTask]) -> list[Complet
     usually had the completion collected before a poll sees it, and a point read costs less than a second message
     (its send, the host's receive and delete, collect's read). A row not found is left to collect to refuse."""
 
+    if not completed:  # most polls of most jobs: no thread pool for nothing
+        return completed
+
     def pending(task: CompletedTask) -> bool:
         record = gw.ledger.get_input(task.task_id)
         return record is None or record.state not in FINAL_STATES

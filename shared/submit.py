@@ -71,10 +71,15 @@ def submit_blob(gw: Gateways, container: str, name: str) -> SubmitOutcome:
     return submit(gw, find_input(gw, container, name))
 
 
-def find_input(gw: Gateways, container: str, name: str) -> BlobRef:
-    """The blob an event names, as it is now in storage; refused if it is not in the input container or absent."""
+def check_input_container(gw: Gateways, container: str, name: str) -> None:
+    """Refuse a blob an event names outside the input container."""
     if container != gw.settings.input_container:
         raise RejectedInput(f"{container}/{name}: not in the input container {gw.settings.input_container!r}")
+
+
+def find_input(gw: Gateways, container: str, name: str) -> BlobRef:
+    """The blob an event names, as it is now in storage; refused if it is not in the input container or absent."""
+    check_input_container(gw, container, name)
     blob = gw.blobs.get_blob(container, name)
     if blob is None:
         raise RejectedInput(f"{container}/{name}: no such blob (deleted, or the event is forged)")
@@ -212,8 +217,12 @@ def claim_many(
     prepared = [_submitted_here(gw, blob) or _prepare(gw, blob) for blob in blobs]
     rows = [entry[0] for entry in prepared if isinstance(entry, tuple)]
     stored = iter(gw.ledger.claim_inputs(rows) if len(rows) > 1 else [gw.ledger.claim_input(row) for row in rows])
-    return [_decide(gw, entry, *next(stored), take_over) if isinstance(entry, tuple) else _member(gw, entry)
-            for entry in prepared]  # fmt: skip
+    return [
+        entry if isinstance(entry, SubmitOutcome)
+        else _decide(gw, entry, *next(stored), take_over) if isinstance(entry, tuple)
+        else _member(gw, entry)
+        for entry in prepared
+    ]  # fmt: skip
 
 
 def _member(gw: Gateways, add: Callable[[Gateways], SubmitOutcome]) -> SubmitOutcome | RejectedInput:
@@ -226,13 +235,11 @@ def _member(gw: Gateways, add: Callable[[Gateways], SubmitOutcome]) -> SubmitOut
 _Prepared = tuple[InputRecord, PipelineSpec | None, BlobRef] | Callable[[Gateways], SubmitOutcome]
 
 
-def _submitted_here(gw: Gateways, blob: BlobRef) -> Callable[[Gateways], SubmitOutcome] | None:
+def _submitted_here(gw: Gateways, blob: BlobRef) -> SubmitOutcome | None:
     """A repeat of an input this process submitted: a duplicate, known without a ledger read."""
     task_id = ids.task_id(blob.container, blob.name, blob.etag)
     job_id = gw.submitted.job_of(task_id)
-    if job_id is None:
-        return None
-    return lambda gw: SubmitOutcome(blob.name, SubmitAction.DUPLICATE, task_id, job_id)
+    return SubmitOutcome(blob.name, SubmitAction.DUPLICATE, task_id, job_id) if job_id is not None else None
 
 
 def _prepare(gw: Gateways, blob: BlobRef) -> _Prepared:

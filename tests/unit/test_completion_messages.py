@@ -28,6 +28,9 @@ def test_many_completions_go_32_to_a_message_and_one_alone_keeps_the_single_shap
     bodies = encode_completions(events)
     assert [len(decode_completions(body)) for body in bodies] == [COMPLETIONS_PER_MESSAGE, COMPLETIONS_PER_MESSAGE, 1]
     assert bodies[-1] == encode_completion(events[-1])  # what task_finished sends, and older code reads
+    assert bodies[0] == json.dumps(
+        {"completions": [json.loads(encode_completion(event)) for event in events[:COMPLETIONS_PER_MESSAGE]]}
+    )
     assert [event for body in bodies for event in decode_completions(body)] == events
     assert decode_completions(encode_completion(events[0])) == [decode_completion(encode_completion(events[0]))]
 
